@@ -116,13 +116,19 @@ class PriorLevel:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """Priors of a whole detector: input size ``(height, width)`` in pixels and one level per feature map."""
+    """Priors of a whole detector: input size ``(height, width)`` in pixels and one level per feature map.
+
+    ``clip`` clips the box corners to [0, 1] as Caffe's PriorBox ``clip: true`` does. ``clamp_wh`` instead
+    clamps only the normalized width and height to at most 1, which is what torchvision's
+    ``DefaultBoxGenerator(clip=True)`` does (its ssd300_vgg16 default): use it to reproduce torchvision priors.
+    """
 
     image_size: tuple[int, int]
     levels: tuple[PriorLevel, ...]
     clip: bool = False
     variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     caffe_int_sizes: bool = False
+    clamp_wh: bool = False
 
     def __post_init__(self) -> None:
         if len(self.image_size) != 2 or min(self.image_size) <= 0:
@@ -188,6 +194,8 @@ class PriorBoxGenerator:
         wh = sizes.reshape(1, a, 2).expand(fh * fw, a, 2)
         boxes = torch.cat((centers, wh), dim=-1).reshape(-1, 4)
         boxes = boxes / torch.tensor([img_w, img_h, img_w, img_h], dtype=torch.float64)
+        if cfg.clamp_wh:
+            boxes = torch.cat((boxes[:, :2], boxes[:, 2:].clamp(0.0, 1.0)), dim=1)
         if cfg.clip:
             boxes = xyxy_to_cxcywh(cxcywh_to_xyxy(boxes).clamp(0.0, 1.0))
         return boxes
