@@ -1,0 +1,1 @@
+"""Benchmarks against peers (``multibox bench ...``), each writing JSON."""

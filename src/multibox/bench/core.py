@@ -1,0 +1,259 @@
+"""``multibox bench core``: SSD300 inference and training, multibox against torchvision, in one run.
+
+Both sides use the same random weights (torchvision's ``ssd300_vgg16`` with 21 classes, loaded into our
+SSD300 through the torchvision importer), the same thread count, and the same inputs. Cases are interleaved
+(one repetition of each in turn) so that load on the shared machine hits both sides alike; each figure is the
+median of the repetitions after one warm-up call.
+
+Paths compared:
+
+* ``torchvision``: ``model(list_of_float_images)`` in eval mode (its own resize, normalize, network and
+  ``postprocess_detections``); images are given as float tensors in [0, 1], converted outside the timer.
+* ``multibox fp32``: uint8 images -> ``EvalTransform`` (bilinear resize on uint8, normalize) ->
+  channels_last fp32 network -> batched ``PostProcess`` (Caffe DetectionOutput semantics, per-class NMS).
+* ``multibox fast``: the same with the network under bf16 autocast (weights stay fp32).
+* training: one SGD step at batch 8, 300x300, 3 boxes per image: torchvision's ``model(images, targets)``
+  against our network + batched matching + ``MultiBoxLoss``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..fileio import atomic_write_bytes
+
+__all__ = ["run_core_benchmark"]
+
+
+def _median_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    for fn in cases.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _photo_batch(batch: int, height: int = 375, width: int = 500) -> list[np.ndarray]:
+    """``batch`` real-photo crops of ``height x width`` (matplotlib's grace_hopper.jpg, shifted crops)."""
+    from PIL import Image
+
+    from ..data import load_image
+    from ..demo import default_photo
+
+    base = load_image(default_photo())
+    big = np.asarray(Image.fromarray(base).resize((width + 64, height + 64), Image.BILINEAR))
+    return [np.ascontiguousarray(big[(7 * i) % 64:(7 * i) % 64 + height, (5 * i) % 64:(5 * i) % 64 + width])
+            for i in range(batch)]
+
+
+def _random_targets(batch: int, size: int, gen: torch.Generator, per_image: int = 3) -> list[dict]:
+    out = []
+    for _ in range(batch):
+        xy = torch.rand(per_image, 2, generator=gen) * (size * 0.6)
+        wh = 20 + torch.rand(per_image, 2, generator=gen) * (size * 0.35)
+        out.append({"boxes": torch.cat((xy, xy + wh), 1), "labels": torch.randint(1, 21, (per_image,), generator=gen)})
+    return out
+
+
+def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads: int = 2,
+                       quick: bool = False) -> dict:
+    """Run the benchmark, print a table, write JSON to ``json_path`` (atomically) and return the results."""
+    import torchvision
+    from torchvision.models.detection import ssd300_vgg16
+
+    from ..data import EvalTransform
+    from ..interop.torchvision import ssd300_from_torchvision_state_dict
+    from ..loss import MultiBoxLoss
+    from ..matching import build_targets
+    from ..postprocess import PostProcess
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if quick:
+        repeats = 1
+    batches = [1, 2] if quick else [1, 8]
+    train_batch = 2 if quick else 8
+
+    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).eval()
+    ours = ssd300_from_torchvision_state_dict(tv.state_dict()).eval()
+    ours_cl = ours.to(memory_format=torch.channels_last)
+    post = PostProcess(ours.priors, ours.box_coder, mode="per_class")
+    transform = EvalTransform(ours.input_spec)
+
+    def ours_infer(imgs: list[np.ndarray], bf16: bool) -> list:
+        with torch.inference_mode():
+            x, sizes = transform(imgs)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = ours_cl(x)
+            return post(out.cls_logits.float(), out.box_deltas.float(), sizes)
+
+    def tv_infer(imgs_f: list[torch.Tensor]) -> list:
+        with torch.inference_mode():
+            return tv(imgs_f)
+
+    results: dict = {
+        "benchmark": "core",
+        "threads": threads,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "image_size_hw": [375, 500],
+        "inference": {},
+    }
+    print(f"multibox bench core: {threads} threads, median of {repeats} after 1 warm-up")
+    for b in batches:
+        imgs = _photo_batch(b)
+        imgs_f = [torch.from_numpy(i).permute(2, 0, 1).float().div(255) for i in imgs]
+        # Numeric checks before timing: same detections as torchvision, bf16 effect.
+        ref = tv_infer(imgs_f)
+        fp32 = ours_infer(imgs, bf16=False)
+        fast = ours_infer(imgs, bf16=True)
+        agree = _agreement(ref, fp32)
+        agree_fast = _agreement(fp32, fast)
+
+        # post-processing share: time the pieces of our fp32 path separately
+        with torch.inference_mode():
+            x, sizes = transform(imgs)
+            x = x.contiguous(memory_format=torch.channels_last)
+            net_out = ours_cl(x)
+
+        def post_only(net_out: object = net_out, sizes: list = sizes) -> object:
+            with torch.inference_mode():
+                return post(net_out.cls_logits, net_out.box_deltas, sizes)
+
+        t = _median_times({
+            "torchvision": lambda imgs_f=imgs_f: tv_infer(imgs_f),
+            "multibox_fp32": lambda imgs=imgs: ours_infer(imgs, bf16=False),
+            "multibox_fast": lambda imgs=imgs: ours_infer(imgs, bf16=True),
+            "multibox_postprocess": post_only,
+        }, repeats)
+        row = {
+            "seconds_torchvision": t["torchvision"],
+            "seconds_fp32": t["multibox_fp32"],
+            "seconds_fast": t["multibox_fast"],
+            "seconds_postprocess": t["multibox_postprocess"],
+            "speedup_infer_fp32": t["torchvision"] / t["multibox_fp32"],
+            "speedup_infer_fast": t["torchvision"] / t["multibox_fast"],
+            "postprocess_share": t["multibox_postprocess"] / t["multibox_fp32"],
+            "detections_vs_torchvision": agree,
+            "fast_vs_fp32_detections": agree_fast,
+        }
+        results["inference"][f"batch_{b}"] = row
+        print(f"  inference batch {b}: torchvision {t['torchvision']:.3f} s, multibox fp32 "
+              f"{t['multibox_fp32']:.3f} s ({row['speedup_infer_fp32']:.2f}x), fast {t['multibox_fast']:.3f} s "
+              f"({row['speedup_infer_fast']:.2f}x), post-processing {100 * row['postprocess_share']:.1f}% "
+              f"| same detections as torchvision: {agree['matched_fraction']:.3f}")
+
+    # ---- training step ----
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(train_batch, 3, 300, 300, generator=gen) * 255
+    targets = _random_targets(train_batch, 300, gen)
+    tv_train = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21)
+    tv_train.load_state_dict(tv.state_dict())
+    tv_train.train()
+    ours_train = ssd300_from_torchvision_state_dict(tv.state_dict()).to(memory_format=torch.channels_last).train()
+    tv_opt = torch.optim.SGD(tv_train.parameters(), lr=1e-6, momentum=0.9)
+    our_opt = torch.optim.SGD(ours_train.parameters(), lr=1e-6, momentum=0.9)
+    tv_images = [im / 255 for im in images]
+    x_ours = ours.input_spec.normalize(images).contiguous(memory_format=torch.channels_last)
+    gmax = max(len(t["boxes"]) for t in targets)
+    gt_boxes = torch.zeros(train_batch, gmax, 4)
+    gt_labels = torch.zeros(train_batch, gmax, dtype=torch.long)
+    gt_valid = torch.zeros(train_batch, gmax, dtype=torch.bool)
+    for i, tgt in enumerate(targets):
+        n = len(tgt["boxes"])
+        gt_boxes[i, :n] = tgt["boxes"] / 300
+        gt_labels[i, :n] = tgt["labels"]
+        gt_valid[i, :n] = True
+    criterion = MultiBoxLoss()
+    share: dict[str, list[float]] = {"match_loss": [], "total": []}
+
+    def tv_step() -> float:
+        losses = tv_train(tv_images, targets)
+        loss = sum(losses.values())
+        tv_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        tv_opt.step()
+        return float(loss)
+
+    def our_step() -> float:
+        t0 = time.perf_counter()
+        out = ours_train(x_ours)
+        t1 = time.perf_counter()
+        labels, deltas, _ = build_targets(ours_train.priors, gt_boxes, gt_labels, gt_valid, ours_train.box_coder)
+        loss = criterion(out.cls_logits, out.box_deltas, labels, deltas).total
+        t2 = time.perf_counter()
+        our_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        our_opt.step()
+        t3 = time.perf_counter()
+        share["match_loss"].append(t2 - t1)
+        share["total"].append(t3 - t0)
+        return float(loss)
+
+    t = _median_times({"torchvision": tv_step, "multibox": our_step}, repeats)
+    results["train"] = {
+        "batch": train_batch,
+        "seconds_torchvision": t["torchvision"],
+        "seconds_multibox": t["multibox"],
+        "speedup_train": t["torchvision"] / t["multibox"],
+        "match_loss_share": statistics.median(share["match_loss"]) / statistics.median(share["total"]),
+    }
+    print(f"  train step batch {train_batch}: torchvision {t['torchvision']:.3f} s, multibox {t['multibox']:.3f} s "
+          f"({results['train']['speedup_train']:.2f}x), matching + loss "
+          f"{100 * results['train']['match_loss_share']:.1f}% of our step")
+
+    key = f"batch_{batches[-1]}"
+    results["speedup_infer_fp32"] = results["inference"][key]["speedup_infer_fp32"]
+    results["speedup_infer_fast"] = results["inference"][key]["speedup_infer_fast"]
+    results["speedup_infer_fp32_min"] = min(r["speedup_infer_fp32"] for r in results["inference"].values())
+    results["speedup_infer_fast_min"] = min(r["speedup_infer_fast"] for r in results["inference"].values())
+    results["postprocess_share"] = max(r["postprocess_share"] for r in results["inference"].values())
+    results["speedup_train"] = results["train"]["speedup_train"]
+    results["match_loss_share"] = results["train"]["match_loss_share"]
+    if json_path is not None:
+        atomic_write_bytes(json_path, json.dumps(results, indent=2).encode())
+        print(f"wrote {json_path}")
+    return results
+
+
+def _agreement(ref: list, ours: list, iou: float = 0.99) -> dict:
+    """How many detections of ``ref`` have a same-label box in ``ours`` with IoU >= ``iou`` and close score.
+
+    ``ref`` is torchvision-style dicts or ``Detections``; ``ours`` is ``Detections``.
+    """
+    from torchvision.ops import box_iou
+
+    total = matched = 0
+    max_score_diff = 0.0
+    for r, o in zip(ref, ours, strict=True):
+        rb, rs, rl = (r["boxes"], r["scores"], r["labels"]) if isinstance(r, dict) else (r.boxes, r.scores, r.labels)
+        total += len(rb)
+        if len(rb) == 0 or len(o.boxes) == 0:
+            continue
+        ious = box_iou(rb.float(), o.boxes.float())
+        ious[rl[:, None] != o.labels[None, :]] = 0
+        best, idx = ious.max(1)
+        ok = best >= iou
+        matched += int(ok.sum())
+        if ok.any():
+            max_score_diff = max(max_score_diff, float((rs[ok] - o.scores[idx[ok]]).abs().max()))
+    frac = matched / total if total else 1.0
+    return {"reference_detections": total, "matched": matched, "matched_fraction": round(frac, 4),
+            "max_score_diff_matched": max_score_diff if not math.isnan(max_score_diff) else None}
