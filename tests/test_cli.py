@@ -58,3 +58,16 @@ def test_unknown_preset_is_an_error(capsys):
         main(["anchors", "ssd999"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_models_command_lists_registered_models(capsys):
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "ssd300_vgg16" in text and "8732" in text
+    assert "ssd512_vgg16" in text and "24564" in text
+    assert "ssd7" in text
+    assert main(["models", "--json"]) == 0
+    infos = json.loads(capsys.readouterr().out)
+    by_name = {i["name"]: i for i in infos}
+    assert by_name["ssd300_vgg16"]["num_priors"] == 8732
+    assert by_name["ssd300_vgg16"]["num_parameters"] > 20_000_000

@@ -69,7 +69,7 @@ def run_demo(out: Path, model_name: str = "ssd300_vgg16", image: str | None = No
         "image": str(path),
         "image_size": [int(img.shape[0]), int(img.shape[1])],
         "num_priors": int(model.priors.shape[0]),
-        "num_params": info["num_params"],
+        "num_params": info["num_parameters"],
         "num_detections": len(dets),
         "seconds": round(seconds, 4),
         "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),

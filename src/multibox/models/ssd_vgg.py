@@ -1,0 +1,64 @@
+"""SSD300 and SSD512 on VGG16 (Liu et al. 2016)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..anchors import PriorConfig, get_prior_preset
+from .backbones.vgg import VGG16Backbone
+from .detector import SSD
+from .extras import SSD300_EXTRAS, SSD512_EXTRAS, ExtraLayerSpec, Extras
+from .registry import register_model
+from .spec import VGG_INPUT_SPEC, InputSpec
+
+__all__ = ["ssd_vgg16", "ssd300_vgg16", "ssd512_vgg16"]
+
+
+def ssd_vgg16(
+    extras: Sequence[ExtraLayerSpec],
+    priors: PriorConfig,
+    num_classes: int = 21,
+    class_names: Sequence[str] | None = None,
+    input_spec: InputSpec | None = None,
+    l2norm_scale: float = 20.0,
+) -> SSD:
+    """A VGG16 SSD with the given extra blocks; the input spec defaults to VGG's at ``priors.image_size``."""
+    backbone = VGG16Backbone(l2norm_scale=l2norm_scale)
+    if input_spec is None:
+        input_spec = VGG_INPUT_SPEC.with_image_size(priors.image_size)
+    return SSD(
+        backbone,
+        Extras(backbone.out_channels[-1], extras),
+        priors,
+        num_classes=num_classes,
+        class_names=class_names,
+        input_spec=input_spec,
+    )
+
+
+@register_model("ssd300_vgg16")
+def ssd300_vgg16(
+    num_classes: int = 21,
+    class_names: Sequence[str] | None = None,
+    priors: PriorConfig | None = None,
+    input_spec: InputSpec | None = None,
+    l2norm_scale: float = 20.0,
+) -> SSD:
+    """SSD300: maps 38, 19, 10, 5, 3, 1; default priors ``"ssd300-voc"`` (8732)."""
+    return ssd_vgg16(
+        SSD300_EXTRAS, priors or get_prior_preset("ssd300-voc"), num_classes, class_names, input_spec, l2norm_scale
+    )
+
+
+@register_model("ssd512_vgg16")
+def ssd512_vgg16(
+    num_classes: int = 21,
+    class_names: Sequence[str] | None = None,
+    priors: PriorConfig | None = None,
+    input_spec: InputSpec | None = None,
+    l2norm_scale: float = 20.0,
+) -> SSD:
+    """SSD512: maps 64, 32, 16, 8, 4, 2, 1; default priors ``"ssd512-voc"`` (24564)."""
+    return ssd_vgg16(
+        SSD512_EXTRAS, priors or get_prior_preset("ssd512-voc"), num_classes, class_names, input_spec, l2norm_scale
+    )
