@@ -42,7 +42,7 @@ def run_demo(out: Path, model_name: str = "ssd300_vgg16", image: str | None = No
     path = Path(image) if image else default_photo()
     print(f"[1/4] building {model_name} (21 VOC classes; random weights: no pretrained SSD is installed yet)")
     model = build_model(model_name, num_classes=len(VOC_CLASSES), class_names=list(VOC_CLASSES)).eval()
-    post = PostProcess(model.priors, model.box_coder)
+    post = PostProcess.from_model(model)
     print(f"[2/4] reading {path}")
     img = load_image(path)
     transform = EvalTransform(model.input_spec)

@@ -90,7 +90,7 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
     tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).eval()
     ours = ssd300_from_torchvision_state_dict(tv.state_dict()).eval()
     ours_cl = ours.to(memory_format=torch.channels_last)
-    post = PostProcess(ours.priors, ours.box_coder, mode="per_class")
+    post = PostProcess.from_model(ours, mode="per_class")
     transform = EvalTransform(ours.input_spec)
 
     def ours_infer(imgs: list[np.ndarray], bf16: bool) -> list:

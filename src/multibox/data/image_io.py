@@ -51,7 +51,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 raise ImageDecodeError(f"{p}: {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
             img.load()
             img = ImageOps.exif_transpose(img)
-            return np.ascontiguousarray(np.asarray(to_rgb(img), dtype=np.uint8))
+            return np.array(to_rgb(img), dtype=np.uint8)  # a writable copy
     except ImageDecodeError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -17,7 +17,10 @@ def as_uint8_chw(image: np.ndarray | Tensor) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an [H, W, 3] RGB array, got shape {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        arr = np.ascontiguousarray(image)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        return torch.from_numpy(arr).permute(2, 0, 1)
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
     return image
