@@ -30,8 +30,9 @@ class EvalTransform:
     """Images of any size -> ``[B, 3, H, W]`` float32 network input, plus the original ``(h, w)`` sizes.
 
     ``spec`` is a model's ``InputSpec`` (image_size ``(h, w)``, channel order, mean/std on the 0-255 scale).
-    Resizing is bilinear on uint8 (no antialias, as Caffe's and torchvision's SSD eval), then normalization
-    runs at the small size. Boxes found on the resized image map back with the returned original sizes.
+    Resizing is bilinear on float pixels without antialiasing (``align_corners=False``), exactly as torchvision's
+    SSD transform, so the network sees the same input as torchvision's ``ssd300_vgg16`` up to float rounding;
+    normalization then runs at the small size. Boxes map back with the returned original sizes.
     """
 
     def __init__(self, spec: object) -> None:
@@ -44,10 +45,6 @@ class EvalTransform:
         for img in images:
             t = as_uint8_chw(img)
             sizes.append((int(t.shape[1]), int(t.shape[2])))
-            if t.dtype == torch.uint8:
-                t = TF.resize(t, [h, w], antialias=False)
-            else:
-                t = TF.resize(t.float(), [h, w], antialias=False)
-            batch.append(t)
-        x = torch.stack(batch).float()
+            batch.append(TF.resize(t.float(), [h, w], antialias=False))
+        x = torch.stack(batch)
         return self.spec.normalize(x), sizes
