@@ -131,6 +131,16 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
             tv_out = tv.head(list(tv.backbone(tv_in.tensors).values()))
             our_in, _ = transform(imgs)
             our_out = ours_cl(our_in.contiguous(memory_format=torch.channels_last))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                fast_out = ours_cl(our_in.contiguous(memory_format=torch.channels_last))
+            fast_diff = {
+                "cls_logits_max_abs_diff": float((fast_out.cls_logits.float() - our_out.cls_logits).abs().max()),
+                "cls_logits_rms_rel_diff": float((fast_out.cls_logits.float() - our_out.cls_logits).pow(2).mean().sqrt()
+                                                 / our_out.cls_logits.pow(2).mean().sqrt()),
+                "box_deltas_max_abs_diff": float((fast_out.box_deltas.float() - our_out.box_deltas).abs().max()),
+                "box_deltas_rms_rel_diff": float((fast_out.box_deltas.float() - our_out.box_deltas).pow(2).mean().sqrt()
+                                                 / our_out.box_deltas.pow(2).mean().sqrt()),
+            }
             net_diff = {
                 "input_max_abs_diff": float((tv_in.tensors - our_in).abs().max()),
                 "cls_logits_max_abs_diff": float((tv_out["cls_logits"] - our_out.cls_logits).abs().max()),
@@ -164,6 +174,7 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
             "postprocess_share": t["multibox_postprocess"] / t["multibox_fp32"],
             "network_vs_torchvision": net_diff,
             "detections_vs_torchvision": agree,
+            "fast_vs_fp32_network": fast_diff,
             "fast_vs_fp32_detections": agree_fast,
         }
         results["inference"][f"batch_{b}"] = row
@@ -179,9 +190,7 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
     tv_train = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21)
     tv_train.load_state_dict(tv.state_dict())
     tv_train.train()
-    ours_train = ssd300_from_torchvision_state_dict(tv.state_dict()).to(memory_format=torch.channels_last).train()
     tv_opt = torch.optim.SGD(tv_train.parameters(), lr=1e-6, momentum=0.9)
-    our_opt = torch.optim.SGD(ours_train.parameters(), lr=1e-6, momentum=0.9)
     tv_images = [im / 255 for im in images]
     x_ours = ours.input_spec.normalize(images).contiguous(memory_format=torch.channels_last)
     gmax = max(len(t["boxes"]) for t in targets)
@@ -204,32 +213,44 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
         tv_opt.step()
         return float(loss.detach())
 
-    def our_step() -> float:
-        t0 = time.perf_counter()
-        out = ours_train(x_ours)
-        t1 = time.perf_counter()
-        labels, deltas, _ = build_targets(ours_train.priors, gt_boxes, gt_labels, gt_valid, ours_train.box_coder)
-        loss = criterion(out.cls_logits, out.box_deltas, labels, deltas).total
-        t2 = time.perf_counter()
-        our_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        our_opt.step()
-        t3 = time.perf_counter()
-        share["match_loss"].append(t2 - t1)
-        share["total"].append(t3 - t0)
-        return float(loss.detach())
+    def make_our_step(bf16: bool) -> Callable[[], float]:
+        model = ssd300_from_torchvision_state_dict(tv.state_dict()).to(memory_format=torch.channels_last).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
 
-    t = _median_times({"torchvision": tv_step, "multibox": our_step}, repeats)
+        def step() -> float:
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(x_ours)
+            t1 = time.perf_counter()
+            labels, deltas, _ = build_targets(model.priors, gt_boxes, gt_labels, gt_valid, model.box_coder)
+            loss = criterion(out.cls_logits.float(), out.box_deltas.float(), labels, deltas).total
+            t2 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            t3 = time.perf_counter()
+            if not bf16:
+                share["match_loss"].append(t2 - t1)
+                share["total"].append(t3 - t0)
+            return float(loss.detach())
+
+        return step
+
+    t = _median_times({"torchvision": tv_step, "multibox": make_our_step(False),
+                       "multibox_bf16": make_our_step(True)}, repeats)
     results["train"] = {
         "batch": train_batch,
         "seconds_torchvision": t["torchvision"],
         "seconds_multibox": t["multibox"],
+        "seconds_multibox_bf16": t["multibox_bf16"],
         "speedup_train": t["torchvision"] / t["multibox"],
+        "speedup_train_bf16": t["torchvision"] / t["multibox_bf16"],
         "match_loss_share": statistics.median(share["match_loss"]) / statistics.median(share["total"]),
     }
-    print(f"  train step batch {train_batch}: torchvision {t['torchvision']:.3f} s, multibox {t['multibox']:.3f} s "
-          f"({results['train']['speedup_train']:.2f}x), matching + loss "
-          f"{100 * results['train']['match_loss_share']:.1f}% of our step")
+    print(f"  train step batch {train_batch}: torchvision {t['torchvision']:.3f} s, multibox fp32 "
+          f"{t['multibox']:.3f} s ({results['train']['speedup_train']:.2f}x), bf16 autocast "
+          f"{t['multibox_bf16']:.3f} s ({results['train']['speedup_train_bf16']:.2f}x), matching + loss "
+          f"{100 * results['train']['match_loss_share']:.1f}% of our fp32 step")
 
     key = f"batch_{batches[-1]}"
     results["speedup_infer_fp32"] = results["inference"][key]["speedup_infer_fp32"]
@@ -238,6 +259,7 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
     results["speedup_infer_fast_min"] = min(r["speedup_infer_fast"] for r in results["inference"].values())
     results["postprocess_share"] = max(r["postprocess_share"] for r in results["inference"].values())
     results["speedup_train"] = results["train"]["speedup_train"]
+    results["speedup_train_bf16"] = results["train"]["speedup_train_bf16"]
     results["match_loss_share"] = results["train"]["match_loss_share"]
     if json_path is not None:
         atomic_write_bytes(json_path, json.dumps(results, indent=2).encode())
