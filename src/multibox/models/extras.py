@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import xavier_init_
+
 __all__ = ["ExtraLayerSpec", "ExtraBlock", "Extras", "SSD300_EXTRAS", "SSD512_EXTRAS"]
 
 
@@ -91,10 +93,7 @@ class Extras(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-uniform weights, zero biases."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        xavier_init_(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``x [B, in_channels, H, W]`` -> ``[B, out_channels[i], H_i, W_i]`` for each block."""

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .layers import xavier_init_
+
 __all__ = ["SSDHead", "flatten_predictions"]
 
 
@@ -54,10 +56,7 @@ class SSDHead(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-uniform weights, zero biases."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        xavier_init_(self)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """``[B, C_k, H_k, W_k]`` per map -> ``(cls_logits [B, P, num_classes], box_deltas [B, P, 4])``."""

@@ -5,7 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["L2Norm"]
+__all__ = ["L2Norm", "xavier_init_"]
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every ``Conv2d`` inside ``module`` (Caffe SSD's extras/heads)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class L2Norm(nn.Module):
