@@ -71,3 +71,11 @@ def test_models_command_lists_registered_models(capsys):
     by_name = {i["name"]: i for i in infos}
     assert by_name["ssd300_vgg16"]["num_priors"] == 8732
     assert by_name["ssd300_vgg16"]["num_parameters"] > 20_000_000
+
+
+def test_public_api_exports():
+    import multibox
+
+    for name in multibox.__all__:
+        assert getattr(multibox, name) is not None
+    assert multibox.build_model("ssd7").num_priors == 7160

@@ -1,3 +1,42 @@
-"""multibox: an SSD (Single Shot MultiBox Detector) toolkit on PyTorch."""
+"""multibox: an SSD (Single Shot MultiBox Detector) toolkit on PyTorch.
+
+Public API: :func:`build_model`, :func:`list_models`, :class:`SSD`, :class:`PostProcess`, :class:`Detections`,
+:class:`PriorBoxGenerator`, :class:`BoxCoder`, :class:`MultiBoxLoss`, :func:`build_targets`. They are imported
+on first use, so that ``import multibox`` (and the command line's ``--help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "BoxCoder": "box_coder",
+    "Detections": "detections",
+    "MultiBoxLoss": "loss",
+    "PostProcess": "postprocess",
+    "PriorBoxGenerator": "anchors",
+    "PriorConfig": "anchors",
+    "PriorLevel": "anchors",
+    "get_prior_preset": "anchors",
+    "SSD": "models",
+    "build_model": "models",
+    "list_models": "models",
+    "build_targets": "matching",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'multibox' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
