@@ -138,7 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
     bc.set_defaults(func=_cmd_bench_core)
+    _add_plugin_commands(bsub, "multibox.bench", ["data"])
+
+    data = sub.add_parser("data", help="datasets: convert, check, synth, pack")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA")
+    _add_plugin_commands(dsub, "multibox.data.commands", DATA_COMMANDS)
     return p
+
+
+# Sub-commands living in their own modules: each module has ``register(subparsers)``, which adds its parser and
+# sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
+DATA_COMMANDS = ["convert", "check", "synth", "pack"]
+
+
+def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, names: list[str]) -> None:
+    import importlib
+    import importlib.util
+
+    for name in names:
+        module_name = f"{package}.{name}"
+        try:
+            found = importlib.util.find_spec(module_name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            importlib.import_module(module_name).register(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

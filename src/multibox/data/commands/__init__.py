@@ -1,0 +1,1 @@
+"""``multibox data ...`` sub-commands, one module each with ``register(subparsers)``."""
