@@ -54,10 +54,9 @@ def test_anchors_plot(tmp_path):
 
 
 def test_unknown_preset_is_an_error(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["anchors", "ssd999"])
-    assert e.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["anchors", "ssd999"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown prior preset 'ssd999'" in err and "ssd300-voc" in err
 
 
 def test_models_command_lists_registered_models(capsys):
@@ -78,4 +77,8 @@ def test_public_api_exports():
 
     for name in multibox.__all__:
         assert getattr(multibox, name) is not None
+    import multibox.data
+
+    for name in multibox.data.__all__:
+        assert getattr(multibox.data, name) is not None
     assert multibox.build_model("ssd7").num_priors == 7160

@@ -102,9 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("anchors", help="print and save the prior boxes of a preset",
                        description="Print a table per feature map and optionally save the (P, 4) float32 "
                                    "normalized cxcywh priors in Caffe order.")
-    from .anchors import PRIOR_PRESETS
-
-    a.add_argument("preset", choices=sorted(PRIOR_PRESETS))
+    a.add_argument("preset", help="prior preset: ssd300-voc, ssd300-coco, ssd512-voc or ssd512-coco")
     a.add_argument("--out", help="write the priors to this .npy file")
     a.add_argument("--json", help="write the per-map table as JSON to this file")
     a.add_argument("--feature-sizes", nargs="+", metavar="HxW",
@@ -172,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"multibox {args.command}: error: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"multibox {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -15,11 +15,12 @@ import json
 import statistics
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from ..fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["register", "run_data_benchmark"]
 
@@ -29,6 +30,8 @@ def _sample_images(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, 
 
     Images have a long side of 500 px and a short side of 300-500 px (``SyntheticShapes(size=500)``).
     """
+    import numpy as np
+
     from ..data.synth import SyntheticShapes
 
     ds = SyntheticShapes(4 * n, seed=seed, size=500)
@@ -43,6 +46,7 @@ def _sample_images(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, 
 
 
 def _torchvision_pipeline(mean: tuple[float, float, float], size: tuple[int, int]):  # noqa: ANN202
+    import torch
     from torchvision.transforms import v2 as T
 
     return T.Compose([
@@ -59,6 +63,8 @@ def _torchvision_pipeline(mean: tuple[float, float, float], size: tuple[int, int
 def run_data_benchmark(json_path: Path | None = None, images: int = 64, passes: int = 3, threads: int = 1,
                        seed: int = 0) -> dict:
     """Time both pipelines over ``images`` samples, ``passes`` times each (alternating); return images/s."""
+    import numpy as np
+    import torch
     from torchvision import tv_tensors
 
     from ..data.augment import ssd_train_transform

@@ -1,27 +1,56 @@
-"""Data: image decoding, datasets in VOC / COCO / YOLO / CSV, and transforms.
+"""Data: image decoding, datasets in VOC / COCO / YOLO / CSV, augmentation, shards and transforms.
 
-Every dataset yields ``(image [H, W, 3] uint8 RGB, Target)`` (see :mod:`multibox.data.types`).
+Every dataset yields ``(image [H, W, 3] uint8 RGB, Target)`` (see :mod:`multibox.data.types`). Names are imported
+on first use, so that the command line starts without loading torchvision.
 """
 
-from .datasets import (
-    AnnotationError,
-    COCODataset,
-    ConcatDetectionDataset,
-    CSVDataset,
-    DatasetStats,
-    Problem,
-    VOCDataset,
-    YOLODataset,
-    detect_format,
-    open_dataset,
-    write_dataset,
-)
-from .image_io import MAX_IMAGE_PIXELS, ImageDecodeError, image_size, load_image, to_rgb
-from .transforms import EvalTransform
-from .types import DetectionDataset, Target
+from __future__ import annotations
 
-__all__ = [
-    "ImageDecodeError", "load_image", "image_size", "to_rgb", "MAX_IMAGE_PIXELS", "EvalTransform", "Target",
-    "DetectionDataset", "VOCDataset", "COCODataset", "YOLODataset", "CSVDataset", "ConcatDetectionDataset",
-    "AnnotationError", "DatasetStats", "Problem", "detect_format", "open_dataset", "write_dataset",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AnnotationError": "datasets",
+    "COCODataset": "datasets",
+    "ConcatDetectionDataset": "datasets",
+    "CSVDataset": "datasets",
+    "DatasetStats": "datasets",
+    "Problem": "datasets",
+    "VOCDataset": "datasets",
+    "YOLODataset": "datasets",
+    "detect_format": "datasets",
+    "open_dataset": "datasets",
+    "write_dataset": "datasets",
+    "MAX_IMAGE_PIXELS": "image_io",
+    "ImageDecodeError": "image_io",
+    "image_size": "image_io",
+    "load_image": "image_io",
+    "to_rgb": "image_io",
+    "EvalTransform": "transforms",
+    "DetectionDataset": "types",
+    "Target": "types",
+    "ssd_train_transform": "augment",
+    "ssdlite_train_transform": "augment",
+    "ssd_eval_transform": "augment",
+    "collate_detection": "collate",
+    "build_loader": "loader",
+    "SyntheticShapes": "synth",
+    "write_synthetic_voc": "synth",
+    "ShardDataset": "shards",
+    "ShardIterableDataset": "shards",
+    "pack_dataset": "shards",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'multibox.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
