@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -91,25 +93,31 @@ def _bomb_message(p: Path, e: Exception) -> str:
     return f"{p}: image exceeds the pixel limit (refused before decoding: possible decompression bomb; {e})"
 
 
-def image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """``(height, width)`` of the upright image (EXIF orientation applied), read from the header only.
-
-    Raises :class:`ImageDecodeError` naming the file when it is missing, empty, not an image, or larger than
-    ``max_pixels``. A truncated file whose header is intact is only detected by :func:`load_image`.
-    """
-    p = Path(path)
+@contextmanager
+def _open_checked(p: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """Open ``p`` with PIL after the file and header checks; every decoding failure becomes ImageDecodeError."""
     _check_file(p)
     try:
         with Image.open(p) as img:
             _check_pixels(p, img, max_pixels)
-            w, h = _upright_size(img)
-            return h, w
+            yield img
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(_bomb_message(p, e)) from e
     except _DECODE_ERRORS as e:
         raise ImageDecodeError(f"{p}: cannot decode image ({e})") from e
+
+
+def image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of the upright image (EXIF orientation applied), read from the header only.
+
+    Raises :class:`ImageDecodeError` naming the file when it is missing, empty, not an image, or larger than
+    ``max_pixels``. A truncated file whose header is intact is only detected by :func:`load_image`.
+    """
+    with _open_checked(Path(path), max_pixels) as img:
+        w, h = _upright_size(img)
+        return h, w
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -119,17 +127,6 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
     ignored. Raises :class:`ImageDecodeError` naming the file for missing, empty, truncated, corrupt or
     oversized files (the size is checked from the header before decoding).
     """
-    p = Path(path)
-    _check_file(p)
-    try:
-        with Image.open(p) as img:
-            _check_pixels(p, img, max_pixels)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return np.array(to_rgb(img), dtype=np.uint8)  # a writable copy
-    except ImageDecodeError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(_bomb_message(p, e)) from e
-    except _DECODE_ERRORS as e:
-        raise ImageDecodeError(f"{p}: cannot decode image ({e})") from e
+    with _open_checked(Path(path), max_pixels) as img:
+        img.load()
+        return np.array(to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)  # a writable copy
