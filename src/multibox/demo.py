@@ -75,6 +75,6 @@ def run_demo(out: Path, model_name: str = "ssd300_vgg16", image: str | None = No
         "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
     }
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    print(f"[4/4] {len(dets)} detections in {seconds:.2f} s (random weights: scores are near chance)")
+    print(f"[4/4] {len(dets)} detections in {seconds:.2f} s (random weights: boxes and scores are meaningless)")
     print(f"wrote {out}/detections.json, {png.name}, priors.npy, summary.json")
     return summary
