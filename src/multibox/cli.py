@@ -17,7 +17,7 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .anchors import PriorBoxGenerator, get_prior_preset
-    from .fileio import atomic_write_bytes
+    from .fileio import atomic_save_npy, atomic_write_bytes
 
     cfg = get_prior_preset(args.preset)
     if args.feature_sizes:
@@ -46,11 +46,7 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
         print(f"{r['level']:>3} {sz:>7} {r['step']!s:>6} {r['boxes_per_location']:>2} {r['count']:>6}  {boxes_txt}")
     print(f"total priors: {priors.shape[0]}")
     if args.out:
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, priors.numpy().astype(np.float32))
-        atomic_write_bytes(Path(args.out), buf.getvalue())
+        atomic_save_npy(Path(args.out), priors.numpy().astype(np.float32))
         print(f"wrote {args.out}: ({priors.shape[0]}, 4) float32 normalized cxcywh, Caffe order")
     if args.json:
         atomic_write_bytes(Path(args.json), json.dumps({"preset": args.preset, "total": int(priors.shape[0]),

@@ -6,12 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .classes import VOC_CLASSES
 from .data import EvalTransform, load_image
-from .fileio import atomic_write_bytes
+from .fileio import atomic_save_npy, atomic_write_bytes
 
 __all__ = ["default_photo", "run_demo"]
 
@@ -56,9 +55,7 @@ def run_demo(out: Path, model_name: str = "ssd300_vgg16", image: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     records = dets.to_json_records(image_id=path.name)
     atomic_write_bytes(out / "detections.json", json.dumps(records, indent=1).encode())
-    buf = __import__("io").BytesIO()
-    np.save(buf, model.priors.numpy())
-    atomic_write_bytes(out / "priors.npy", buf.getvalue())
+    atomic_save_npy(out / "priors.npy", model.priors.numpy())
     top = min(show_top, len(dets))
     png = out / f"{path.stem}_detections.png"
     draw_detections(img, dets.boxes[:top].numpy(), dets.scores[:top].numpy(), dets.names()[:top], png)

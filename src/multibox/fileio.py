@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_with"]
+__all__ = ["atomic_write_bytes", "atomic_write_with", "atomic_save_npy"]
 
 
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
@@ -35,3 +35,14 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_save_npy(path: str | os.PathLike, array: object) -> Path:
+    """Save a NumPy array (or anything ``np.asarray`` takes) as ``.npy`` at ``path`` atomically."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array))
+
+    return atomic_write_with(path, write)
