@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     bc.set_defaults(func=_cmd_bench_core)
     _add_plugin_commands(bsub, "multibox.bench", ["data"])
 
+    _add_plugin_commands(sub, "multibox.commands", TOP_COMMANDS)
+
     data = sub.add_parser("data", help="datasets: convert, check, synth, pack")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA")
     _add_plugin_commands(dsub, "multibox.data.commands", DATA_COMMANDS)
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Sub-commands living in their own modules: each module has ``register(subparsers)``, which adds its parser and
 # sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
 DATA_COMMANDS = ["convert", "check", "synth", "pack"]
+TOP_COMMANDS = ["train", "eval"]
 
 
 def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, names: list[str]) -> None:

