@@ -301,8 +301,12 @@ class Trainer:
             self.log(f"frozen: {len(self.frozen)} parameter tensors")
         else:
             self.frozen = []
-        if self.dist.distributed and any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in model.modules()):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        has_bn = any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in model.modules())
+        if self.dist.distributed and has_bn:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:  # torch's SyncBatchNorm is CUDA-only
+                self.log("note: on CPU, BatchNorm statistics are per process (SyncBatchNorm needs CUDA)")
         model = model.to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -444,8 +448,9 @@ class Trainer:
             finite = (all_reduce_sum(finite) == self.dist.world_size).to(torch.int64)
         if not bool(finite):
             ids = batch.get("image_ids", [])
-            message = (f"non-finite loss at step {self.step + 1} (loss {float(total):.4g}, loc {float(loss.loc):.4g}, "
-                       f"conf {float(loss.conf):.4g}); batch image ids: {', '.join(map(str, ids))}")
+            message = (f"non-finite loss at step {self.step + 1} (loss {float(total.detach()):.4g}, "
+                       f"loc {float(loss.loc.detach()):.4g}, conf {float(loss.conf.detach()):.4g}); "
+                       f"batch image ids: {', '.join(map(str, ids))}")
             if cfg.on_nonfinite == "stop":
                 raise NonFiniteLossError(message + "; the last checkpoint is left untouched "
                                          "(on_nonfinite=skip skips such batches)")
@@ -471,7 +476,7 @@ class Trainer:
             stats = all_reduce_sum(torch.stack([total.detach().float(), loss.loc.detach().float(),
                                                 loss.conf.detach().float()])) / self.dist.world_size
             return StepStats(float(stats[0]), float(stats[1]), float(stats[2]), int(num_pos))
-        return StepStats(float(total), float(loss.loc), float(loss.conf), int(num_pos))
+        return StepStats(float(total.detach()), float(loss.loc.detach()), float(loss.conf.detach()), int(num_pos))
 
     def _batches(self) -> Iterable[dict[str, Any]]:
         from ..data.loader import set_epoch
