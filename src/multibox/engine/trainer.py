@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig, config_to_dict, dump_config
 from ..fileio import atomic_write_bytes
+from .checkpoint import capture_rng_state, restore_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 
 __all__ = ["Trainer", "NonFiniteLossError", "lr_factor", "build_optimizer", "train", "default_run_dir"]
@@ -100,28 +101,6 @@ def default_run_dir(cfg: TrainConfig, root: str | os.PathLike = "runs") -> Path:
     while out.exists():
         out, k = base.with_name(f"{base.name}-{k}"), k + 1
     return out
-
-
-# ------------------------------------------------------------------------------------------------- RNG state
-def capture_rng() -> dict[str, Any]:
-    """Python, NumPy and torch generator states as values that ``torch.load(weights_only=True)`` accepts."""
-    py = random.getstate()
-    np_state = np.random.get_state()
-    return {
-        "python": [int(py[0]), [int(v) for v in py[1]], py[2] if py[2] is None else float(py[2])],
-        "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`."""
-    py = state["python"]
-    random.setstate((int(py[0]), tuple(int(v) for v in py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), int(n[2]), int(n[3]), float(n[4])))
-    torch.set_rng_state(state["torch"])
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -361,7 +340,7 @@ class Trainer:
             "epoch": epoch,
             "sampler": {"epoch": epoch, "batch_in_epoch": batch, "seed": self.cfg.seed,
                         "steps_per_epoch": self.steps_per_epoch},
-            "rng": capture_rng(),
+            "rng": capture_rng_state(),
             "config": config_to_dict(self.cfg),
             "class_names": list(self.class_names),
             "model_name": self.cfg.model.name,
@@ -390,7 +369,7 @@ class Trainer:
         metrics = ckpt.get("metrics") or {}
         self.best_metric = metrics.get("best")
         self.skipped = int(metrics.get("skipped_batches", 0))
-        restore_rng(ckpt["rng"])
+        restore_rng_state(ckpt["rng"])
         # metrics.jsonl: drop lines written after the checkpoint (they will be written again).
         log = self.out / "metrics.jsonl"
         if self.dist.is_main and log.is_file():

@@ -8,6 +8,10 @@ scale 20) before it is returned.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -83,3 +87,67 @@ class VGG16Backbone(Backbone):
         x = F.relu(self.fc6(x), inplace=True)
         fc7 = F.relu(self.fc7(x), inplace=True)
         return [self.l2norm(conv4_3), fc7]
+
+    def load_pretrained(self, state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+        """Copy torchvision's ImageNet ``vgg16`` state dict into this backbone (SSD's "fc_reduced" VGG16).
+
+        ``features.N.weight / bias`` -> ``conv1_1 .. conv5_3`` (:data:`TORCHVISION_VGG16_FEATURE_INDEX`).
+        ``classifier.0`` (fc6, ``[4096, 25088]``) is viewed as ``[4096, 512, 7, 7]`` and subsampled to every
+        4th output channel and every 3rd spatial tap (0, 3, 6): ``[1024, 512, 3, 3]``; ``classifier.3`` (fc7,
+        ``[4096, 4096]``) to every 4th output and input: ``[1024, 1024, 1, 1]``; biases to every 4th entry,
+        as Caffe's ``VGG_ILSVRC_16_layers_fc_reduced``. Without classifier keys fc6 / fc7 keep their init.
+        The L2Norm scale is never in the source (``missing``). Keys may carry a ``module.`` prefix.
+
+        Returns ``{"loaded", "missing", "unexpected"}`` (our names; source keys for ``unexpected``). Raises
+        ``ValueError`` for ``vgg16_bn`` state dicts or keys whose shapes differ from VGG16's.
+        """
+        sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+        if any(k.startswith("features.") and k.endswith("running_mean") for k in sd):
+            raise ValueError("the state dict is a vgg16_bn (BatchNorm) one; VGG16Backbone takes plain vgg16")
+        used: set[str] = set()
+        loaded: list[str] = []
+        own = dict(self.named_parameters())
+
+        def put(name: str, value: Tensor, key: str) -> None:
+            target = own[name]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{key} has shape {list(value.shape)} but {name} needs {list(target.shape)} "
+                    "(is this a torchvision vgg16 state dict?)"
+                )
+            with torch.no_grad():
+                target.copy_(value.to(dtype=target.dtype, device=target.device))
+            loaded.append(name)
+
+        for conv, idx in TORCHVISION_VGG16_FEATURE_INDEX.items():
+            for kind in ("weight", "bias"):
+                key = f"features.{idx}.{kind}"
+                if key in sd:
+                    put(f"{conv}.{kind}", sd[key], key)
+                    used.add(key)
+        fc = {
+            "fc6": ("classifier.0", (4096, 512 * 7 * 7)),
+            "fc7": ("classifier.3", (4096, 4096)),
+        }
+        for name, (prefix, shape) in fc.items():
+            wkey, bkey = f"{prefix}.weight", f"{prefix}.bias"
+            if wkey not in sd:
+                continue
+            w = sd[wkey]
+            if tuple(w.shape) != shape:
+                raise ValueError(f"{wkey} has shape {list(w.shape)}, expected {list(shape)} (torchvision vgg16)")
+            if name == "fc6":
+                w = w.reshape(4096, 512, 7, 7)[::4, :, ::3, ::3]
+            else:
+                w = w[::4, ::4].reshape(1024, 1024, 1, 1)
+            put(f"{name}.weight", w, wkey)
+            used.add(wkey)
+            if bkey in sd:
+                put(f"{name}.bias", sd[bkey][::4], bkey)
+                used.add(bkey)
+        names = [n for n, _ in self.named_parameters()] + [n for n, _ in self.named_buffers()]
+        return {
+            "loaded": loaded,
+            "missing": [n for n in names if n not in loaded],
+            "unexpected": [k for k in sd if k not in used],
+        }

@@ -1,0 +1,667 @@
+"""Training checkpoints (``NAME.pt``) and weight files (``NAME.safetensors``), written atomically.
+
+Two kinds of files live in a run's ``checkpoints/`` folder:
+
+* ``NAME.pt``: the whole training state, a dict that loads with ``torch.load(path, weights_only=True)``:
+
+  ======================  ===========================================================================
+  ``model``               the model's ``state_dict`` (``DataParallel`` / ``torch.compile`` prefixes removed)
+  ``optimizer``           ``optimizer.state_dict()`` or ``None``
+  ``scheduler``           ``scheduler.state_dict()`` or ``None``
+  ``scaler``              ``GradScaler.state_dict()`` or ``None``
+  ``step`` / ``epoch``    ints: optimizer steps done, current epoch
+  ``sampler``             a small dict of ints, e.g. ``{"epoch": 3, "batch_in_epoch": 120}``
+  ``rng``                 :func:`capture_rng_state` (Python, NumPy, torch CPU and CUDA generators)
+  ``config``              the resolved configuration, a plain (JSON-able) dict
+  ``class_names``         ``list[str]``, index 0 background
+  ``model_name``          the registered model name (:func:`multibox.models.build_model`)
+  ``model_kwargs``        plain (JSON-able) keyword arguments of ``build_model`` besides the classes
+  ``metrics``             dict of the latest evaluation results
+  ``best``                (written by :class:`CheckpointManager`) ``{"metric", "step", "higher_is_better"}``
+  ``format_version``      :data:`FORMAT_VERSION`
+  ======================  ===========================================================================
+
+* ``NAME.safetensors``: the model weights only, with string metadata ``model_name``, ``num_classes``,
+  ``class_names`` (JSON list), ``model_kwargs`` (JSON), ``config`` (JSON), ``step``, ``format_version`` and
+  ``format`` (``"multibox-weights"``).
+
+Every file is written to a temporary file in the same folder (``.NAME.XXXX.tmp``), flushed and fsynced,
+moved over the final name with ``os.replace`` and the folder is fsynced: a crash or ``kill -9`` during a save
+leaves the previous file intact under its name. Loaders never look at temporary names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pickle
+import random
+import re
+import shutil
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..fileio import atomic_write_bytes, atomic_write_with
+from ..models.detector import SSD
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointManager",
+    "capture_rng_state",
+    "restore_rng_state",
+    "save_checkpoint",
+    "save_weights",
+    "load_checkpoint",
+    "load_weights_file",
+    "load_model",
+    "unwrap_model",
+    "model_state_dict",
+]
+
+#: Version of the checkpoint layout; bumped when a key changes meaning.
+FORMAT_VERSION = 1
+
+_WEIGHTS_FORMAT = "multibox-weights"
+_REQUIRED_KEYS = ("model", "step", "model_name", "class_names")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weight file that cannot be read: truncated, corrupt, or not written by multibox."""
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``DataParallel`` / ``DistributedDataParallel`` (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _strip_wrapper_prefixes(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Remove ``module.`` / ``_orig_mod.`` when every key carries it (repeatedly, for nested wrappers)."""
+    out = dict(state)
+    changed = True
+    while changed and out:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix):]: v for k, v in out.items()}
+                changed = True
+    return out
+
+
+def model_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state_dict`` of a module (unwrapped) or a state dict, without wrapper prefixes."""
+    if isinstance(model, nn.Module):
+        return dict(unwrap_model(model).state_dict())
+    if isinstance(model, Mapping):
+        bad = [k for k, v in model.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+        if bad:
+            raise TypeError(f"a state dict maps str names to tensors; offending keys: {bad[:5]}")
+        return _strip_wrapper_prefixes(model)
+    raise TypeError(f"expected an nn.Module or a state dict, got {type(model).__name__}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """fsync a directory so that a rename in it survives a power loss (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | os.PathLike, writer: Any) -> Path:
+    """``atomic_write_with`` (tmp in the same folder, fsync, ``os.replace``) plus an fsync of the folder."""
+    final = atomic_write_with(path, writer)
+    _fsync_dir(final.parent)
+    return final
+
+
+def _atomic_link_or_copy(src: Path, dst: Path) -> Path:
+    """Make ``dst`` a copy of the finished file ``src`` atomically: a hard link when the file system has them
+    (later ``os.replace`` of ``src`` does not touch ``dst``), else a byte copy."""
+
+    def write(tmp: Path) -> None:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+    return _atomic_write(dst, write)
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """A copy of ``obj`` made of what ``torch.load(weights_only=True)`` accepts (containers copied, tensors
+    shared). NumPy scalars become Python numbers, NumPy arrays tensors, paths strings, dataclasses dicts.
+    Anything else raises ``TypeError`` naming where it sits."""
+    if isinstance(obj, np.generic):  # before the Python types: np.float64 subclasses float
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, bytearray)):
+        return obj
+    if isinstance(obj, (Tensor, torch.dtype, torch.device, torch.Size)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name), f"{where}.{f.name}") for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {_plain(k, f"{where} key {k!r}"): _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        if isinstance(obj, list):
+            return items
+        return tuple(items) if isinstance(obj, tuple) else set(items)
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which torch.load(weights_only=True) "
+        "cannot read back; store plain values (numbers, strings, lists, dicts, tensors) instead"
+    )
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """``obj`` as JSON-compatible plain values (tuples become lists); ``TypeError`` naming the bad entry."""
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item(), where)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj  # json writes NaN / Infinity and reads them back
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name), f"{where}.{f.name}") for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where} has a non-string key {k!r}; JSON metadata needs string keys")
+            out[k] = _jsonable(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; it must be plain JSON values "
+        "(numbers, strings, lists, dicts); pass e.g. a prior preset name instead of a PriorConfig"
+    )
+
+
+def _class_names(names: Any, where: str) -> list[str]:
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise TypeError(f"{where} must be a list of class names (background first), got {type(names).__name__}")
+    out = [str(n) for n in names]
+    if len(out) < 2:
+        raise ValueError(f"{where} needs the background name and at least one class, got {out}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- RNG
+def capture_rng_state() -> dict[str, Any]:
+    """The state of Python's, NumPy's and torch's global generators, as values ``weights_only`` loads.
+
+    Returns ``{"python": {"version": int, "state": int64 tensor [625], "gauss_next": float | None},
+    "numpy": {"name": str, "keys": int64 tensor [624], "pos": int, "has_gauss": int, "cached_gaussian":
+    float}, "torch": uint8 tensor, "cuda": list of uint8 tensors (one per visible GPU; empty without CUDA)}``.
+    """
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
+    cuda: list[Tensor] = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = [t.clone() for t in torch.cuda.get_rng_state_all()]
+    return {
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "torch": torch.get_rng_state().clone(),
+        "cuda": cuda,
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Set the global generators from :func:`capture_rng_state`'s dict (entries that are absent are left alone;
+    CUDA states are restored when CUDA is available and the number of GPUs matches)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"an RNG state is a dict from capture_rng_state(), got {type(state).__name__}")
+    if "python" in state:
+        py = state["python"]
+        random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    if "numpy" in state:
+        npst = state["numpy"]
+        keys = np.asarray(npst["keys"].tolist(), dtype=np.uint32)
+        np.random.set_state(
+            (npst["name"], keys, int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"]))
+        )
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].to(dtype=torch.uint8, device="cpu"))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.to(dtype=torch.uint8, device="cpu") for t in cuda])
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def _full_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``state``, fill the optional keys, and convert it to weights_only-loadable values."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"a checkpoint state is a dict, got {type(state).__name__}")
+    missing = [k for k in _REQUIRED_KEYS if k not in state]
+    if missing:
+        raise KeyError(f"checkpoint state lacks {missing}; it needs at least {list(_REQUIRED_KEYS)}")
+    out = dict(state)
+    out["model"] = model_state_dict(state["model"])
+    out["class_names"] = _class_names(state["class_names"], "state['class_names']")
+    out["model_name"] = str(state["model_name"])
+    out["step"] = int(state["step"])
+    out["epoch"] = int(state.get("epoch") or 0)
+    for key in ("optimizer", "scheduler", "scaler"):
+        value = out.get(key)
+        if value is not None and hasattr(value, "state_dict") and callable(value.state_dict):
+            value = value.state_dict()  # an optimizer / scheduler / scaler object was passed
+        out[key] = value
+    sampler = out.get("sampler") or {}
+    if not isinstance(sampler, Mapping):
+        raise TypeError(f"state['sampler'] must be a dict of ints, got {type(sampler).__name__}")
+    out["sampler"] = dict(sampler)
+    out["model_kwargs"] = _jsonable(out.get("model_kwargs") or {}, "state['model_kwargs']")
+    out["config"] = _jsonable(out.get("config") or {}, "state['config']")
+    out["metrics"] = out.get("metrics") or {}
+    if out.get("rng") is None:
+        out["rng"] = capture_rng_state()
+    out["format_version"] = FORMAT_VERSION
+    return _plain(out, "state")
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """Write the training state ``state`` to ``path`` (``.pt``) atomically; returns the final path.
+
+    ``state`` needs ``model`` (a state dict or a module), ``step``, ``model_name`` and ``class_names``; the
+    other keys of the module docstring get defaults (``None``, 0, ``{}``; ``rng`` is captured now when
+    absent; ``format_version`` is set). Optimizer / scheduler / scaler objects are replaced by their
+    ``state_dict()``. Raises ``TypeError`` naming any entry ``torch.load(weights_only=True)`` could not read.
+    """
+    return _write_pt(path, _full_state(state))
+
+
+def _write_pt(path: str | os.PathLike, full: dict[str, Any]) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(full, f)
+            f.flush()
+
+    return _atomic_write(path, write)
+
+
+def _weights_metadata(
+    num_classes: int, model_name: str, class_names: list[str], model_kwargs: Any, config: Any, step: int
+) -> dict[str, str]:
+    return {
+        "format": _WEIGHTS_FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_name": str(model_name),
+        "num_classes": str(int(num_classes)),
+        "class_names": json.dumps(class_names),
+        "model_kwargs": json.dumps(_jsonable(model_kwargs or {}, "model_kwargs")),
+        "config": json.dumps(_jsonable(config or {}, "config")),
+        "step": str(int(step)),
+    }
+
+
+def save_weights(
+    path: str | os.PathLike,
+    model: nn.Module | Mapping[str, Tensor],
+    *,
+    model_name: str,
+    class_names: list[str] | tuple[str, ...],
+    model_kwargs: Mapping[str, Any] | None,
+    config: Mapping[str, Any] | None,
+    step: int,
+) -> Path:
+    """Write the model's weights to ``path`` (``.safetensors``) with metadata, atomically; returns the path.
+
+    ``model`` is a module (wrappers such as DDP are unwrapped) or a state dict. Tensors are saved on the CPU;
+    tensors sharing memory are stored as separate copies. ``model_kwargs`` and ``config`` must be plain JSON
+    values. Non-persistent buffers (the priors) are not saved: they are rebuilt by :func:`load_model`.
+    """
+    from safetensors.torch import save_file
+
+    names = _class_names(class_names, "class_names")
+    metadata = _weights_metadata(len(names), model_name, names, model_kwargs, config, step)
+    tensors: dict[str, Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for k, v in model_state_dict(model).items():
+        t = v.detach().to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) if t.numel() else (id(t), 0)
+        if key in seen:
+            t = t.clone()
+        seen.add(key)
+        tensors[k] = t
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, os.fspath(tmp), metadata=metadata)
+
+    return _atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a ``.pt`` training checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises ``FileNotFoundError`` when ``path`` is missing and :class:`CheckpointError` (naming the file) when
+    it is truncated or corrupt, refused by the ``weights_only`` loader, not a multibox checkpoint, or written
+    by a newer format version. Restore RNGs with ``restore_rng_state(ckpt["rng"])``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint file {p} does not exist")
+    if p.suffix == ".safetensors":
+        raise CheckpointError(
+            f"{p} holds model weights only; resuming needs the .pt training checkpoint next to it "
+            "(use load_model or multibox.engine.weights.load_weights for the weights)"
+        )
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{p} is not a multibox checkpoint: it holds objects that torch.load(weights_only=True) refuses "
+            f"({err})"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {p}: the file is truncated or corrupt ({err})") from err
+    _check_checkpoint(obj, p)
+    return obj
+
+
+def _check_checkpoint(obj: Any, path: Path) -> None:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} is not a multibox checkpoint: it holds a {type(obj).__name__}, not a dict")
+    if "format_version" not in obj:
+        raise CheckpointError(
+            f"{path} is not a multibox checkpoint (no 'format_version' key; keys: {sorted(map(str, obj))[:10]}); "
+            "for a bare state dict use multibox.engine.weights.load_weights"
+        )
+    version = obj["format_version"]
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}, newer than this multibox reads ({FORMAT_VERSION}); upgrade"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete multibox checkpoint: it lacks {missing}")
+    if not isinstance(obj["model"], Mapping):
+        raise CheckpointError(f"{path}: 'model' is a {type(obj['model']).__name__}, not a state dict")
+
+
+def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read weights file {path}: truncated or not a safetensors file ({err})") from err
+    return tensors, metadata
+
+
+def load_weights_file(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, info)`` from a ``.safetensors`` file, a multibox ``.pt`` checkpoint or a plain ``.pt`` /
+    ``.pth`` state dict (``weights_only=True``; one wrapped under ``"model"`` or ``"state_dict"`` works too).
+
+    ``info`` has what the file tells about the model: ``model_name``, ``class_names``, ``model_kwargs``,
+    ``config``, ``step`` (each present only when known). Wrapper prefixes (``module.``) are stripped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file {p} does not exist")
+    if p.suffix == ".safetensors":
+        tensors, meta = _read_safetensors(p, map_location)
+        info: dict[str, Any] = {}
+        try:
+            for key in ("class_names", "model_kwargs", "config"):
+                if key in meta:
+                    info[key] = json.loads(meta[key])
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{p}: metadata entry is not valid JSON ({err})") from err
+        if "model_name" in meta:
+            info["model_name"] = meta["model_name"]
+        if "step" in meta:
+            info["step"] = int(meta["step"])
+        if "num_classes" in meta and "class_names" in info and int(meta["num_classes"]) != len(info["class_names"]):
+            raise CheckpointError(
+                f"{p}: metadata num_classes={meta['num_classes']} but class_names has {len(info['class_names'])}"
+            )
+        return _strip_wrapper_prefixes(tensors), info
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{p}: torch.load(weights_only=True) refuses its contents ({err})") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read weights file {p}: the file is truncated or corrupt ({err})") from err
+    info = {}
+    if isinstance(obj, Mapping) and "format_version" in obj:
+        _check_checkpoint(obj, p)
+        info = {k: obj[k] for k in ("model_name", "class_names", "model_kwargs", "config", "step") if k in obj}
+        obj = obj["model"]
+    elif isinstance(obj, Mapping):
+        for wrapper in ("model", "state_dict"):
+            if isinstance(obj.get(wrapper), Mapping):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p} does not hold a state dict (got {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{p} is not a state dict: entries {bad[:5]} are not tensors")
+    return _strip_wrapper_prefixes(obj), info
+
+
+def load_model(path: str | os.PathLike, map_location: str = "cpu") -> SSD:
+    """Build the model recorded in a ``.safetensors`` weights file or a ``.pt`` checkpoint and load its weights.
+
+    The model is ``multibox.models.build_model(model_name, num_classes=len(class_names),
+    class_names=class_names, **model_kwargs)`` with the file's weights loaded strictly, moved to
+    ``map_location`` and put in eval mode; it has ``.class_names``. Returns an :class:`~multibox.models.SSD`.
+    Raises :class:`CheckpointError` naming the file when the metadata is missing or the weights do not fit.
+    """
+    from ..models import build_model
+
+    p = Path(path)
+    state, info = load_weights_file(p, "cpu")
+    for key in ("model_name", "class_names"):
+        if key not in info:
+            raise CheckpointError(
+                f"{p} does not record '{key}', so the model cannot be rebuilt; build the model yourself and use "
+                "multibox.engine.weights.load_weights"
+            )
+    names = _class_names(info["class_names"], f"{p}: class_names")
+    kwargs = dict(info.get("model_kwargs") or {})
+    for key in ("num_classes", "class_names"):
+        kwargs.pop(key, None)
+    try:
+        model = build_model(info["model_name"], num_classes=len(names), class_names=names, **kwargs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{p}: cannot build model {info['model_name']!r} with {kwargs}: {err}") from err
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{p}: the weights do not fit model {info['model_name']!r}: {err}") from err
+    return model.to(map_location).eval()
+
+
+# ------------------------------------------------------------------------------------------------ manager
+_STEP_RE = re.compile(r"^step-(\d+)\.pt$")
+
+
+class CheckpointManager:
+    """Saves a run's checkpoints into ``folder``.
+
+    Every :meth:`save` writes ``last.pt`` and ``last.safetensors``; when ``metric`` improves on the best so far
+    also ``best.pt``, ``best.safetensors`` and ``best.json`` (``{"metric", "step", "higher_is_better"}``, read
+    back on construction so that "best" survives a resume); when ``keep_last > 0`` also ``step-000123.pt``,
+    keeping only the ``keep_last`` newest of those (``keep_last=0``: no step files). The saved state carries
+    ``state["best"]``. Files of one save are written once and linked (or copied) to their other names.
+    Stale temporary files left by a killed save are removed on construction.
+    """
+
+    def __init__(self, folder: str | os.PathLike, keep_last: int = 1) -> None:
+        if int(keep_last) < 0:
+            raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+        self.folder = Path(folder)
+        self.keep_last = int(keep_last)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.best: dict[str, Any] | None = self._read_best_json()
+        self._remove_stale_temporaries()
+
+    # paths
+    @property
+    def last_path(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.folder / "best.pt"
+
+    @property
+    def best_json_path(self) -> Path:
+        return self.folder / "best.json"
+
+    @property
+    def best_metric(self) -> float | None:
+        return None if self.best is None else float(self.best["metric"])
+
+    def step_paths(self) -> list[Path]:
+        """The ``step-N.pt`` files, oldest (smallest ``N``) first."""
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _STEP_RE.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        """``last.pt`` if it exists, else the newest ``step-N.pt``, else ``None`` (the file to resume from)."""
+        if self.last_path.is_file():
+            return self.last_path
+        steps = self.step_paths()
+        return steps[-1] if steps else None
+
+    # best tracking
+    def _read_best_json(self) -> dict[str, Any] | None:
+        p = self.best_json_path
+        if not p.is_file():
+            return None
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            best = {
+                "metric": float(data["metric"]),
+                "step": int(data["step"]),
+                "higher_is_better": bool(data["higher_is_better"]),
+            }
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"{p} is not a valid best.json (expected {{\"metric\", \"step\", \"higher_is_better\"}}): {err}"
+            ) from err
+        return best
+
+    def restore_best(self, state: Mapping[str, Any]) -> None:
+        """Adopt ``state["best"]`` of a loaded checkpoint when this folder has no ``best.json``."""
+        best = state.get("best")
+        if self.best is None and isinstance(best, Mapping) and best.get("metric") is not None:
+            self.best = {
+                "metric": float(best["metric"]),
+                "step": int(best["step"]),
+                "higher_is_better": bool(best.get("higher_is_better", True)),
+            }
+
+    def is_better(self, metric: float, higher_is_better: bool = True) -> bool:
+        """Whether ``metric`` beats the best so far (always, when there is none; NaN never does)."""
+        if metric is None or math.isnan(float(metric)):
+            return False
+        if self.best is None:
+            return True
+        if bool(self.best["higher_is_better"]) != bool(higher_is_better):
+            raise ValueError(
+                f"best.json in {self.folder} was written with higher_is_better={self.best['higher_is_better']}, "
+                f"now called with {higher_is_better}"
+            )
+        best = float(self.best["metric"])
+        return float(metric) > best if higher_is_better else float(metric) < best
+
+    def _remove_stale_temporaries(self) -> None:
+        for p in self.folder.glob(".*.tmp"):
+            if re.match(r"^\.(last|best|step-\d+)\.(pt|safetensors|json)\..+\.tmp$", p.name):
+                p.unlink(missing_ok=True)
+
+    # saving
+    def save(
+        self,
+        state: Mapping[str, Any],
+        *,
+        step: int,
+        metric: float | None = None,
+        higher_is_better: bool = True,
+    ) -> dict[str, Path]:
+        """Save ``state`` (see :func:`save_checkpoint`) at ``step``; returns ``{"last", "last_weights",
+        ["best", "best_weights"], ["step"]}`` paths written.
+
+        ``state["step"]``, when present, must equal ``step``. ``metric`` (e.g. validation mAP) decides whether
+        this is the new best; ``higher_is_better=False`` for losses.
+        """
+        step = int(step)
+        if "step" in state and int(state["step"]) != step:
+            raise ValueError(f"state['step'] is {state['step']} but save() was called with step={step}")
+        improved = metric is not None and self.is_better(float(metric), higher_is_better)
+        best = self.best
+        if improved:
+            best = {"metric": float(metric), "step": step, "higher_is_better": bool(higher_is_better)}
+        full = _full_state({**state, "step": step, "best": best})
+        written: dict[str, Path] = {}
+        written["last"] = _write_pt(self.last_path, full)
+        written["last_weights"] = save_weights(
+            self.folder / "last.safetensors",
+            full["model"],
+            model_name=full["model_name"],
+            class_names=full["class_names"],
+            model_kwargs=full["model_kwargs"],
+            config=full["config"],
+            step=step,
+        )
+        if improved:
+            written["best"] = _atomic_link_or_copy(self.last_path, self.best_path)
+            written["best_weights"] = _atomic_link_or_copy(written["last_weights"], self.folder / "best.safetensors")
+            atomic_write_bytes(self.best_json_path, (json.dumps(best, indent=2) + "\n").encode("utf-8"))
+            _fsync_dir(self.folder)
+            self.best = best
+        if self.keep_last > 0:
+            written["step"] = _atomic_link_or_copy(self.last_path, self.folder / f"step-{step:06d}.pt")
+            for old in self.step_paths()[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+        return written
