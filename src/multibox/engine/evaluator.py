@@ -1,0 +1,317 @@
+"""Evaluation of detections and of models: VOC07 / VOC12 AP and COCO metrics, one result type.
+
+* :func:`evaluate_table` scores a :class:`~multibox.metrics.results.DetectionTable` against a
+  :class:`~multibox.metrics.results.GroundTruth` (what ``multibox eval --gt ... --detections ...`` runs);
+* :func:`evaluate_detections` scores one :class:`~multibox.detections.Detections` per image against
+  :class:`~multibox.data.types.Target` lists;
+* :func:`evaluate_model` runs a model over a dataset (its eval transform, the model, ``PostProcess`` with
+  confidence threshold 0.01 and 200 detections per image, boxes mapped back to the original image) and scores
+  the detections (used by the trainer's periodic evaluation and ``multibox eval CHECKPOINT``).
+
+All return :class:`EvalResult`. Metrics: ``"voc07"`` (11-point), ``"voc12"`` (all-point), ``"coco"``
+(pycocotools); see :mod:`multibox.metrics.voc` and :mod:`multibox.metrics.coco`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..metrics import METRICS
+from ..metrics.results import DetectionTable, GroundTruth
+from ..metrics.voc import ClassAP
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data.types import DetectionDataset, Target
+    from ..detections import Detections
+    from ..models.detector import SSD
+    from ..postprocess import PostProcess
+
+__all__ = ["EvalResult", "evaluate_table", "evaluate_detections", "evaluate_model", "check_metric", "label_map"]
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of ``voc07``, ``voc12``, ``coco``; else ValueError."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
+    return metric
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
+
+
+@dataclass
+class EvalResult:
+    """The result of an evaluation.
+
+    Attributes:
+        metric: ``"voc07"``, ``"voc12"`` or ``"coco"``.
+        mAP: mean AP over the classes with ground truth (VOC; NaN when none has any), or COCO's ``AP``
+            (IoU 0.50:0.95).
+        per_class: class name -> AP (NaN for a class without ground truth), in class order.
+        class_names: ``C`` names, background first (the labels of ``detections``).
+        num_gt: class name -> ground-truth boxes counted (non-difficult / non-crowd).
+        num_det: class name -> detections of the class.
+        image_ids: the image ids, in order.
+        detections: one :class:`~multibox.detections.Detections` per image (xyxy pixels of the original image).
+        coco_stats: the 12 pycocotools numbers by name (``AP``, ``AP50``, ..., ``ARl``) for ``coco``, else None.
+        coco_summary: pycocotools' printed summary (``coco`` only).
+        classes: the per-class results with their precision-recall curves (for plots).
+    """
+
+    metric: str
+    mAP: float  # noqa: N815 (the name every detection paper uses)
+    per_class: dict[str, float]
+    class_names: list[str]
+    num_gt: dict[str, int]
+    num_det: dict[str, int]
+    image_ids: list[str]
+    detections: list[Detections] = field(default_factory=list, repr=False)
+    coco_stats: dict[str, float] | None = None
+    coco_summary: str | None = field(default=None, repr=False)
+    classes: list[ClassAP] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``metric``, ``mAP``, ``per_class`` {name: AP}, ``num_gt``, ``num_det``,
+        ``num_images`` and, for ``coco``, ``coco_stats`` {name: value}. NaN becomes ``null``; detections are
+        not included (write them with the results writers)."""
+        out: dict[str, Any] = {
+            "metric": self.metric,
+            "mAP": _num(self.mAP),
+            "per_class": {k: _num(v) for k, v in self.per_class.items()},
+            "num_gt": dict(self.num_gt),
+            "num_det": dict(self.num_det),
+            "num_images": len(self.image_ids),
+        }
+        if self.coco_stats is not None:
+            out["coco_stats"] = {k: _num(v) for k, v in self.coco_stats.items()}
+        return out
+
+    def format_table(self) -> str:
+        """The per-class table (class, AP in %, #gt, #det) and the mean, as text."""
+        width = max([5, *(len(n) for n in self.per_class)])
+        head = "AP" if self.metric != "coco" else "AP@[.5:.95]"
+        lines = [f"{'class':<{width}}  {head:>11}  {'#gt':>7}  {'#det':>8}"]
+        for name, ap in self.per_class.items():
+            text = "n/a" if math.isnan(ap) else f"{100 * ap:.2f}"
+            lines.append(f"{name:<{width}}  {text:>11}  {self.num_gt[name]:>7}  {self.num_det[name]:>8}")
+        m = "n/a" if math.isnan(self.mAP) else f"{100 * self.mAP:.2f}"
+        label = {"voc07": "mAP (VOC07 11-point)", "voc12": "mAP (VOC12 all-point)", "coco": "AP (COCO)"}
+        lines.append(f"{label.get(self.metric, 'mAP')}: {m}  ({len(self.image_ids)} images, "
+                     f"{sum(self.num_det.values())} detections)")
+        if self.coco_stats is not None:
+            lines.append("  ".join(f"{k} {100 * v:.2f}" if v >= 0 else f"{k} n/a"
+                                   for k, v in self.coco_stats.items()))
+        return "\n".join(lines)
+
+
+def evaluate_table(gt: GroundTruth, table: DetectionTable, metric: str = "voc07", *,
+                   detections: list[Detections] | None = None, difficult_as_crowd: bool = True) -> EvalResult:
+    """Score ``table`` (rows index ``gt.targets``; labels in ``gt.class_names``) with ``metric``.
+
+    ``detections``: the per-image detections to keep in the result (default: built from ``table``).
+    ``difficult_as_crowd``: for ``coco`` on non-COCO ground truth, difficult boxes become ``iscrowd``.
+    """
+    check_metric(metric)
+    names = gt.class_names
+    if len(table) and (table.image.min() < 0 or table.image.max() >= len(gt)):
+        raise ValueError(f"detections refer to image {int(table.image.max())} but the ground truth has {len(gt)}")
+    coco_stats = coco_summary = None
+    if metric == "coco":
+        from ..metrics.coco import coco_evaluate
+        from ..metrics.results import coco_results
+
+        _, category_ids = gt.coco_ids()
+        ev = coco_evaluate(gt.coco_dict(difficult_as_crowd), coco_results(table, gt, for_coco_dict=True,
+                                                                          with_names=False),
+                           names, category_ids)
+        classes, mean, coco_stats, coco_summary = ev.per_class, ev.stats["AP"], ev.stats, ev.summary
+    else:
+        from ..metrics.voc import mean_ap, voc_evaluate
+
+        gi, gl, gb, ign = gt.arrays()
+        classes = voc_evaluate(gt_image=gi, gt_label=gl, gt_boxes=gb, gt_ignore=ign, det_image=table.image,
+                               det_label=table.label, det_score=table.score, det_boxes=table.boxes,
+                               class_names=names, metric=metric)
+        mean = mean_ap(classes)
+    if detections is None:
+        detections = table.to_detections(len(gt), names, [t.orig_size for t in gt.targets])
+    return EvalResult(
+        metric=metric, mAP=float(mean), per_class={c.name: c.ap for c in classes}, class_names=list(names),
+        num_gt={c.name: c.num_gt for c in classes}, num_det={c.name: c.num_det for c in classes},
+        image_ids=gt.image_ids, detections=detections, coco_stats=coco_stats, coco_summary=coco_summary,
+        classes=classes)
+
+
+def evaluate_detections(gts: Sequence[Target], dets: Sequence[Detections], class_names: Sequence[str],
+                        metric: str = "voc07") -> EvalResult:
+    """Score one :class:`~multibox.detections.Detections` per image against its :class:`Target`.
+
+    ``gts[i]`` and ``dets[i]`` are the same image; boxes are xyxy pixels of the original image (a ``Detections``
+    without ``image_size`` is normalized by contract and is scaled by the target's ``orig_size``); labels of both
+    index ``class_names`` (background first). For ``coco`` the ground truth is converted as
+    :func:`~multibox.metrics.coco.coco_ground_truth` says (difficult boxes become crowd regions).
+    """
+    check_metric(metric)
+    if len(gts) != len(dets):
+        raise ValueError(f"{len(gts)} targets but {len(dets)} detection lists: need one per image")
+    for t, d in zip(gts, dets, strict=True):
+        if d.image_size is not None and all(t.orig_size) and tuple(d.image_size) != tuple(t.orig_size):
+            raise ValueError(f"image {t.image_id}: detections are for a {d.image_size[1]}x{d.image_size[0]} "
+                             f"image but the target's is {t.orig_size[1]}x{t.orig_size[0]} (WxH)")
+    gt = GroundTruth(targets=list(gts), class_names=list(class_names))
+    table = DetectionTable.from_detections(dets, [tuple(t.orig_size) for t in gts])
+    return evaluate_table(gt, table, metric, detections=list(dets))
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def label_map(source: Sequence[str], target: Sequence[str]) -> np.ndarray | None:
+    """``[len(source)]`` int64 mapping labels of ``source`` class names to ``target``'s (-1: not there), or
+    ``None`` when they are the same list.
+
+    Equal lists, and lists of equal length where ``source`` holds the default names ``class_1, ...``, map
+    one to one; otherwise classes are matched by name (at least one must match).
+    """
+    from ..models.detector import default_class_names
+
+    src, dst = list(source), list(target)
+    if src == dst or (len(src) == len(dst) and src == default_class_names(len(src))):
+        return None
+    index = {n: k for k, n in enumerate(dst) if k > 0}
+    out = np.array([-1] + [index.get(n, -1) for n in src[1:]], dtype=np.int64)
+    if not (out >= 0).any():
+        raise ValueError(f"the model's classes ({', '.join(src[1:6])}, ...) share no name with the dataset's "
+                         f"({', '.join(dst[1:6])}, ...)")
+    return out
+
+
+def _remap(dets: Detections, mapping: np.ndarray | None, names: list[str]) -> Detections:
+    from ..detections import Detections as D
+
+    if mapping is None:
+        return D(dets.boxes, dets.scores, dets.labels, names, dets.image_size)
+    import torch
+
+    lab = torch.from_numpy(mapping)[dets.labels]
+    keep = lab > 0
+    return D(dets.boxes[keep], dets.scores[keep], lab[keep], names, dets.image_size)
+
+
+class _EvalSample:
+    """Eval transform of the image only; the original target (pixels of the decoded image) is passed on."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Any, target: Target, rng: Any = None) -> tuple[Any, Target]:
+        x, _ = self.transform(image, target, rng)
+        return x, target
+
+
+def _collate_eval(batch: list[tuple[Any, Target]]) -> tuple[Any, list[Target]]:
+    import torch
+
+    return torch.stack([x for x, _ in batch]), [t for _, t in batch]
+
+
+def evaluate_model(
+    model: SSD,
+    dataset: DetectionDataset,
+    *,
+    metric: str = "voc07",
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    postprocess: PostProcess | None = None,
+    progress: bool = True,
+    class_names: list[str] | None = None,
+    ground_truth: GroundTruth | None = None,
+) -> EvalResult:
+    """Run ``model`` over ``dataset`` and score its detections.
+
+    Each image goes through ``ssd_eval_transform(model.input_spec)`` (resize + normalize), the model, and
+    ``postprocess`` (default ``PostProcess.from_model(model, conf_threshold=0.01, keep_top_k=200)``) with the
+    original image size, so boxes come out as xyxy pixels of the original image. The model runs on ``device``
+    in eval mode under ``no_grad``; its device and train/eval mode are restored afterwards.
+
+    Classes: ``class_names`` names the model's labels (default ``model.class_names``). When they differ from
+    ``dataset.class_names`` detections are mapped by name (see :func:`label_map`); the result uses the dataset's
+    classes. ``ground_truth``: score against this instead of the dataset's targets (images matched by image id,
+    classes by name); by default, the ``coco`` metric on a COCO dataset scores against its annotation file
+    itself (COCO's own areas and crowd regions), every other case against the dataset's targets.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data.augment import ssd_eval_transform
+    from ..data.loader import build_loader
+    from ..postprocess import PostProcess
+
+    check_metric(metric)
+    data_names = list(dataset.class_names)
+    model_names = list(class_names or getattr(model, "class_names", None) or data_names)
+    mapping = label_map(model_names, data_names)
+    post = postprocess if postprocess is not None else PostProcess.from_model(model, conf_threshold=0.01,
+                                                                                keep_top_k=200)
+    device = torch.device(device)
+    param = next(model.parameters(), None)
+    home = param.device if param is not None else device
+    was_training = model.training
+    loader = build_loader(dataset, _EvalSample(ssd_eval_transform(model.input_spec)), batch_size=batch_size,
+                          shuffle=False, num_workers=num_workers, collate_fn=_collate_eval)
+    targets: list[Target] = []
+    dets: list[Detections] = []
+    try:
+        model.to(device).eval()
+        post.to(device)
+        with torch.no_grad():
+            for images, batch_targets in tqdm(loader, total=len(loader), desc="eval", unit="batch",
+                                              disable=not progress, leave=False):
+                out = model(images.to(device))
+                sizes = [tuple(int(v) for v in t.orig_size) for t in batch_targets]
+                batch_dets = post(out.cls_logits, out.box_deltas, sizes)
+                dets += [_remap(d.cpu(), mapping, data_names) for d in batch_dets]
+                targets += batch_targets
+    finally:
+        model.to(home)
+        model.train(was_training)
+    if ground_truth is None and metric == "coco" and getattr(dataset, "format", None) == "coco" \
+            and getattr(dataset, "annotation_file", None) is not None:
+        from ..metrics.results import read_coco_ground_truth
+
+        ground_truth = read_coco_ground_truth(dataset.annotation_file)
+    if ground_truth is None:
+        return evaluate_detections(targets, dets, data_names, metric)
+    return _score_against(ground_truth, targets, dets, data_names, metric)
+
+
+def _score_against(gt: GroundTruth, targets: list[Target], dets: list[Detections], names: list[str],
+                   metric: str) -> EvalResult:
+    """Score per-image detections (labels in ``names``) against ``gt``, matching images by id, classes by name."""
+    from ..detections import Detections as D
+
+    mapping = label_map(names, gt.class_names)
+    table = DetectionTable.from_detections(dets, [tuple(t.orig_size) for t in targets])
+    index = np.array([gt.index_of(t.image_id) if gt.index_of(t.image_id) is not None else -1 for t in targets],
+                     dtype=np.int64)
+    if (index < 0).any():
+        missing = targets[int(np.flatnonzero(index < 0)[0])].image_id
+        raise ValueError(f"image {missing!r} of the dataset is not in the ground truth {gt.source}")
+    label = table.label if mapping is None else mapping[table.label]
+    keep = label > 0
+    table = DetectionTable(index[table.image][keep], label[keep], table.score[keep], table.boxes[keep])
+    by_image: list[Detections] = [D.empty(gt.class_names, tuple(t.orig_size) if all(t.orig_size) else None)
+                                  for t in gt.targets]
+    for i, d in zip(index.tolist(), dets, strict=True):
+        by_image[i] = _remap(d, mapping, gt.class_names) if mapping is not None else \
+            D(d.boxes, d.scores, d.labels, gt.class_names, d.image_size)
+    return evaluate_table(gt, table, metric, detections=by_image)
