@@ -66,7 +66,7 @@ class DataConfig:
     ``augment``: ``ssd`` (photometric, expand, min-IoU crop, flip), ``ssdlite`` (crop, flip) or ``none``.
     """
 
-    train: str = "synthetic"
+    train: str | None = "synthetic"
     train_split: str | None = "train"
     val: str | None = "synthetic"
     val_split: str | None = "test"

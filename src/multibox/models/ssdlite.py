@@ -139,16 +139,28 @@ def ssdlite_priors(
     return PriorConfig(image_size=(h, w), levels=tuple(levels), variances=variances)
 
 
-def ssd300_mobilenetv2_priors(image_size: Sequence[int] = (300, 300)) -> PriorConfig:
+def ssd300_mobilenetv2_priors(image_size: Sequence[int] = (300, 300), s_min: float = 0.2,
+                              s_max: float = 0.9) -> PriorConfig:
     """SSD300-like priors for the six MobileNetV2 maps (19, 10, 5, 3, 2, 1 at 300x300): the paper's scales
-    0.2..0.9 (+1.04 for the extra square box of the last level), ratios ``[2], [2, 3], [2, 3], [2, 3], [2],
-    [2]``, steps 16, 32, 64, 100, 150, 300 pixels; 2268 priors at 300x300."""
+    ``s_min..s_max`` (0.2..0.9, +1.04 for the extra square box of the last level), ratios ``[2], [2, 3], [2, 3],
+    [2, 3], [2], [2]``, steps 16, 32, 64, 100, 150, 300 pixels; 2268 priors at 300x300. At other sizes the maps are
+    ``ceil(H / 16)``, ``ceil(H / 32)`` then halved (rounding up) by each extra block, and the steps are
+    ``image size / map size``."""
+    size = (int(image_size[0]), int(image_size[1]))
+    if size == (300, 300):
+        steps = [16.0, 32.0, 64.0, 100.0, 150.0, 300.0]
+    else:
+        side = max(size)
+        maps = [math.ceil(side / 16), math.ceil(side / 32)]
+        for _ in range(4):
+            maps.append(math.ceil(maps[-1] / 2))
+        steps = [side / m for m in maps]
     return config_from_scales(
-        (int(image_size[0]), int(image_size[1])),
-        steps=[16.0, 32.0, 64.0, 100.0, 150.0, 300.0],
+        size,
+        steps=steps,
         aspect_ratios=[(2.0,), (2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,)],
-        s_min=0.2,
-        s_max=0.9,
+        s_min=s_min,
+        s_max=s_max,
         extra_box=True,
     )
 
@@ -306,14 +318,18 @@ def ssd300_mobilenetv2(
     width_mult: float = 1.0,
     tf_same_padding: bool = False,
     input_spec: InputSpec | None = None,
+    image_size: Sequence[int] = (300, 300),
+    s_min: float = 0.2,
+    s_max: float = 0.9,
 ) -> SSD:
     """SSD300 on MobileNetV2 with SSDLite extras and the 3x3-conv :class:`~multibox.models.heads.SSDHead`:
-    maps 19, 10, 5, 3, 2, 1; default priors :func:`ssd300_mobilenetv2_priors` (2268); input spec
-    :data:`IMAGENET_INPUT_SPEC` (the normalization the ImageNet backbone was trained with)."""
+    maps 19, 10, 5, 3, 2, 1; default priors :func:`ssd300_mobilenetv2_priors` (2268; ``image_size``, ``s_min``
+    and ``s_max`` change them when ``priors`` is not given); input spec :data:`IMAGENET_INPUT_SPEC` (the
+    normalization the ImageNet backbone was trained with)."""
     backbone = _backbone(width_mult, tf_same_padding, pretrained_backbone)
     extras = SSDLiteExtras(backbone.out_channels[-1], tf_same_padding=tf_same_padding)
     if priors is None:
-        priors = ssd300_mobilenetv2_priors((300, 300))
+        priors = ssd300_mobilenetv2_priors(image_size, s_min, s_max)
     if input_spec is None:
         input_spec = IMAGENET_INPUT_SPEC.with_image_size(priors.image_size)
     return SSD(backbone, extras, priors, num_classes=num_classes, class_names=class_names, input_spec=input_spec)
