@@ -22,7 +22,8 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
 
 
-@pytest.mark.parametrize("cmd", [[], ["anchors"], ["models"], ["demo"], ["bench"], ["bench", "core"], ["train"], ["eval"]])
+@pytest.mark.parametrize("cmd", [[], ["anchors"], ["models"], ["demo"], ["bench"], ["bench", "core"], ["train"],
+                                 ["eval"]])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--help"])

@@ -1,24 +1,24 @@
 import json
 
-import numpy as np
-
 from multibox.cli import main
 
 
-def test_demo_writes_result_files(tmp_path, capsys):
+def test_demo_trains_evaluates_and_draws(tmp_path, monkeypatch, capsys):
+    # The README demo on a tiny budget: the full recipe is measured in README/docs, not here.
+    monkeypatch.setenv("MULTIBOX_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--model", "ssd300_vgg16"]) == 0
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["detections.json", "grace_hopper_detections.png", "priors.npy", "summary.json"]
+    overrides = ["steps=6", "data.synthetic.num_train=24", "data.synthetic.num_test=6", "data.batch_size=8",
+                 "eval.every_steps=3", "checkpoint.every_steps=3", "log_every=2"]
+    assert main(["demo", *overrides, "--out", str(out), "--images", "2", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_priors"] == 8732 and summary["image_size"] == [600, 512]
+    ev = json.loads((out / "run" / "eval.json").read_text())
+    assert summary["mAP"] == ev["mAP"] and ev["metric"] == "voc07" and len(ev["per_class"]) == 6
+    assert (out / "run" / "plots" / "loss.png").is_file() and (out / "run" / "plots" / "map.png").is_file()
+    assert len(summary["images"]) == 2
+    for p in summary["images"]:
+        with open(p, "rb") as f:
+            assert f.read(4) == b"\x89PNG"
     records = json.loads((out / "detections.json").read_text())
-    assert 0 < len(records) <= 200 and len(records) == summary["num_detections"]
-    for r in records:
-        x, y, w, h = r["bbox"]
-        assert 0 <= x and 0 <= y and x + w <= 512 + 1e-3 and y + h <= 600 + 1e-3  # clipped to the photo
-        assert 1 <= r["category_id"] <= 20 and r["category_name"] != "background"
-    scores = [r["score"] for r in records]
-    assert scores == sorted(scores, reverse=True)
-    assert np.load(out / "priors.npy").shape == (8732, 4)
-    assert (out / "grace_hopper_detections.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(r["score"] >= 0.5 and r["category_name"] != "background" for r in records)
+    text = capsys.readouterr().out
+    assert "VOC07 mAP@0.5" in text and "curve:" in text

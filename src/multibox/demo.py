@@ -1,77 +1,88 @@
-"""The README's main job on built-in defaults: build a model, run it on a real photo, write result files."""
+"""The README's main job on built-in defaults: train the ``synthetic`` recipe, evaluate it, draw its detections.
+
+1. generates the synthetic shapes dataset (easy profile; cached after the first run) and trains SSD7 on it
+   (``multibox train synthetic``), evaluating VOC07 mAP on the held-out test split during and after training;
+2. prints the final mAP with the loss and mAP curves (text here, PNGs in the run folder);
+3. runs the trained model on a few test images and draws its detections.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from .classes import VOC_CLASSES
-from .data import EvalTransform, load_image
-from .fileio import atomic_save_npy, atomic_write_bytes
-
-__all__ = ["default_photo", "run_demo"]
+__all__ = ["run_demo"]
 
 
-def default_photo() -> Path:
-    """A real photo that ships with an installed dependency: matplotlib's ``grace_hopper.jpg``."""
-    import matplotlib
+def run_demo(out: Path, overrides: list[str] | None = None, num_images: int = 4, progress: bool = True
+             ) -> dict[str, Any]:
+    """Train and evaluate the ``synthetic`` recipe into ``out/run`` (``overrides``: ``key=value`` config
+    overrides), then draw the detections of ``num_images`` test images into ``out``.
 
-    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: matplotlib's sample photo is missing; pass --image FILE")
-    return path
-
-
-def run_demo(out: Path, model_name: str = "ssd300_vgg16", image: str | None = None, seed: int = 0,
-             show_top: int = 10) -> dict:
-    """Build ``model_name`` (21 VOC classes, random weights from ``seed``), detect on one photo, write files.
-
-    Writes into ``out``: ``detections.json`` (COCO-style records, boxes in original-image pixels),
-    ``<photo>_detections.png`` (the ``show_top`` best boxes drawn), ``priors.npy`` (``[P, 4]`` normalized
-    cxcywh) and ``summary.json``. Returns the summary.
+    Writes ``out/run/`` (the training run: config, metrics.jsonl, checkpoints, eval.json, plots/),
+    ``out/detections.json`` (COCO-style records with the image ids, boxes in image pixels),
+    ``out/<id>_detections.png`` and ``out/summary.json``. Returns the summary.
     """
-    from .models import build_model, model_info
+    from .config import load_config
+    from .engine.trainer import Trainer, open_split, sparkline
+    from .fileio import atomic_write_bytes
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    cfg = load_config("synthetic", list(overrides or []))
+    print(f"[1/3] training {cfg.model.name} on the synthetic shapes ({cfg.data.synthetic.profile} profile, "
+          f"{cfg.data.synthetic.num_train} train / {cfg.data.synthetic.num_test} test images) for {cfg.steps} steps",
+          flush=True)
+    summary = Trainer(cfg, out / "run", progress=progress).run()
+    rows = [json.loads(ln) for ln in (out / "run" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    losses = [r["loss"] for r in rows if r.get("kind") == "train"]
+    maps = [(r["step"], r["mAP"]) for r in rows if r.get("kind") == "eval"]
+    print(f"[2/3] VOC07 mAP@0.5 on {cfg.data.synthetic.num_test} held-out images: {summary['mAP']:.4f} "
+          f"(trained in {summary['train_seconds']:.0f} s, {summary['images_per_s']:.1f} images/s)")
+    if losses:
+        print(f"      loss {losses[0]:7.3f} {sparkline(losses, 50)} {losses[-1]:.3f}")
+    if maps:
+        print("      mAP  " + "  ".join(f"step {s}: {m:.3f}" for s, m in maps))
+    for plot in summary["plots"]:
+        print(f"      curve: {plot}")
+
+    test = open_split(cfg, "val")
+    drawn = _draw_test_detections(out, summary["checkpoint"], test, num_images)
+    print(f"[3/3] detections of the trained model on {len(drawn)} test images: "
+          + ", ".join(str(p) for p in drawn))
+    result = {"mAP": summary["mAP"], "metric": summary["metric"], "run": summary["run"],
+              "train_seconds": summary["train_seconds"], "total_seconds": time.perf_counter() - t0,
+              "images": [str(p) for p in drawn], "plots": summary["plots"]}
+    atomic_write_bytes(out / "summary.json", (json.dumps(result, indent=2) + "\n").encode())
+    print(f"done in {result['total_seconds']:.0f} s; everything is in {out}/")
+    return result
+
+
+def _draw_test_detections(out: Path, checkpoint: str, dataset: Any, num_images: int) -> list[Path]:
+    import torch
+
+    from .data.augment import ssd_eval_transform
+    from .engine.checkpoint import load_model
+    from .fileio import atomic_write_bytes
     from .postprocess import PostProcess
     from .viz import draw_detections
 
-    torch.manual_seed(seed)
-    path = Path(image) if image else default_photo()
-    print(f"[1/4] building {model_name} (21 VOC classes; random weights: no pretrained SSD is installed yet)")
-    model = build_model(model_name, num_classes=len(VOC_CLASSES), class_names=list(VOC_CLASSES)).eval()
+    model = load_model(checkpoint).eval()
     post = PostProcess.from_model(model)
-    print(f"[2/4] reading {path}")
-    img = load_image(path)
-    transform = EvalTransform(model.input_spec)
-    print(f"[3/4] detecting on a {img.shape[1]}x{img.shape[0]} image")
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        x, sizes = transform([img])
-        out_net = model(x.contiguous(memory_format=torch.channels_last))
-        dets = post(out_net.cls_logits, out_net.box_deltas, sizes)[0]
-    seconds = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    records = dets.to_json_records(image_id=path.name)
-    atomic_write_bytes(out / "detections.json", json.dumps(records, indent=1).encode())
-    atomic_save_npy(out / "priors.npy", model.priors.numpy())
-    top = min(show_top, len(dets))
-    png = out / f"{path.stem}_detections.png"
-    draw_detections(img, dets.boxes[:top].numpy(), dets.scores[:top].numpy(), dets.names()[:top], png)
-    info = model_info(model_name)
-    summary = {
-        "model": model_name,
-        "weights": f"random (torch.manual_seed({seed}))",
-        "image": str(path),
-        "image_size": [int(img.shape[0]), int(img.shape[1])],
-        "num_priors": int(model.priors.shape[0]),
-        "num_params": info["num_parameters"],
-        "num_detections": len(dets),
-        "seconds": round(seconds, 4),
-        "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
-    }
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    print(f"[4/4] {len(dets)} detections in {seconds:.2f} s (random weights: boxes and scores are meaningless)")
-    print(f"wrote {out}/detections.json, {png.name}, priors.npy, summary.json")
-    return summary
+    transform = ssd_eval_transform(model.input_spec)
+    records: list[dict[str, Any]] = []
+    drawn = []
+    for i in range(min(num_images, len(dataset))):
+        image, target = dataset[i]
+        x, _ = transform(image, target, None)
+        with torch.inference_mode():
+            o = model(x.unsqueeze(0))
+            det = post(o.cls_logits, o.box_deltas, image_sizes=[image.shape[:2]])[0].filter(0.5)
+        records += det.to_json_records(image_id=target.image_id)
+        names = [model.class_names[int(k)] for k in det.labels]
+        drawn.append(draw_detections(image, det.boxes.numpy(), det.scores.numpy(), names,
+                                     out / f"{target.image_id}_detections.png"))
+    atomic_write_bytes(out / "detections.json", (json.dumps(records, indent=1) + "\n").encode())
+    return drawn
