@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Sub-commands living in their own modules: each module has ``register(subparsers)``, which adds its parser and
 # sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
 DATA_COMMANDS = ["convert", "check", "synth", "pack"]
-TOP_COMMANDS = ["train", "eval"]
+TOP_COMMANDS = ["train", "eval", "detect", "importer", "zoo"]  # "importer" registers `multibox import`
 
 
 def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, names: list[str]) -> None:

@@ -141,7 +141,7 @@ def ensure_synthetic(cfg: TrainConfig, progress: bool = True) -> Path:
     return root
 
 
-def open_split(cfg: TrainConfig, which: str) -> Any:
+def open_split(cfg: TrainConfig, which: str, progress: bool = True) -> Any:
     """The train (``which="train"``) or validation dataset of the config."""
     from ..data.datasets import open_dataset
 
@@ -150,7 +150,7 @@ def open_split(cfg: TrainConfig, which: str) -> Any:
     if path is None:
         return None
     if path == "synthetic":
-        root = ensure_synthetic(cfg)
+        root = ensure_synthetic(cfg, progress=progress)
         return open_dataset(root, format="voc", split=split, classes=root / "classes.txt")
     return open_dataset(path, format=cfg.data.format, split=split, classes=cfg.data.classes)
 
@@ -225,12 +225,12 @@ class Trainer:
             atomic_write_bytes(self.out / "config.json", (json.dumps(config_to_dict(cfg), indent=2) + "\n").encode())
         # Dataset generation (synthetic) happens on rank 0 first.
         if self.dist.is_main:
-            self.train_set = open_split(cfg, "train")
+            self.train_set = open_split(cfg, "train", self.progress)
         barrier()
         if not self.dist.is_main:
-            self.train_set = open_split(cfg, "train")
+            self.train_set = open_split(cfg, "train", self.progress)
         self.class_names = list(self.train_set.class_names)
-        self.val_set = open_split(cfg, "val") if cfg.data.val else None
+        self.val_set = open_split(cfg, "val", self.progress) if cfg.data.val else None
         self.model = self._build_model()
         self.criterion = self._criterion()
         self.optimizer = build_optimizer(self.model, cfg)
