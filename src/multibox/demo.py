@@ -13,7 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "default_photo"]
+
+
+def default_photo() -> Path:
+    """A real photo that ships with an installed dependency: matplotlib's ``grace_hopper.jpg``."""
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: matplotlib's sample photo is missing")
+    return path
 
 
 def run_demo(out: Path, overrides: list[str] | None = None, num_images: int = 4, progress: bool = True
