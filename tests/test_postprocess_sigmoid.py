@@ -92,3 +92,25 @@ def test_bad_score_name() -> None:
         detection_output(logits, deltas, priors, BoxCoder(), score="tanh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="score must be"):
         PostProcess(priors, score="probit")  # type: ignore[arg-type]
+
+
+def test_clip_after_nms_clamps_only_the_kept_boxes():
+    # Two boxes running past the right border of a 100x100 image, IoU 0.5 unclipped (kept both at nms 0.6) but
+    # identical once clipped: clip=True (before NMS) keeps one, clip="after" keeps both and clamps them.
+    import torch
+
+    from multibox.box_coder import BoxCoder
+    from multibox.postprocess import PostProcess
+
+    coder = BoxCoder()
+    boxes = torch.tensor([[0.5, 0.0, 1.5, 1.0], [0.5, 0.0, 2.5, 1.0]])  # IoU 1 / 2
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    priors = torch.stack([cx, cy, boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+    deltas = torch.zeros(1, 2, 4)
+    logits = torch.tensor([[[0.0, 5.0], [0.0, 4.0]]])
+    assert torch.allclose(coder.decode(deltas[0], priors), boxes)
+    before = PostProcess(priors, coder, nms_threshold=0.6, clip=True)(logits, deltas, [(100, 100)])[0]
+    after = PostProcess(priors, coder, nms_threshold=0.6, clip="after")(logits, deltas, [(100, 100)])[0]
+    assert len(before) == 1
+    assert len(after) == 2
+    assert torch.allclose(after.boxes, torch.tensor([[50.0, 0.0, 100.0, 100.0], [50.0, 0.0, 100.0, 100.0]]))

@@ -410,7 +410,7 @@ def detection_output(
     top_k: int = 400,
     nms_threshold: float = 0.45,
     keep_top_k: int = 200,
-    clip: bool = True,
+    clip: bool | str = True,
     background_index: int | None = 0,
     score: Score = "softmax",
 ) -> PaddedDetections:
@@ -429,7 +429,8 @@ def detection_output(
         top_k: candidates kept before NMS, per class (``per_class``) or per image (``global``); ``<= 0``: all.
         nms_threshold: IoU above which a lower-scoring box is suppressed.
         keep_top_k: detections kept per image after NMS; ``<= 0``: all.
-        clip: clip boxes to the image (to [0, 1] when normalized) before NMS.
+        clip: ``True`` clips boxes to the image (to [0, 1] when normalized) before NMS; ``"after"`` clips the
+            kept boxes after NMS (TensorFlow Object Detection API's order); ``False`` never clips.
         background_index: the background class, never reported; ``None``: every class is an object class.
         score: ``"softmax"`` (over the ``C`` classes, SSD / Caffe) or ``"sigmoid"`` (each class independently,
             TF Object Detection API SSDs; the background column is ignored all the same).
@@ -500,7 +501,7 @@ def detection_output(
         boxes = box_coder.decode(deltas[img, cand.prior], priors[cand.prior])  # [n, 4] normalized xyxy
         if scale is not None:
             boxes = boxes * scale[img]
-        if clip:
+        if clip is True:
             boxes = boxes.clamp(min=0.0)
             boxes = torch.minimum(boxes, scale[img]) if scale is not None else boxes.clamp(max=1.0)
         keep = _nms_sorted_groups(boxes, cand.group, nms_threshold)
@@ -523,11 +524,15 @@ def detection_output(
     order = score.argsort(descending=True, stable=True)
     order = order[img[order].argsort(stable=True)]
     img, score, boxes, label = img[order], score[order], boxes[order], label[order]
+    img_all = img
     counts = torch.bincount(img, minlength=b)
     rank = torch.arange(img.numel(), device=device) - (counts.cumsum(0) - counts)[img]
     k_out = keep_top_k if keep_top_k > 0 else int(counts.max()) if img.numel() else 0
     m = rank < k_out
     img, rank = img[m], rank[m]
+    if clip == "after":
+        boxes = boxes.clamp(min=0.0)
+        boxes = torch.minimum(boxes, scale[img_all]) if scale is not None else boxes.clamp(max=1.0)
     out = PaddedDetections(
         boxes=torch.zeros((b, k_out, 4), dtype=torch.float32, device=device),
         scores=torch.zeros((b, k_out), dtype=torch.float32, device=device),
@@ -579,7 +584,7 @@ class PostProcess(nn.Module):
         top_k: int = 400,
         nms_threshold: float = 0.45,
         keep_top_k: int = 200,
-        clip: bool = True,
+        clip: bool | str = True,
         background_index: int | None = 0,
         class_names: Sequence[str] | None = None,
         score: Score = "softmax",
@@ -600,7 +605,9 @@ class PostProcess(nn.Module):
         self.top_k = int(top_k)
         self.nms_threshold = float(nms_threshold)
         self.keep_top_k = int(keep_top_k)
-        self.clip = bool(clip)
+        if clip not in (True, False, "after"):
+            raise ValueError(f"clip must be True, False or 'after', got {clip!r}")
+        self.clip: bool | str = clip
         self.background_index = background_index
         self.class_names = list(class_names) if class_names is not None else None
         self.score: Score = score
