@@ -239,7 +239,7 @@ def test_person_model_raw_outputs_match_tensorflow(converted: tuple, reference: 
 
 def _tf_like_detections(post: PostProcess, cls_logits: torch.Tensor, box_deltas: torch.Tensor
                         ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Our per-class NMS (unclipped, as TF), then TF's ClipToWindow [0, 1] and removal of empty boxes."""
+    """Our per-class NMS (unclipped, clip="after" as TF), then removal of empty boxes as TF ClipToWindow does."""
     pad = post.forward_padded(cls_logits, box_deltas)
     out = []
     for b in range(cls_logits.shape[0]):

@@ -610,7 +610,7 @@ def _postprocess_settings(graph: TFGraph) -> tuple[dict[str, Any], dict[str, Any
                    "max_total_detections": total, "clip_to_window": "after NMS",
                    "read_from_graph": bool(iou_name and score_name)}
     post = {"score": score_fn.lower(), "mode": "per_class", "conf_threshold": score,
-            "top_k": 0, "nms_threshold": iou, "keep_top_k": total, "clip": False, "background_index": 0}
+            "top_k": 0, "nms_threshold": iou, "keep_top_k": total, "clip": "after", "background_index": 0}
     if per_class < total:
         info["nms"]["note"] = ("TF keeps at most max_detections_per_class boxes per class after NMS; multibox's "
                                "post-processing has no per-class cap after NMS (top_k is a cut before it)")
