@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BoxCoder": "box_coder",
     "Detections": "detections",
+    "Detector": "detector",
     "MultiBoxLoss": "loss",
     "PostProcess": "postprocess",
     "PriorBoxGenerator": "anchors",

