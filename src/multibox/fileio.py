@@ -14,6 +14,13 @@ from pathlib import Path
 __all__ = ["atomic_write_bytes", "atomic_write_with", "atomic_save_npy"]
 
 
+def _default_mode() -> int:
+    """``0o666`` minus the process umask: what ``open(path, "w")`` would give (mkstemp makes files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` to produce the file, then move it to ``path`` atomically."""
     final = Path(path)
@@ -25,6 +32,7 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
