@@ -79,7 +79,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), overrides=list(args.overrides), num_images=args.images, progress=not args.no_progress)
+    run_demo(Path(args.out), overrides=list(args.overrides), num_images=args.images, progress=not args.no_progress,
+             pretrained_first=not args.no_pretrained)
     return 0
 
 
@@ -116,11 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The README's main job on built-in defaults: generates the synthetic shapes "
                                    "dataset (cached), trains SSD7 on it (the 'synthetic' recipe), prints the VOC07 "
                                    "mAP on the held-out test split with the loss and mAP curves, and draws the "
-                                   "trained model's detections on a few test images.")
+                                   "trained model's detections on a few test images. Before that (step 0) it runs "
+                                   "the zoo's real face (Caffe) and person (TensorFlow) detectors on real photos.")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the synthetic recipe")
     d.add_argument("--out", default="multibox-demo", help="output folder (default: multibox-demo)")
     d.add_argument("--images", type=int, default=4, help="test images to draw (default 4)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--no-pretrained", action="store_true",
+                   help="skip step 0 (the zoo's face and person detectors on real photos)")
     d.set_defaults(func=_cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks against peers, writing JSON")
