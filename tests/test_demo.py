@@ -7,8 +7,9 @@ def test_demo_trains_evaluates_and_draws(tmp_path, monkeypatch, capsys):
     # The README demo on a tiny budget: the full recipe is measured in README/docs, not here.
     monkeypatch.setenv("MULTIBOX_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    overrides = ["steps=6", "data.synthetic.num_train=24", "data.synthetic.num_test=6", "data.batch_size=8",
-                 "eval.every_steps=3", "checkpoint.every_steps=3", "log_every=2"]
+    overrides = ["steps=6", "model.pretrained_backbone=null", "data.synthetic.num_train=24",
+                 "data.synthetic.num_test=6", "data.batch_size=8", "eval.every_steps=3", "checkpoint.every_steps=3",
+                 "log_every=2"]
     assert main(["demo", *overrides, "--out", str(out), "--images", "2", "--no-progress", "--no-pretrained"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     ev = json.loads((out / "run" / "eval.json").read_text())

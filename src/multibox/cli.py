@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train the synthetic recipe, evaluate it, draw its detections",
                        description="The README's main job on built-in defaults: generates the synthetic shapes "
-                                   "dataset (cached), trains SSD7 on it (the 'synthetic' recipe), prints the VOC07 "
-                                   "mAP on the held-out test split with the loss and mAP curves, and draws the "
+                                   "dataset (cached), trains an SSD on MobileNetV2 on it (the 'synthetic' recipe), "
+                                   "prints the VOC07 mAP on the held-out test split with the loss and mAP curves, and "
+                                   "draws the "
                                    "trained model's detections on a few test images. Before that (step 0) it runs "
                                    "the zoo's real face (Caffe) and person (TensorFlow) detectors on real photos.")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the synthetic recipe")

@@ -3,7 +3,8 @@
 
 0. runs the zoo's converted face detector (Caffe) and person detector (TF Object Detection API) on real photos
    (matplotlib's Grace Hopper portrait, imgaug's quokka photo) and writes the annotated images;
-1. generates the synthetic shapes dataset (easy profile; cached after the first run) and trains SSD7 on it
+1. generates the synthetic shapes dataset (easy profile; cached after the first run) and trains an SSD on
+   MobileNetV2 (ImageNet weights) on it
    (``multibox train synthetic``), evaluating VOC07 mAP on the held-out test split during and after training;
 2. prints the final mAP with the loss and mAP curves (text here, PNGs in the run folder);
 3. runs the trained model on a few test images and draws its detections.
