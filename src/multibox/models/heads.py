@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .layers import xavier_init_
 
-__all__ = ["SSDHead", "flatten_predictions"]
+__all__ = ["SSDHead", "flatten_predictions", "run_predictors"]
 
 
 def flatten_predictions(pred: Tensor, num_columns: int) -> Tensor:
@@ -60,11 +60,18 @@ class SSDHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """``[B, C_k, H_k, W_k]`` per map -> ``(cls_logits [B, P, num_classes], box_deltas [B, P, 4])``."""
-        if len(features) != len(self.classification):
-            raise ValueError(f"SSDHead has {len(self.classification)} predictors but got {len(features)} maps")
-        cls_parts: list[Tensor] = []
-        box_parts: list[Tensor] = []
-        for x, cls_conv, box_conv in zip(features, self.classification, self.regression, strict=True):
-            cls_parts.append(flatten_predictions(cls_conv(x), self.num_classes))
-            box_parts.append(flatten_predictions(box_conv(x), 4))
-        return torch.cat(cls_parts, dim=1), torch.cat(box_parts, dim=1)
+        return run_predictors(self, features)
+
+
+def run_predictors(head: nn.Module, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Apply ``head.classification[k]`` and ``head.regression[k]`` to map ``k`` and concatenate the flattened
+    predictions in prior order: ``(cls_logits [B, P, head.num_classes], box_deltas [B, P, 4])``."""
+    if len(features) != len(head.classification):
+        raise ValueError(f"{type(head).__name__} has {len(head.classification)} predictors but got "
+                         f"{len(features)} maps")
+    cls_parts: list[Tensor] = []
+    box_parts: list[Tensor] = []
+    for x, cls_pred, box_pred in zip(features, head.classification, head.regression, strict=True):
+        cls_parts.append(flatten_predictions(cls_pred(x), head.num_classes))
+        box_parts.append(flatten_predictions(box_pred(x), 4))
+    return torch.cat(cls_parts, dim=1), torch.cat(box_parts, dim=1)

@@ -25,13 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..anchors import PriorConfig, PriorLevel, config_from_scales
 from .backbones.mobilenet import ConvBNReLU6, MobileNetV2Backbone
 from .detector import SSD
-from .heads import flatten_predictions
+from .heads import run_predictors
 from .registry import register_model
 from .spec import InputSpec
 
@@ -258,14 +257,7 @@ class SSDLiteHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """``[B, C_k, H_k, W_k]`` per map -> ``(cls_logits [B, P, num_classes], box_deltas [B, P, 4])``."""
-        if len(features) != len(self.classification):
-            raise ValueError(f"SSDLiteHead has {len(self.classification)} predictors but got {len(features)} maps")
-        cls_parts: list[Tensor] = []
-        box_parts: list[Tensor] = []
-        for x, cls_pred, box_pred in zip(features, self.classification, self.regression, strict=True):
-            cls_parts.append(flatten_predictions(cls_pred(x), self.num_classes))
-            box_parts.append(flatten_predictions(box_pred(x), 4))
-        return torch.cat(cls_parts, dim=1), torch.cat(box_parts, dim=1)
+        return run_predictors(self, features)
 
 
 # ------------------------------------------------------------------------------------------------- builders
