@@ -112,27 +112,18 @@ def run_demo(out: Path, overrides: list[str] | None = None, num_images: int = 4,
 
 
 def _draw_test_detections(out: Path, checkpoint: str, dataset: Any, num_images: int) -> list[Path]:
-    import torch
-
-    from .data.augment import ssd_eval_transform
-    from .engine.checkpoint import load_model
+    from .detector import Detector
     from .fileio import atomic_write_bytes
-    from .postprocess import PostProcess
     from .viz import draw_detections
 
-    model = load_model(checkpoint).eval()
-    post = PostProcess.from_model(model)
-    transform = ssd_eval_transform(model.input_spec)
+    detector = Detector.from_file(checkpoint, optimize="none")
     records: list[dict[str, Any]] = []
     drawn = []
     for i in range(min(num_images, len(dataset))):
         image, target = dataset[i]
-        x, _ = transform(image, target, None)
-        with torch.inference_mode():
-            o = model(x.unsqueeze(0))
-            det = post(o.cls_logits, o.box_deltas, image_sizes=[image.shape[:2]])[0].filter(0.5)
+        det = detector(image, conf=0.5)
         records += det.to_json_records(image_id=target.image_id)
-        names = [model.class_names[int(k)] for k in det.labels]
+        names = [detector.class_names[int(k)] for k in det.labels]
         drawn.append(draw_detections(image, det.boxes.numpy(), det.scores.numpy(), names,
                                      out / f"{target.image_id}_detections.png"))
     atomic_write_bytes(out / "detections.json", (json.dumps(records, indent=1) + "\n").encode())

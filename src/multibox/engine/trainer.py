@@ -36,8 +36,10 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig, config_to_dict, dump_config
 from ..fileio import atomic_write_bytes
+from ..matching import build_targets
 from .checkpoint import capture_rng_state, restore_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .weights import set_frozen_bn_eval
 
 __all__ = ["Trainer", "NonFiniteLossError", "lr_factor", "build_optimizer", "train", "default_run_dir"]
 
@@ -122,16 +124,9 @@ def ensure_synthetic(cfg: TrainConfig, progress: bool = True) -> Path:
         return root
     s = cfg.data.synthetic
     total = s.num_train + s.num_test
-    kwargs: dict[str, Any] = {"seed": s.seed, "size": s.size, "test_fraction": s.num_test / max(1, total),
-                              "workers": max(1, min(2, os.cpu_count() or 1)), "progress": progress}
-    import inspect
-
-    if "profile" in inspect.signature(write_synthetic_voc).parameters:
-        kwargs["profile"] = s.profile
-    elif s.profile != "hard":
-        raise ValueError(f"data.synthetic.profile={s.profile!r} is not supported by this version of the generator")
     tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    write_synthetic_voc(tmp, total, **kwargs)
+    write_synthetic_voc(tmp, total, seed=s.seed, size=s.size, test_fraction=s.num_test / max(1, total),
+                        workers=max(1, min(2, os.cpu_count() or 1)), progress=progress, profile=s.profile)
     try:
         tmp.rename(root)
     except OSError:  # another process finished first
@@ -395,16 +390,12 @@ class Trainer:
 
     def train_step(self, batch: dict[str, Any]) -> StepStats | None:
         """One optimizer step on a collated batch; ``None`` when the batch was skipped (non-finite loss)."""
-        from ..matching import build_targets
-
         cfg = self.cfg
         images = batch["images"].to(self.device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.ddp_model.train()
         if self.frozen:
-            from .weights import set_frozen_bn_eval
-
             set_frozen_bn_eval(self.model, self.frozen)
         with self._autocast():
             out = self.ddp_model(images)

@@ -9,7 +9,18 @@ from torch import Tensor, nn
 
 from .layers import xavier_init_
 
-__all__ = ["SSDHead", "flatten_predictions", "run_predictors"]
+__all__ = ["SSDHead", "check_head_args", "flatten_predictions", "run_predictors"]
+
+
+def check_head_args(in_channels: Sequence[int], num_anchors: Sequence[int], num_classes: int
+                    ) -> tuple[int, list[int]]:
+    """Validate a head's arguments (one anchor count per input map, background counted in ``num_classes``);
+    returns ``(num_classes, num_anchors)`` as ints."""
+    if len(in_channels) != len(num_anchors):
+        raise ValueError(f"in_channels ({len(in_channels)} maps) and num_anchors ({len(num_anchors)} maps) differ")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
+    return int(num_classes), [int(a) for a in num_anchors]
 
 
 def flatten_predictions(pred: Tensor, num_columns: int) -> Tensor:
@@ -36,14 +47,7 @@ class SSDHead(nn.Module):
         self, in_channels: Sequence[int], num_anchors: Sequence[int], num_classes: int, kernel_size: int = 3
     ) -> None:
         super().__init__()
-        if len(in_channels) != len(num_anchors):
-            raise ValueError(
-                f"in_channels ({len(in_channels)} maps) and num_anchors ({len(num_anchors)} maps) differ"
-            )
-        if num_classes < 2:
-            raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
-        self.num_classes = int(num_classes)
-        self.num_anchors = [int(a) for a in num_anchors]
+        self.num_classes, self.num_anchors = check_head_args(in_channels, num_anchors, num_classes)
         pad = kernel_size // 2
         self.classification = nn.ModuleList(
             nn.Conv2d(c, a * self.num_classes, kernel_size, padding=pad)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..anchors import PriorConfig, PriorLevel, config_from_scales
 from .backbones.mobilenet import ConvBNReLU6, MobileNetV2Backbone
 from .detector import SSD
-from .heads import run_predictors
+from .heads import check_head_args, run_predictors
 from .registry import register_model
 from .spec import InputSpec
 
@@ -233,14 +233,7 @@ class SSDLiteHead(nn.Module):
         bn_momentum: float = 0.03,
     ) -> None:
         super().__init__()
-        if len(in_channels) != len(num_anchors):
-            raise ValueError(
-                f"in_channels ({len(in_channels)} maps) and num_anchors ({len(num_anchors)} maps) differ"
-            )
-        if num_classes < 2:
-            raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
-        self.num_classes = int(num_classes)
-        self.num_anchors = [int(a) for a in num_anchors]
+        self.num_classes, self.num_anchors = check_head_args(in_channels, num_anchors, num_classes)
         bn: dict[str, Any] = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
 
         def predictor(c: int, out: int) -> nn.Sequential:
