@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Sub-commands living in their own modules: each module has ``register(subparsers)``, which adds its parser and
 # sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
 DATA_COMMANDS = ["convert", "check", "synth", "pack"]
-TOP_COMMANDS = ["train", "eval", "detect", "importer", "zoo"]  # "importer" registers `multibox import`
+TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "zoo"]  # "importer" registers `multibox import`
 
 
 def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, names: list[str]) -> None:
@@ -178,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"multibox {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        if type(e).__name__ != "OnnxUnavailable":  # an optional runtime that is missing; anything else is a bug
+            raise
+        print(f"multibox {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

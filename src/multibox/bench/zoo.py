@@ -10,10 +10,11 @@ Both sides get the same decoded RGB images (real photos; decoding excluded) and 
 alternating rounds (so that a change of machine load hits both), and are timed end to end per image at batch 1:
 pre-processing (resize, mean), network, post-processing (DetectionOutput / NMS). ``speedup_face`` and
 ``speedup_person`` are the peer's median time per image over ours, with our default fp32 path (``Detector``
-``optimize="auto"``), whose detections are checked equal to eager mode's (``speedup_*_best_pass``: the same
-from each side's fastest pass, less sensitive to other load on a shared machine). Each of our optimization variants
-(eager, jit, jit + channels_last, channels_last) is timed as well; our first-call latency (the first detection
-after loading, tracing included) is reported. A peer that cannot run is recorded as ``null`` with the reason.
+``backend="auto"``: ONNX Runtime where installed, else traced PyTorch), whose detections are checked equal to eager
+mode's (``speedup_*_best_pass``: the same from each side's fastest pass, less sensitive to other load on a shared
+machine). Each of our network paths (eager, jit, jit + channels_last, channels_last, onnxruntime) is timed as well;
+our first-call latency (the first detection after loading, export or tracing included) is reported. A peer that
+cannot run is recorded as ``null`` with the reason.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ __all__ = ["register", "run_zoo_benchmark", "PEER_SCRIPT", "PEER_PYTHON_ENV", "P
 PEER_PYTHON_ENV = "MULTIBOX_PEER_PYTHON"
 PERSON_PEER_PYTHON_ENV = "MULTIBOX_PERSON_PEER_PYTHON"
 _CONF = 0.5
-_VARIANTS = ("none", "jit", "jit+channels_last", "channels_last")
+# our network paths timed beside the default one: name -> Detector keyword arguments
+_VARIANTS: dict[str, dict[str, str]] = {
+    "eager": {"optimize": "none"},
+    "jit": {"backend": "torch", "optimize": "jit"},
+    "jit+channels_last": {"backend": "torch", "optimize": "jit+channels_last"},
+    "channels_last": {"backend": "torch", "optimize": "channels_last"},
+    "onnxruntime": {"backend": "onnxruntime"},
+}
 
 # Runs in the peer's Python (numpy plus opencv or tensorflow); must not import multibox.
 PEER_SCRIPT = r'''
@@ -261,9 +269,13 @@ def _bench_model(key: str, images: list[Any], npz: Path, peer_python: str | None
                 "strategy": det.strategy}
         dets["default"] = det
         if variants:
-            for v in _VARIANTS:
-                dets[v] = Detector.from_pretrained(name, batch_size=1, optimize=v)
-                dets[v].detect_arrays([images[0]], _CONF)
+            for v, kwargs in _VARIANTS.items():
+                try:
+                    dets[v] = Detector.from_pretrained(name, batch_size=1, **kwargs)
+                    dets[v].detect_arrays([images[0]], _CONF)
+                except Exception as e:  # e.g. onnxruntime not installed: that variant only
+                    dets.pop(v, None)
+                    ours.setdefault("variant_errors", {})[v] = f"{type(e).__name__}: {e}"
     except Exception as e:  # record and go on: the other side is still worth timing
         out["ours_error"] = f"{type(e).__name__}: {e}"
         ours = None
@@ -295,16 +307,17 @@ def _bench_model(key: str, images: list[Any], npz: Path, peer_python: str | None
                 peer_runs += res["runs_ms"]
     if ours is not None:
         ours.update(_summary(ours_runs["default"]))
-        if "none" in dets:
-            ref = dets["none"].detect_arrays(images, _CONF)
+        if "eager" in dets:
+            ref = dets["eager"].detect_arrays(images, _CONF)
         else:
             ref = Detector.from_pretrained(name, batch_size=1, optimize="none").detect_arrays(images, _CONF)
         ours_dets = dets["default"].detect_arrays(images, _CONF)
         ours["detections_unchanged"] = _same(ours_dets, ref)
         if variants:
-            ours["variants"] = {("eager" if v == "none" else v): {
-                **_summary(ours_runs[v]), "detections_unchanged": _same(dets[v].detect_arrays(images, _CONF), ref)}
-                for v in _VARIANTS}
+            ours["variants"] = {v: {
+                **_summary(ours_runs[v]), "strategy": dets[v].strategy,
+                "detections_unchanged": _same(dets[v].detect_arrays(images, _CONF), ref)}
+                for v in _VARIANTS if v in dets}
         out["ours"] = ours
     if peer is not None:
         peer_dets = peer.pop("detections")

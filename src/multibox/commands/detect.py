@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"zoo name or detector file (bundle or checkpoint); default {DEFAULT_MODEL}")
     p.add_argument("--conf", type=float, default=0.5, help="keep detections with score >= CONF (default 0.5)")
     p.add_argument("--out", default="multibox-detect", help="output folder (default multibox-detect)")
-    p.add_argument("--backend", choices=["torch"], default="torch", help="inference backend (default torch)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="network runtime: auto (ONNX Runtime on CPU when installed, else PyTorch; the default), "
+                        "torch or onnxruntime (CPU only)")
     p.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--voc-xml", action="store_true", help="also write voc/<name>.xml per image")
@@ -188,15 +190,17 @@ def _items(sources: list[Source], stride: int) -> Iterator[tuple[_Item, Any]]:
             yield _Item(stem, src.path.name, str(src.path), folder), load_image(src.path)
 
 
-def _load_detector(spec: str, device: str, batch_size: int) -> Any:  # noqa: ANN401
+def _load_detector(spec: str, device: str, batch_size: int, backend: str = "auto") -> Any:  # noqa: ANN401
+    """A :class:`~multibox.detector.Detector` from a detector file or a zoo name (``KeyError`` /
+    ``FileNotFoundError`` naming ``spec`` otherwise)."""
     from ..detector import Detector
     from ..interop.zoo import ZOO
 
     p = Path(spec)
     if p.is_file():
-        return Detector.from_file(p, device, batch_size=batch_size)
+        return Detector.from_file(p, device, batch_size=batch_size, backend=backend)
     if spec in ZOO:
-        return Detector.from_pretrained(spec, device, batch_size=batch_size)
+        return Detector.from_pretrained(spec, device, batch_size=batch_size, backend=backend)
     if p.suffix in (".safetensors", ".pt") or "/" in spec or "\\" in spec:
         raise FileNotFoundError(f"{p}: no such detector file")
     raise KeyError(f"{spec!r} is neither a detector file nor a zoo model; zoo models: {', '.join(sorted(ZOO))}")
@@ -307,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sources = expand_sources(list(args.sources))
     try:
-        detector = _load_detector(args.model, args.device, args.batch_size)
+        detector = _load_detector(args.model, args.device, args.batch_size, args.backend)
     except ZooUnavailable as e:
         print(f"multibox detect: error: {e}", file=sys.stderr)
         return 2

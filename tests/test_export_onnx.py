@@ -1,0 +1,80 @@
+"""ONNX export and the ONNX Runtime backend of Detector: same network outputs and detections as PyTorch eager mode,
+any batch size through the dynamic batch axis, the thread setting restored, clear errors, ``multibox export onnx``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from multibox.cli import main
+from multibox.detector import Detector
+from multibox.export import onnx as mbonnx
+from multibox.interop.bundle import save_bundle
+from test_detect import NAMES, SIZE, assert_same, make_bundle, photo
+
+
+def test_exported_graph_matches_pytorch_at_any_batch_size(tmp_path):
+    bundle = make_bundle()
+    info = mbonnx.export_onnx(bundle.model, tmp_path / "m.onnx", SIZE, batch_size=2)
+    assert info["max_abs_diff"] is not None and info["max_abs_diff"] < 1e-4
+    assert (tmp_path / "m.onnx").stat().st_size == info["bytes"]
+    net = mbonnx.OnnxRuntimeNetwork(tmp_path / "m.onnx", threads=1)
+    x = torch.randn(3, 3, *SIZE, generator=torch.Generator().manual_seed(5))  # not the traced batch size
+    with torch.inference_mode():
+        ref = bundle.model(x)
+    got = net(x)
+    P = bundle.priors.shape[0]
+    assert got[0].shape == (3, P, len(NAMES)) and got[1].shape == (3, P, 4)
+    torch.testing.assert_close(got[0], ref.cls_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1], ref.box_deltas, rtol=1e-4, atol=1e-4)
+
+
+def test_onnxruntime_backend_gives_eager_detections_and_restores_threads():
+    img, img2 = photo(), photo(120, 90, seed=4)
+    eager = Detector(make_bundle(), optimize="none")([img, img2])
+    before = torch.get_num_threads()
+    for backend in ("onnxruntime", "auto"):  # auto prefers ONNX Runtime on the CPU when it is installed
+        det = Detector(make_bundle(), backend=backend, batch_size=2)
+        got = det([img, img2])
+        assert det.strategy == "onnxruntime"
+        for g, e in zip(got, eager, strict=True):
+            assert_same(g, e)
+        assert_same(det(img2), eager[1])  # batch size 1: a second export
+        assert torch.get_num_threads() == before
+
+
+def test_backend_errors_are_clear(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Detector(make_bundle(), backend="tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):
+        Detector(make_bundle(), backend="onnxruntime", device="meta")
+
+    import importlib
+
+    original = importlib.import_module
+
+    def no_ort(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", no_ort)
+    with pytest.raises(mbonnx.OnnxUnavailable, match="pip install onnx onnxruntime"):
+        Detector(make_bundle(), backend="onnxruntime")
+
+
+def test_export_command_writes_graph_priors_and_spec(tmp_path, capsys):
+    bundle = make_bundle()
+    src = save_bundle(bundle, tmp_path / "tiny.safetensors")
+    out = tmp_path / "out" / "tiny.onnx"
+    assert main(["export", "onnx", str(src), "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["class_names"] == NAMES and meta["input_spec"]["channel_order"] == "BGR"
+    assert meta["max_abs_diff"] < 1e-4 and meta["dynamic_batch"] is True
+    priors = np.load(out.with_suffix(".priors.npy"))
+    np.testing.assert_array_equal(priors, bundle.priors.numpy())
+    assert "max |onnxruntime - torch|" in capsys.readouterr().out
+    assert main(["export", "onnx", str(src), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
