@@ -15,6 +15,13 @@ def test_bench_core_quick_writes_json(tmp_path, capsys):
     assert row["network_vs_torchvision"]["cls_logits_max_abs_diff"] < 1e-3
     assert row["detections_vs_torchvision"]["matched_fraction"] >= 0.95
     assert "train step batch 2" in capsys.readouterr().out
+    roof = r["roofline"]
+    # SSD300 VGG16: about 31 G multiply-adds per 300x300 image (the paper's model)
+    assert 60 < roof["gflop_per_image"] < 65 and roof["conv_peak_gflops"] > 0
+    inf = roof["inference"]["batch_1"]
+    assert abs(inf["speedup_bound"] - roof["conv_peak_gflops"] / inf["torchvision_gflops"]) < 1e-9
+    assert abs(inf["torchvision_gflops"] - roof["gflop_per_image"] / row["seconds_torchvision"]) < 1e-6
+    assert r["speedup_train_bound"] == roof["train"]["speedup_bound"]
 
 
 def test_bench_data_writes_json(tmp_path, capsys):
@@ -24,3 +31,31 @@ def test_bench_data_writes_json(tmp_path, capsys):
     for key in ("images_per_s", "torchvision_images_per_s", "speedup"):
         assert r[key] > 0
     assert abs(r["speedup"] - r["images_per_s"] / r["torchvision_images_per_s"]) < 1e-9
+
+
+def test_roofline_counts_hand_computed_flops():
+    import torch
+
+    from multibox.bench.roofline import forward_gflop, rate_summary, train_step_gflop
+
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    # 5x5 output positions x 4 filters x (3 x 3 x 3) multiply-adds, 2 FLOP each
+    assert forward_gflop(conv, (1, 3, 5, 5)) * 1e9 == 2 * 25 * 4 * 27
+    assert forward_gflop(conv, (2, 3, 5, 5)) * 1e9 == 2 * 2 * 25 * 4 * 27
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.b = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            from multibox.models.detector import SSDOutput
+
+            y = self.b(self.a(x)).flatten(2).transpose(1, 2)
+            return SSDOutput(cls_logits=y, box_deltas=y)
+
+    # forward a: 5400, b: 2*25*4*4 = 800; backward: weight grads of both (5400 + 800), input grad of b only (800)
+    assert train_step_gflop(Tiny(), (1, 3, 5, 5)) * 1e9 == 5400 + 800 + 5400 + 800 + 800
+    r = rate_summary(10.0, {"ours": 0.1, "peer": 0.2}, "peer", peak=200.0)
+    assert r == {"ours_gflops": 100.0, "peer_gflops": 50.0, "peer_fraction_of_peak": 0.25, "speedup_bound": 4.0}

@@ -117,6 +117,11 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
         "inference": {},
     }
     print(f"multibox bench core: {threads} threads, median of {repeats} after 1 warm-up")
+    from .roofline import conv_peak_gflops, forward_gflop, rate_summary, train_step_gflop
+
+    gflop_image = forward_gflop(ours, (1, 3, 300, 300))
+    peak = conv_peak_gflops()
+    results["roofline"] = {"gflop_per_image": gflop_image, "conv_peak_gflops": peak, "inference": {}}
     for b in batches:
         imgs = _photo_batch(b)
         imgs_f = [torch.from_numpy(i).permute(2, 0, 1).float().div(255) for i in imgs]
@@ -178,6 +183,9 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
             "fast_vs_fp32_detections": agree_fast,
         }
         results["inference"][f"batch_{b}"] = row
+        results["roofline"]["inference"][f"batch_{b}"] = rate_summary(
+            gflop_image * b, {"torchvision": t["torchvision"], "multibox_fp32": t["multibox_fp32"]}, "torchvision",
+            peak)
         print(f"  inference batch {b}: torchvision {t['torchvision']:.3f} s, multibox fp32 "
               f"{t['multibox_fp32']:.3f} s ({row['speedup_infer_fp32']:.2f}x), fast {t['multibox_fast']:.3f} s "
               f"({row['speedup_infer_fast']:.2f}x), post-processing {100 * row['postprocess_share']:.1f}% "
@@ -238,6 +246,11 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
 
     t = _median_times({"torchvision": tv_step, "multibox": make_our_step(False),
                        "multibox_bf16": make_our_step(True)}, repeats)
+    gflop_step = train_step_gflop(ours, (train_batch, 3, 300, 300))
+    peak = max(peak, conv_peak_gflops())
+    results["roofline"]["conv_peak_gflops"] = peak
+    results["roofline"]["train"] = {"gflop_per_step": gflop_step, **rate_summary(
+        gflop_step, {"torchvision": t["torchvision"], "multibox_fp32": t["multibox"]}, "torchvision", peak)}
     results["train"] = {
         "batch": train_batch,
         "seconds_torchvision": t["torchvision"],
@@ -261,6 +274,14 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
     results["speedup_train"] = results["train"]["speedup_train"]
     results["speedup_train_bf16"] = results["train"]["speedup_train_bf16"]
     results["match_loss_share"] = results["train"]["match_loss_share"]
+    roof = results["roofline"]
+    results["speedup_infer_fp32_bound"] = roof["inference"][key].get("speedup_bound")
+    results["speedup_train_bound"] = roof["train"].get("speedup_bound")
+    print(f"  machine: fp32 convolution peak {peak:.0f} GFLOP/s; SSD300 {gflop_image:.1f} GFLOP per image; "
+          f"inference batch {batches[-1]}: torchvision at {roof['inference'][key]['torchvision_gflops']:.0f}, ours "
+          f"{roof['inference'][key]['multibox_fp32_gflops']:.0f} GFLOP/s (fp32 speedup bound "
+          f"{results['speedup_infer_fp32_bound']:.2f}x); train: torchvision {roof['train']['torchvision_gflops']:.0f}, "
+          f"ours {roof['train']['multibox_fp32_gflops']:.0f} GFLOP/s (bound {results['speedup_train_bound']:.2f}x)")
     if json_path is not None:
         atomic_write_bytes(json_path, json.dumps(results, indent=2).encode())
         print(f"wrote {json_path}")

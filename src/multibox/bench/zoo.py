@@ -139,10 +139,17 @@ def _cmd(args: argparse.Namespace) -> int:
                                person_peer_python=args.person_peer_python,
                                threads=args.threads, repeats=args.repeats, warmup=args.warmup, rounds=args.rounds,
                                models=tuple(args.models), variants=not args.no_variants)
+    if result.get("roofline"):
+        print(f"fp32 convolution peak here: {result['roofline']['conv_peak_gflops']:.0f} GFLOP/s")
     for key in ("face", "person"):
         r = result.get(key)
         if r is None:
             continue
+        roof = (result.get("roofline") or {}).get(key)
+        if roof:
+            print(f"{key}: {roof['gflop_per_image']:.2f} GFLOP per image; ours {roof['ours_gflops']:.0f}, peer "
+                  f"{roof['peer_gflops']:.0f} GFLOP/s end to end; speedup bound at that peak "
+                  f"{roof['speedup_bound']:.2f}x")
         ours = r.get("ours") or {}
         peer = r.get("peer") or {}
         print(f"{key}: ours {ours.get('per_image_ms', float('nan')):.2f} ms/img ({ours.get('strategy')}, first call "
@@ -329,6 +336,17 @@ def _bench_model(key: str, images: list[Any], npz: Path, peer_python: str | None
     return out
 
 
+def _roofline(r: dict[str, Any], peak: float) -> dict[str, Any]:
+    """Network GFLOP (ours, one image) and achieved rates end to end of both sides (see :mod:`.roofline`)."""
+    from ..interop.zoo import load_zoo_bundle
+    from .roofline import forward_gflop, rate_summary
+
+    bundle = load_zoo_bundle(r["model"])
+    gflop = forward_gflop(bundle.model.eval(), (1, 3, *bundle.input_spec.image_size))
+    seconds = {"ours": r["ours"]["per_image_ms"] / 1e3, "peer": r["peer"]["per_image_ms"] / 1e3}
+    return {"gflop_per_image": gflop, **rate_summary(gflop, seconds, "peer", peak)}
+
+
 def run_zoo_benchmark(json_path: Path | None = None, peer_python: str | None = None,
                       person_peer_python: str | None = None, threads: int = 2,
                       repeats: int = 3, warmup: int = 2, rounds: int = 3, models: tuple[str, ...] = ("face", "person"),
@@ -348,6 +366,9 @@ def run_zoo_benchmark(json_path: Path | None = None, peer_python: str | None = N
         "images": [{"name": n, "height": int(im.shape[0]), "width": int(im.shape[1])} for n, im in photos],
         "peer_python": {"face": peer_python, "person": person_peer_python or peer_python},
     }
+    from .roofline import conv_peak_gflops
+
+    peak = conv_peak_gflops()
     with tempfile.TemporaryDirectory(prefix="multibox-bench-zoo-") as tmp:
         npz = Path(tmp) / "images.npz"
         np.savez(npz, **{f"{i:03d}": im for i, im in enumerate(images)})
@@ -366,6 +387,9 @@ def run_zoo_benchmark(json_path: Path | None = None, peer_python: str | None = N
                 result[f"speedup_{key}_reason"] = (r.get("ours_error") or r.get("peer_error")
                                                    or "optimized detections differ from eager mode")
             result.setdefault("first_call_ms", {})[key] = ours["first_call_ms"] if ours else None
+            if ours is not None and peer is not None:
+                result.setdefault("roofline", {"conv_peak_gflops": peak})[key] = _roofline(r, peak)
+                result[f"speedup_{key}_bound"] = result["roofline"][key].get("speedup_bound")
     if json_path is not None:
         atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
     return result
