@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multibox`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed activations instead of page-faulting them in again (see multibox.runtime)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, KeyError) as e:

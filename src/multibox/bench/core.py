@@ -114,6 +114,7 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "image_size_hw": [375, 500],
+        "allocator": _allocator(),
         "inference": {},
     }
     print(f"multibox bench core: {threads} threads, median of {repeats} after 1 warm-up")
@@ -314,3 +315,11 @@ def _agreement(ref: list, ours: list, iou: float = 0.99) -> dict:
     frac = matched / total if total else 1.0
     return {"reference_detections": total, "matched": matched, "matched_fraction": round(frac, 4),
             "max_score_diff_matched": max_score_diff if not math.isnan(max_score_diff) else None}
+
+
+def _allocator() -> str:
+    """How this process's malloc treats freed memory (see :mod:`multibox.runtime`)."""
+    from ..runtime import keep_freed_memory
+
+    applied = keep_freed_memory()
+    return "glibc default" if applied is None else f"glibc, freed blocks kept (mallopt {applied})"

@@ -365,6 +365,7 @@ def run_zoo_benchmark(json_path: Path | None = None, peer_python: str | None = N
                     "python": sys.version.split()[0], "torch": torch.__version__},
         "images": [{"name": n, "height": int(im.shape[0]), "width": int(im.shape[1])} for n, im in photos],
         "peer_python": {"face": peer_python, "person": person_peer_python or peer_python},
+        "allocator": _allocator(),
     }
     from .roofline import conv_peak_gflops
 
@@ -393,3 +394,11 @@ def run_zoo_benchmark(json_path: Path | None = None, peer_python: str | None = N
     if json_path is not None:
         atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
     return result
+
+
+def _allocator() -> str:
+    """How this process's malloc treats freed memory (see :mod:`multibox.runtime`)."""
+    from ..runtime import keep_freed_memory
+
+    applied = keep_freed_memory()
+    return "glibc default" if applied is None else f"glibc, freed blocks kept (mallopt {applied})"
