@@ -33,7 +33,12 @@ scores. Pre-processing (mean, channel order) cannot be read from a deploy file: 
 
 Speed: the run plan is computed once per set of outputs (integer slots, no name look-ups); with ``net.fuse`` (on by
 default) a ``BatchNorm`` + ``Scale`` (+ ``ReLU``) chain runs as one affine and a ReLU after a layer that made a fresh
-tensor runs in place, never over a blob that another layer also reads. ``channels_last`` inputs work.
+tensor runs in place, never over a blob that another layer also reads. ``channels_last`` inputs work. Conversion
+finds the blob shapes it needs (prior feature maps, output sizes) on the ``meta`` device: no forward pass.
+
+Checked on whole graphs: the original VGG16 SSD300 / SSD512 deploy layout (tests/test_caffe_vgg.py, against the
+native ``ssd300_vgg16`` / ``ssd512_vgg16`` with the same weights) and the real res10 face detector (against
+OpenCV DNN).
 """
 
 from __future__ import annotations
@@ -845,11 +850,18 @@ def _producers(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _blob_shapes(net: CaffeGraphNet, spec: dict[str, Any], ids: Sequence[str]) -> dict[str, list[int]]:
+    """Shapes of the blobs ``ids`` (those the network computes) for the spec's input shape.
+
+    ``net`` runs on an input of that shape on the device of its parameters: built on the ``meta`` device (as
+    :func:`convert_caffe` does), nothing is computed, where a real run would cost a full forward pass (seconds
+    for a VGG16 SSD512). Every supported layer has meta kernels."""
     shape = spec["inputs"][net.input_name]
+    runnable = tuple(i for i in ids if i in net._runnable)
+    if not runnable:
+        return {}
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
     with torch.no_grad():
-        x = torch.zeros(shape)
-        runnable = [i for i in ids if i in net._runnable]
-        vals = net._run(x, tuple(runnable)) if runnable else []
+        vals = net._run(torch.zeros(shape, device=device), runnable)
     return {i: list(v.shape) for i, v in zip(runnable, vals, strict=True)}
 
 
@@ -985,9 +997,8 @@ def convert_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
     post = _detection_settings(dp, where)
     num_classes = int(dp["num_classes"])
 
-    full = CaffeGraphNet(spec)
-    full.load_state_dict(tensors, strict=True)
-    full.eval()
+    with torch.device("meta"):  # the whole graph, for its structure and blob shapes only (no weights, no compute)
+        full = CaffeGraphNet(spec)
     wanted = [loc_id, conf_logits_id] + [b for e in prior_layers for b in e["_bottom_ids"]]
     shapes = _blob_shapes(full, spec, wanted)
     for e in prior_layers:
