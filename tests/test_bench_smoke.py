@@ -22,6 +22,7 @@ def test_bench_core_quick_writes_json(tmp_path, capsys):
     assert abs(inf["speedup_bound"] - roof["conv_peak_gflops"] / inf["torchvision_gflops"]) < 1e-9
     assert abs(inf["torchvision_gflops"] - roof["gflop_per_image"] / row["seconds_torchvision"]) < 1e-6
     assert r["speedup_train_bound"] == roof["train"]["speedup_bound"]
+    assert r["speedup_infer_fast_bound"] == roof["inference"]["batch_2"]["speedup_bound_bf16"] > 0
 
 
 def test_bench_data_writes_json(tmp_path, capsys):

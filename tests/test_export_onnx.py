@@ -78,3 +78,41 @@ def test_export_command_writes_graph_priors_and_spec(tmp_path, capsys):
     assert main(["export", "onnx", str(src), "--out", str(tmp_path / "x.pt")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+class _SamePadNet(torch.nn.Module):
+    """TF-SAME stride-2 convs (zero Pad -> Conv in ONNX), a reflect pad and a pad by 1.0 (both must stay)."""
+
+    def __init__(self):
+        super().__init__()
+        from multibox.models.backbones.mobilenet import Conv2dSame
+
+        self.a = Conv2dSame(3, 4, 3, stride=2)
+        self.b = Conv2dSame(4, 4, 3, stride=2, groups=4)
+        self.c = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        y = self.c(torch.nn.functional.pad(y, (1, 1, 1, 1), mode="reflect"))
+        y = torch.nn.functional.pad(y, (0, 1, 0, 1), value=1.0)
+        return y.flatten(2).transpose(1, 2), y.mean((2, 3))[:, None, :].expand(-1, 3, -1)[..., :4]
+
+
+def test_zero_pads_fold_into_convs_and_others_stay():
+    import onnx
+
+    torch.manual_seed(0)
+    net = _SamePadNet().eval()
+    x = torch.randn(2, 3, 20, 22)
+    model = onnx.load_from_string(mbonnx.export_onnx_bytes(net, x))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Pad") == 2  # the reflect pad and the pad by 1.0
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    pads = [list(next(a.ints for a in c.attribute if a.name == "pads")) for c in convs]
+    # TF SAME on 20x22 with 3x3 stride 2: total pad 1 per axis, all after; then 10x11 -> total 1 (H), 2 (W)
+    assert pads[0] == [0, 0, 1, 1] and pads[1] == [0, 1, 1, 1] and pads[2] == [1, 1, 1, 1]
+    net_ort = mbonnx.OnnxRuntimeNetwork(model.SerializeToString(), threads=1)
+    with torch.inference_mode():
+        ref = net(x)
+    for got, want in zip(net_ort(x), ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

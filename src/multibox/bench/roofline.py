@@ -51,16 +51,17 @@ def train_step_gflop(model: nn.Module, input_shape: Sequence[int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def conv_peak_gflops(repeats: int = 5) -> float:
-    """Best GFLOP/s of fp32 3x3 convolutions (``[4, 256, 38, 38] -> 256`` and ``[1, 512, 38, 38] -> 512``,
-    ``channels_last``, oneDNN) with the current ``torch.get_num_threads()``: the machine's practical fp32 peak."""
+def conv_peak_gflops(repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of 3x3 convolutions (``[4, 256, 38, 38] -> 256`` and ``[1, 512, 38, 38] -> 512``,
+    ``channels_last``, oneDNN) in ``dtype`` with the current ``torch.get_num_threads()``: the machine's practical
+    peak for that precision (``torch.bfloat16``: the bound of bf16 autocast paths)."""
     import torch.nn.functional as F
 
     best = 0.0
     gen = torch.Generator().manual_seed(0)
     for b, c, s in ((4, 256, 38), (1, 512, 38)):
-        x = torch.randn(b, c, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
-        w = (torch.randn(c, c, 3, 3, generator=gen) * 0.02).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(b, c, s, s, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(c, c, 3, 3, generator=gen) * 0.02).to(dtype).contiguous(memory_format=torch.channels_last)
         flop = 2.0 * b * s * s * c * c * 9
         with torch.inference_mode():
             F.conv2d(x, w, padding=1)

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from ..fileio import atomic_write_bytes
 
-__all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "onnxruntime_available",
-           "INPUT_NAME", "OUTPUT_NAMES", "require"]
+__all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "fold_zero_pads",
+           "onnxruntime_available", "INPUT_NAME", "OUTPUT_NAMES", "require"]
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("cls_logits", "box_deltas")
@@ -83,7 +83,128 @@ def export_onnx_bytes(model: nn.Module, example: Tensor, *, dynamic_batch: bool 
         torch.onnx.export(wrapper, (example.detach().cpu().float(),), buf, dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
                           do_constant_folding=True)
+    onnx = require("onnx")
+    graph = onnx.load_from_string(buf.getvalue())
+    if fold_zero_pads(graph):
+        return graph.SerializeToString()
     return buf.getvalue()
+
+
+def _constant_value(opsets: Any, name: str, producers: dict[str, Any], initializers: dict[str, Any]  # noqa: ANN401
+                    ) -> np.ndarray | None:
+    """The value of tensor ``name`` when it depends on constants only (``None`` otherwise), computed by evaluating
+    its ancestor nodes with ONNX's reference evaluator."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    nodes: list[Any] = []
+    used_inits: dict[str, Any] = {}
+    seen: set[str] = set()
+
+    def visit(t: str) -> bool:
+        if t == "" or t in seen:
+            return True
+        seen.add(t)
+        if t in initializers:
+            used_inits[t] = initializers[t]
+            return True
+        node = producers.get(t)
+        if node is None:  # a graph input: not a constant
+            return False
+        if not all(visit(i) for i in node.input):
+            return False
+        if node not in nodes:
+            nodes.append(node)
+        return True
+
+    if not visit(name) or len(nodes) > 64:
+        return None
+    sub = onnx.helper.make_graph(nodes, "const", [], [onnx.ValueInfoProto(name=name)],
+                                 initializer=list(used_inits.values()))
+    model = onnx.helper.make_model(sub, opset_imports=list(opsets))
+    try:
+        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+    except Exception:  # an op the reference evaluator lacks: leave the graph as it is
+        return None
+
+
+def fold_zero_pads(model: Any) -> int:  # noqa: ANN401
+    """Fold each zero-constant ``Pad`` that feeds only a ``Conv`` into that ``Conv``'s ``pads`` (in place).
+
+    ``Conv2dSame`` (TensorFlow's ``"SAME"`` padding of stride-2 convolutions: the extra pixel bottom / right)
+    exports as ``Pad -> Conv`` because PyTorch convolutions pad symmetrically; ONNX ``Conv`` takes asymmetric
+    ``pads`` itself. The separate ``Pad`` costs a pass over the activation and, in ONNX Runtime, breaks its
+    blocked-layout (NCHWc) chain: on the zoo's person SSDLite its 9 pads and the layout reorders around them were
+    2.3 of 10.8 ms. Returns the number of pads folded; the dead nodes and initializers left are removed.
+    """
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    initializers = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    folded = 0
+    for pad in [n for n in graph.node if n.op_type == "Pad"]:
+        attrs = {a.name: a for a in pad.attribute}
+        mode = attrs["mode"].s.decode() if "mode" in attrs else "constant"
+        users = consumers.get(pad.output[0], [])
+        if mode != "constant" or pad.output[0] in outputs or len(users) != 1 or users[0].op_type != "Conv":
+            continue
+        conv = users[0]
+        conv_attrs = {a.name: a for a in conv.attribute}
+        auto_pad = conv_attrs["auto_pad"].s.decode() if "auto_pad" in conv_attrs else "NOTSET"
+        if conv.input[0] != pad.output[0] or auto_pad not in ("", "NOTSET"):
+            continue
+        if len(pad.input) > 3 and pad.input[3]:  # axes given: not handled
+            continue
+        if len(pad.input) > 2 and pad.input[2]:
+            value = _constant_value(model.opset_import, pad.input[2], producers, initializers)
+            if value is None or value.size != 1 or float(value.reshape(-1)[0]) != 0.0:
+                continue
+        pads = _constant_value(model.opset_import, pad.input[1], producers, initializers)
+        if pads is None or pads.size != 8:
+            continue
+        pads = [int(v) for v in pads.reshape(-1)]
+        if pads[0] or pads[1] or pads[4] or pads[5] or min(pads) < 0:  # batch / channel padding, or cropping
+            continue
+        old = list(conv_attrs["pads"].ints) if "pads" in conv_attrs else [0, 0, 0, 0]
+        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+        if "pads" in conv_attrs:
+            conv.attribute.remove(conv_attrs["pads"])
+        conv.attribute.append(onnx_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        graph.node.remove(pad)
+        folded += 1
+    if folded:
+        _remove_dead(graph)
+    return folded
+
+
+def onnx_attribute(name: str, ints: list[int]) -> Any:  # noqa: ANN401
+    """An ONNX integer-list attribute."""
+    import onnx
+
+    return onnx.helper.make_attribute(name, ints)
+
+
+def _remove_dead(graph: Any) -> None:  # noqa: ANN401
+    """Drop nodes whose outputs nobody reads (repeatedly) and initializers nobody reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {i for n in graph.node for i in n.input} | outputs
+    for t in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(t)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[int], *, batch_size: int = 1,
