@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..anchors import PriorConfig
 from .backbones.mobilenet import ConvBNReLU6, MobileNetV1Backbone, MobileNetV2Backbone
@@ -29,7 +29,7 @@ from .detector import SSD
 from .heads import SSDHead
 from .registry import register_model
 from .spec import InputSpec
-from .ssdlite import SSDLITE_INPUT_SPEC, ssdlite_priors
+from .ssdlite import ChainedMaps, assemble_ssd, ssdlite_priors
 
 __all__ = ["SSDConvExtras", "TF_SSD_EXTRA_DEPTHS", "tf_extra_blocks", "ssd300_mobilenetv1", "ssd_mobilenetv2_conv"]
 
@@ -47,7 +47,7 @@ def tf_extra_blocks(depth_multiplier: float = 1.0, min_depth: int = 16,
             for d in depths]
 
 
-class SSDConvExtras(nn.Module):
+class SSDConvExtras(ChainedMaps):
     """Extra SSD maps after the backbone's last map, TF detection API style.
 
     ``x [B, in_channels, H, W] -> [maps]``; block ``i`` = ``ConvBNReLU6 1x1 (blocks[i][0])`` then ``ConvBNReLU6 3x3
@@ -85,25 +85,12 @@ class SSDConvExtras(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """``x [B, in_channels, H, W]`` -> ``[B, out_channels[i], H_i, W_i]`` for each block."""
-        outs: list[Tensor] = []
-        for block in self.blocks:
-            x = block(x)
-            outs.append(x)
-        return outs
-
 
 def _assemble(backbone: nn.Module, extras: SSDConvExtras, priors: PriorConfig, num_classes: int,
               class_names: Sequence[str] | None, input_spec: InputSpec | None, head_kernel_size: int) -> SSD:
-    if input_spec is None:
-        input_spec = SSDLITE_INPUT_SPEC.with_image_size(priors.image_size)
-    channels = [*backbone.out_channels, *extras.out_channels]
-    head = None
-    if len(channels) == len(priors.levels):  # otherwise SSD explains the mismatch
-        head = SSDHead(channels, priors.num_priors_per_location, num_classes, kernel_size=int(head_kernel_size))
-    return SSD(backbone, extras, priors, num_classes=num_classes, class_names=class_names, input_spec=input_spec,
-               head=head)
+    return assemble_ssd(backbone, extras, priors, num_classes, class_names, input_spec,
+                        lambda channels, per_loc: SSDHead(channels, per_loc, num_classes,
+                                                          kernel_size=int(head_kernel_size)))
 
 
 @register_model("ssd300_mobilenetv1")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,7 +165,22 @@ def ssd300_mobilenetv2_priors(image_size: Sequence[int] = (300, 300), s_min: flo
 
 
 # ------------------------------------------------------------------------------------------ extras and head
-class SSDLiteExtras(nn.Module):
+class ChainedMaps(nn.Module):
+    """Extra feature maps made by a chain of blocks (``self.blocks``, an ``nn.ModuleList``), each fed the previous
+    block's output: ``x [B, in_channels, H, W]`` -> ``[B, out_channels[i], H_i, W_i]`` for each block."""
+
+    blocks: nn.ModuleList
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``x [B, in_channels, H, W]`` -> ``[B, out_channels[i], H_i, W_i]`` for each block."""
+        outs: list[Tensor] = []
+        for block in self.blocks:
+            x = block(x)
+            outs.append(x)
+        return outs
+
+
+class SSDLiteExtras(ChainedMaps):
     """Four (by default) depthwise-separable stride-2 blocks after the backbone's last map.
 
     ``x [B, in_channels, H, W] -> [maps]``, map ``i`` of ``out_channels[i]`` channels and size
@@ -206,13 +221,6 @@ class SSDLiteExtras(nn.Module):
         """Conv weights normal (std 0.03), BatchNorm weight 1 / bias 0."""
         _normal_init_(self)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """``x [B, in_channels, H, W]`` -> ``[B, out_channels[i], H_i, W_i]`` for each block."""
-        outs: list[Tensor] = []
-        for block in self.blocks:
-            x = block(x)
-            outs.append(x)
-        return outs
 
 
 class SSDLiteHead(nn.Module):
@@ -284,12 +292,23 @@ def ssdlite320_mobilenetv2(
     extras = SSDLiteExtras(backbone.out_channels[-1], tf_same_padding=tf_same_padding)
     if priors is None:
         priors = ssdlite_priors((320, 320))
+    return assemble_ssd(backbone, extras, priors, num_classes, class_names, input_spec,
+                        lambda channels, per_loc: SSDLiteHead(channels, per_loc, num_classes))
+
+
+def assemble_ssd(backbone: nn.Module, extras: nn.Module, priors: PriorConfig, num_classes: int,
+                 class_names: Sequence[str] | None, input_spec: InputSpec | None,
+                 make_head: Callable[[list[int], list[int]], nn.Module]) -> SSD:
+    """An :class:`SSD` from a backbone and extras (both with ``out_channels``) and a head built by
+    ``make_head(channels per map, priors per location)``; ``input_spec`` defaults to :data:`SSDLITE_INPUT_SPEC`
+    at the priors' size. When the maps and the prior levels disagree in number no head is built here, so that
+    :class:`SSD` reports the mismatch."""
     if input_spec is None:
         input_spec = SSDLITE_INPUT_SPEC.with_image_size(priors.image_size)
     channels = [*backbone.out_channels, *extras.out_channels]
     head = None
-    if len(channels) == len(priors.levels):  # otherwise SSD explains the mismatch
-        head = SSDLiteHead(channels, priors.num_priors_per_location, num_classes)
+    if len(channels) == len(priors.levels):
+        head = make_head(channels, list(priors.num_priors_per_location))
     return SSD(backbone, extras, priors, num_classes=num_classes, class_names=class_names, input_spec=input_spec,
                head=head)
 

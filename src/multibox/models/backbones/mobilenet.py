@@ -72,6 +72,19 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
+def init_conv_bn(module: nn.Module) -> None:
+    """Initialize every ``Conv2d`` of ``module`` with Kaiming-normal (fan_out) weights and zero biases, and every
+    ``BatchNorm2d`` with weight 1 and bias 0 (the reference MobileNet initialization)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TensorFlow ``"SAME"`` padding ``(before, after)`` of one spatial dimension of length ``size``.
 
@@ -246,14 +259,7 @@ class MobileNetV2Backbone(Backbone):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan_out) conv weights, zero conv biases, BatchNorm weight 1 and bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """``images [B, 3, H, W]`` (normalized) -> ``[c4 (stride 16), c5 (stride 32)]``."""
@@ -428,15 +434,8 @@ class MobileNetV1Backbone(Backbone):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal (fan_out) conv weights, BatchNorm weight 1 and bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        """Kaiming-normal (fan_out) conv weights, zero conv biases, BatchNorm weight 1 and bias 0."""
+        init_conv_bn(self)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """``images [B, 3, H, W]`` (normalized) -> ``[features.11 output (stride 16), features.13 output
