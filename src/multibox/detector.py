@@ -51,7 +51,7 @@ Optimize = Literal["auto", "jit", "jit+channels_last", "channels_last", "none"]
 _OPTIMIZE = ("auto", "jit", "jit+channels_last", "channels_last", "none")
 Backend = Literal["auto", "torch", "onnxruntime"]
 _BACKENDS = ("auto", "torch", "onnxruntime")
-# the network paths a Detector can take (its ``strategy``), fastest first
+# an optimized network: input [B, 3, h, w] -> (cls_logits, box_deltas) (a traced module or an ONNX Runtime session)
 Network = Callable[[Tensor], Any]
 # traced outputs must equal eager ones to this relative tolerance (of the largest magnitude) to be used
 _TRACE_RTOL = 1e-4
