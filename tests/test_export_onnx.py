@@ -116,3 +116,60 @@ def test_zero_pads_fold_into_convs_and_others_stay():
         ref = net(x)
     for got, want in zip(net_ort(x), ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["per_class", "global"])
+@pytest.mark.parametrize("score,clip", [("softmax", True), ("softmax", False), ("sigmoid", "after")])
+def test_postprocess_graph_equals_detection_output(mode, score, clip):
+    import onnxruntime as ort
+
+    from multibox.box_coder import BoxCoder
+    from multibox.export.onnx_postprocess import postprocess_graph
+    from multibox.postprocess import detection_output
+
+    coder = BoxCoder()
+    # (seed, batch, priors, classes, conf, top_k, keep_top_k): saturated, partly filled, empty, all priors
+    for seed, b, p, c, conf, top_k, keep in [(1, 3, 300, 5, 0.05, 50, 20), (2, 1, 500, 3, 0.6, 100, 200),
+                                             (3, 2, 100, 4, 0.999, 50, 10), (4, 2, 400, 21, 0.2, 0, 60)]:
+        g = torch.Generator().manual_seed(seed)
+        priors = torch.cat([torch.rand(p, 2, generator=g), torch.rand(p, 2, generator=g) * 0.3 + 0.05], 1)
+        logits = torch.randn(b, p, c, generator=g) * 3
+        deltas = torch.randn(b, p, 4, generator=g) * 0.5
+        kw = dict(mode=mode, conf_threshold=conf, top_k=top_k, nms_threshold=0.45, keep_top_k=keep, clip=clip,
+                  score=score)
+        graph = postprocess_graph(priors, c, variances=coder.variances, max_log_scale=coder.max_log_scale, **kw)
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        boxes, scores, labels, num = session.run(None, {"cls_logits": logits.numpy(), "box_deltas": deltas.numpy()})
+        ref = detection_output(logits, deltas, priors, coder, **kw)
+        valid = ref.valid.numpy()
+        assert boxes.shape == (b, keep, 4) and scores.shape == (b, keep) and labels.shape == (b, keep)
+        np.testing.assert_array_equal(num, valid.sum(1))
+        k = valid.shape[1]
+        assert not scores[:, k:].any() and not labels[:, k:].any()
+        np.testing.assert_array_equal(labels[:, :k][valid], ref.labels.numpy()[valid])
+        np.testing.assert_allclose(scores[:, :k][valid], ref.scores.numpy()[valid], atol=1e-6)
+        np.testing.assert_allclose(boxes[:, :k][valid], ref.boxes.numpy()[valid], atol=1e-6)
+        assert not scores[:, :k][~valid].any()
+
+
+def test_export_with_postprocess_detects_like_the_detector(tmp_path):
+    import onnxruntime as ort
+
+    bundle = make_bundle()
+    src = save_bundle(bundle, tmp_path / "tiny.safetensors")
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", "onnx", str(src), "--out", str(out), "--postprocess", "--conf", "0.2"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["outputs"] == ["boxes", "scores", "labels", "num_detections"] and meta["max_abs_diff"] < 1e-5
+    det = Detector(make_bundle(), optimize="none", backend="torch")
+    imgs = [photo(), photo(120, 90, seed=4)]
+    want = det(imgs, conf=0.2)
+    x, sizes = det.preprocess(imgs)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    boxes, scores, labels, num = session.run(None, {"images": x.numpy()})
+    for i, (w, (h, wd)) in enumerate(zip(want, sizes, strict=True)):
+        n = int(num[i])
+        assert n == len(w) > 0
+        np.testing.assert_array_equal(labels[i, :n], w.labels.numpy())
+        np.testing.assert_allclose(scores[i, :n], w.scores.numpy(), atol=1e-5)
+        np.testing.assert_allclose(boxes[i, :n] * np.array([wd, h, wd, h], np.float32), w.boxes.numpy(), atol=1e-3)

@@ -4,8 +4,11 @@
 The graph takes ``images`` ``[B, 3, H, W]`` float32 (resized and normalized as the detector's input spec says,
 printed by the command and written to ``FILE.json``) and returns ``cls_logits`` ``[B, P, C]`` and ``box_deltas``
 ``[B, P, 4]``; the priors are written to ``FILE.priors.npy`` (``[P, 4]`` float32 normalized ``cx, cy, w, h``), so
-that decoding and NMS can be done outside. With ``onnxruntime`` installed the export is checked against PyTorch
-on a random input (largest absolute difference printed and recorded).
+that decoding and NMS can be done outside. With ``--postprocess`` the decoding and NMS (the model's settings,
+``--conf`` to change the threshold) are part of the graph, which then returns ``boxes [B, K, 4]`` (normalized
+``x1, y1, x2, y2``), ``scores [B, K]``, ``labels [B, K]`` and ``num_detections [B]``. With ``onnxruntime``
+installed the export is checked against PyTorch on a random input (largest absolute difference printed and
+recorded).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--batch-size", type=int, default=1, help="batch size of the traced example (default 1)")
     o.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch-size")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    o.add_argument("--postprocess", action="store_true",
+                   help="append decoding and NMS (the model's own settings) as ONNX operators: outputs boxes "
+                        "[B, K, 4] normalized xyxy, scores [B, K], labels [B, K], num_detections [B]")
+    o.add_argument("--conf", type=float, help="with --postprocess: score threshold (default: the model's)")
     o.set_defaults(func=run)
 
 
@@ -50,8 +57,14 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".onnx":
         raise ValueError(f"{out}: the output file must end in .onnx")
     det = _load_detector(args.model, "cpu", 1, "torch")
+    post = None
+    if args.postprocess:
+        post = det._post(None) if args.conf is None else det.bundle.make_postprocess(conf_threshold=args.conf)
+    elif args.conf is not None:
+        raise ValueError("--conf only applies with --postprocess")
     info = export_onnx(det.model, out, det.input_spec.image_size, batch_size=args.batch_size,
-                       dynamic_batch=not args.static_batch, opset=args.opset)
+                       dynamic_batch=not args.static_batch, opset=args.opset, postprocess=post,
+                       num_classes=len(det.class_names))
     priors_path = out.with_suffix(".priors.npy")
     buf = io.BytesIO()
     np.save(buf, det.bundle.priors.detach().cpu().float().numpy())
@@ -63,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(out.with_suffix(".json"), (json.dumps(meta, indent=2, default=str) + "\n").encode())
     check = "not checked (onnxruntime missing)" if info["max_abs_diff"] is None else \
         f"max |onnxruntime - torch| = {info['max_abs_diff']:.2e}"
+    check += f"; outputs {', '.join(info['outputs'])}"
     h, w = det.input_spec.image_size
     print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB, opset {args.opset}, input [B, 3, {h}, {w}] "
           f"{det.input_spec.channel_order} mean {list(det.input_spec.mean)} std {list(det.input_spec.std)}; {check}), "

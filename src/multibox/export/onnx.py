@@ -13,6 +13,7 @@ The export uses PyTorch's TorchScript-based ONNX exporter (``torch.onnx.export(d
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -208,27 +209,67 @@ def _remove_dead(graph: Any) -> None:  # noqa: ANN401
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[int], *, batch_size: int = 1,
-                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, check: bool = True) -> dict[str, Any]:
+                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, check: bool = True,
+                postprocess: nn.Module | None = None, num_classes: int | None = None) -> dict[str, Any]:
     """Write ``model``'s ONNX graph to ``path`` (atomically) for input ``[batch_size, 3, *image_size]``.
 
+    ``postprocess``: a :class:`~multibox.postprocess.PostProcess` to append as ONNX operators (decoding and NMS,
+    :mod:`multibox.export.onnx_postprocess`; ``num_classes`` = ``C`` of the logits): the graph then outputs
+    ``boxes [B, K, 4]`` (normalized xyxy), ``scores [B, K]``, ``labels [B, K]`` and ``num_detections [B]``.
     With ``check`` (and ``onnxruntime`` installed) the exported graph is run on a random input and compared with
-    PyTorch. Returns ``{"path", "bytes", "opset", "input": [B, 3, H, W], "dynamic_batch", "max_abs_diff"}``
-    (``max_abs_diff`` of the two outputs, ``None`` without the check).
+    PyTorch. Returns ``{"path", "bytes", "opset", "input": [B, 3, H, W], "dynamic_batch", "outputs",
+    "max_abs_diff"}`` (``max_abs_diff``: of the network outputs, or of the detections' scores and boxes when they
+    agree in number and labels (else ``inf``); ``None`` without the check).
     """
     h, w = (int(v) for v in image_size)
     model = model.eval().cpu()
     example = torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
     data = export_onnx_bytes(model, example, dynamic_batch=dynamic_batch, opset=opset)
+    outputs = list(OUTPUT_NAMES)
+    if postprocess is not None:
+        from .onnx_postprocess import POSTPROCESS_OUTPUTS, append_postprocess, postprocess_graph_from
+
+        onnx = require("onnx")
+        if num_classes is None:
+            raise ValueError("num_classes is needed to export the post-processing")
+        if opset != DEFAULT_OPSET:
+            raise ValueError(f"the post-processing graph is built for opset {DEFAULT_OPSET}, not {opset}")
+        merged = append_postprocess(onnx.load_from_string(data), postprocess_graph_from(postprocess, num_classes))
+        data = merged.SerializeToString()
+        outputs = list(POSTPROCESS_OUTPUTS)
     diff = None
     if check and onnxruntime_available():
-        net = OnnxRuntimeNetwork(data)
         with torch.inference_mode():
             ref = _Outputs(model)(example)
-        got = net(example)
-        diff = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))
+        if postprocess is None:
+            got = OnnxRuntimeNetwork(data)(example)
+            diff = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))
+        else:
+            diff = _detections_diff(data, example, postprocess.forward_padded(*ref))
     atomic_write_bytes(Path(path), data)
     return {"path": str(path), "bytes": len(data), "opset": opset, "input": [batch_size, 3, h, w],
-            "dynamic_batch": dynamic_batch, "max_abs_diff": diff}
+            "dynamic_batch": dynamic_batch, "outputs": outputs, "max_abs_diff": diff}
+
+
+def _detections_diff(data: bytes, example: Tensor, ref: Any) -> float:  # noqa: ANN401
+    """Largest score / box difference between the exported graph's detections and ``ref`` (``PaddedDetections``);
+    ``inf`` when the counts or labels differ."""
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    boxes, scores, labels, num = session.run(None, {INPUT_NAME: example.numpy()})
+    valid = ref.valid.numpy()
+    if not (num == valid.sum(1)).all():
+        return math.inf
+    k = min(valid.shape[1], scores.shape[1])
+    if not (labels[:, :k][valid[:, :k]] == ref.labels.numpy()[:, :k][valid[:, :k]]).all():
+        return math.inf
+    if not valid.any():
+        return 0.0
+    mask = valid[:, :k]
+    return float(max(np.abs(scores[:, :k][mask] - ref.scores.numpy()[:, :k][mask]).max(),
+                     np.abs(boxes[:, :k][mask] - ref.boxes.numpy()[:, :k][mask]).max()))
 
 
 class OnnxRuntimeNetwork:
