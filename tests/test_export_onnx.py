@@ -42,6 +42,10 @@ def test_onnxruntime_backend_gives_eager_detections_and_restores_threads():
             assert_same(g, e)
         assert_same(det(img2), eager[1])  # batch size 1: a second export
         assert torch.get_num_threads() == before
+        # the post-processing ran inside ONNX Runtime too (checked against PyTorch's at each threshold)
+        assert det._fused[2] is not None and det._fused[1] is not None and all(det._fused_ok.values())
+        assert_same(det(img2, conf=0.3), Detector(make_bundle(), optimize="none")(img2, conf=0.3))
+        assert (1, float(det._post(0.3).conf_threshold)) in det._fused_ok
 
 
 def test_backend_errors_are_clear(monkeypatch):

@@ -169,6 +169,9 @@ class Detector:
         self._post_overrides = dict(postprocess or {})
         self._postprocess: dict[float | None, nn.Module] = {}
         self._compiled: dict[int, Network | None] = {}  # batch size -> optimized network (None: use eager)
+        self._onnx: dict[int, bytes] = {}  # batch size -> the exported network (onnxruntime path)
+        self._fused: dict[int, Any] = {}  # batch size -> ONNX Runtime session of network + post-processing, or None
+        self._fused_ok: dict[tuple[int, float], bool] = {}  # (batch size, threshold) -> checked against PyTorch
         self._strategy: str | None = None  # chosen on the first batch: "onnxruntime", "jit+channels_last", ...
         self._mean = torch.tensor(self.input_spec.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.input_spec.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -264,7 +267,8 @@ class Detector:
         if strategy == "onnxruntime":
             from .export.onnx import OnnxRuntimeNetwork, export_onnx_bytes
 
-            return OnnxRuntimeNetwork(export_onnx_bytes(self.model, x))
+            self._onnx[int(x.shape[0])] = data = export_onnx_bytes(self.model, x)
+            return OnnxRuntimeNetwork(data)
         if "channels_last" in strategy:
             import copy
 
@@ -364,10 +368,98 @@ class Detector:
         with torch.inference_mode(), self._torch_threads():
             for i in range(0, len(images), self.batch_size):
                 x, sizes = self.preprocess(images[i:i + self.batch_size])
-                cls_logits, box_deltas = self.forward(x)
-                dets = post(cls_logits, box_deltas, sizes)
+                fused = self._fused_session(x, post)
+                if fused is not None:
+                    dets = self._run_fused(fused, x, post.conf_threshold, sizes)
+                else:
+                    cls_logits, box_deltas = self.forward(x)
+                    dets = post(cls_logits, box_deltas, sizes)
                 out.extend(d.filter(conf).cpu() if conf is not None else d.cpu() for d in dets)
         return out
+
+    def _fused_session(self, x: Tensor, post: nn.Module) -> Any:  # noqa: ANN401
+        """On the onnxruntime path: an ONNX Runtime session running network + post-processing in one graph
+        (:mod:`multibox.export.onnx_postprocess`, the score threshold a graph input) for ``x``'s batch size, used
+        for ``post``'s threshold once, on a batch, its detections equal ``post``'s on the eager outputs (same
+        counts and labels, scores and normalized boxes within 1e-5); else ``None`` (post-processing in PyTorch).
+        The check is per threshold: scores within rounding of a threshold could otherwise come out differently."""
+        b = int(x.shape[0])
+        if self.optimize == "none" and self.backend != "onnxruntime":
+            return None
+        if b not in self._fused:
+            self._choose(x)
+            session = None
+            if self._strategy == "onnxruntime" and b in self._onnx and post.keep_top_k > 0:
+                try:
+                    session = self._build_fused(self._onnx[b], post)
+                except Exception as e:  # an optimization must never fail a detection
+                    warnings.warn(f"{self.name}: ONNX post-processing unavailable ({type(e).__name__}: {e})",
+                                  stacklevel=3)
+            self._fused[b] = session
+        session = self._fused[b]
+        key = (b, float(post.conf_threshold))
+        if session is not None and key not in self._fused_ok:
+            ref = post.forward_padded(*self._eager(x))
+            self._fused_ok[key] = _same_padded(self._run_fused_padded(session, x, post.conf_threshold), ref)
+            if not self._fused_ok[key]:
+                warnings.warn(f"{self.name}: the ONNX post-processing gives other detections than PyTorch's at "
+                              f"threshold {post.conf_threshold:g}; not used for it", stacklevel=3)
+        return session if session is not None and self._fused_ok[key] else None
+
+    def _build_fused(self, network: bytes, post: nn.Module) -> Any:  # noqa: ANN401
+        from .export.onnx import require
+        from .export.onnx_postprocess import append_postprocess, postprocess_graph_from
+
+        onnx, ort = require("onnx"), require("onnxruntime")
+        graph = append_postprocess(onnx.load_from_string(network),
+                                   postprocess_graph_from(post, len(self.class_names), conf_input=True))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        return ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _run_fused_padded(session: Any, x: Tensor, conf_threshold: float) -> Any:  # noqa: ANN401
+        from .postprocess import PaddedDetections
+
+        boxes, scores, labels, num = session.run(None, {
+            "images": np.ascontiguousarray(x.detach().cpu().float().numpy()),
+            "conf_threshold": np.asarray([conf_threshold], dtype=np.float32)})
+        valid = np.arange(scores.shape[1])[None, :] < num[:, None]
+        return PaddedDetections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels),
+                                torch.from_numpy(valid))
+
+    def _run_fused(self, session: Any, x: Tensor, conf_threshold: float,  # noqa: ANN401
+                   sizes: list[tuple[int, int]]) -> list[Detections]:
+        """Detections from the fused graph: normalized boxes scaled to each image's pixels."""
+        from .postprocess import split_padded
+
+        padded = self._run_fused_padded(session, x, conf_threshold)
+        scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32)
+        padded = padded._replace(boxes=padded.boxes * scale[:, None, :])
+        return split_padded(padded, sizes, self.class_names)
+
+
+def _same_padded(a: Any, b: Any, tol: float = 1e-5) -> bool:  # noqa: ANN401
+    """The same detections in two ``PaddedDetections``: per image the same number, and each entry of ``a`` matched
+    to its own entry of ``b`` with the same label, score and box within ``tol`` (in any order: equal scores may be
+    ranked differently)."""
+    if not torch.equal(a.valid.sum(1), b.valid.sum(1)):
+        return False
+    for i in range(a.valid.shape[0]):
+        sa, sb = a.scores[i][a.valid[i]], b.scores[i][b.valid[i]]
+        la, lb = a.labels[i][a.valid[i]], b.labels[i][b.valid[i]]
+        ba, bb = a.boxes[i][a.valid[i]], b.boxes[i][b.valid[i]]
+        close = ((la[:, None] == lb[None, :]) & ((sa[:, None] - sb[None, :]).abs() <= tol)
+                 & ((ba[:, None, :] - bb[None, :, :]).abs().amax(-1) <= tol))
+        used = torch.zeros(len(sb), dtype=torch.bool)
+        for row in close:
+            free = (row & ~used).nonzero()
+            if len(free) == 0:
+                return False
+            used[free[0, 0]] = True
+    return True
 
 
 class _ChannelsLast(nn.Module):

@@ -66,9 +66,11 @@ def postprocess_graph(priors: Tensor | np.ndarray, num_classes: int, *,
                       mode: str = "per_class",
                       conf_threshold: float = 0.01, top_k: int = 400, nms_threshold: float = 0.45,
                       keep_top_k: int = 200, clip: bool | str = True, background_index: int | None = 0,
-                      score: str = "softmax") -> Any:  # noqa: ANN401
+                      score: str = "softmax", conf_input: bool = False) -> Any:  # noqa: ANN401
     """The post-processing as an ONNX ``ModelProto`` (inputs ``cls_logits``, ``box_deltas``; see the module
-    docstring). ``priors``: ``[P, 4]`` normalized cxcywh; the other arguments as in :func:`detection_output`."""
+    docstring). ``priors``: ``[P, 4]`` normalized cxcywh; the other arguments as in :func:`detection_output`.
+    ``conf_input``: the score threshold is a third graph input ``conf_threshold`` (``[1]`` float32; scores must
+    exceed it) instead of the constant ``conf_threshold``."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -129,7 +131,8 @@ def postprocess_graph(priors: Tensor | np.ndarray, num_classes: int, *,
     cand = g.op("Gather", [boxes_flat, flat_index], axis=0)  # [G, k, 4]
     selected = g.op("NonMaxSuppression", [cand, g.op("Unsqueeze", [values, g.const([1], i64)]),
                                           g.const([k], i64), g.const([nms_threshold], np.float32),
-                                          g.const([conf_threshold], np.float32)], center_point_box=0)  # [N, 3]
+                                          "conf_threshold" if conf_input else g.const([conf_threshold], np.float32)],
+                       center_point_box=0)  # [N, 3]
     sel_row = g.op("Gather", [selected, g.const(0, i64)], axis=1)  # [N]
     sel_j = g.op("Gather", [selected, g.const(2, i64)], axis=1)  # [N]
     pos = g.op("Add", [g.op("Mul", [sel_row, g.const(np.int64(k))]), sel_j])  # into [G * k]
@@ -181,6 +184,8 @@ def postprocess_graph(priors: Tensor | np.ndarray, num_classes: int, *,
 
     inputs = [helper.make_tensor_value_info("cls_logits", TensorProto.FLOAT, ["batch", p, num_classes]),
               helper.make_tensor_value_info("box_deltas", TensorProto.FLOAT, ["batch", p, 4])]
+    if conf_input:
+        inputs.append(helper.make_tensor_value_info("conf_threshold", TensorProto.FLOAT, [1]))
     outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", kk, 4]),
                helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", kk]),
                helper.make_tensor_value_info("labels", TensorProto.INT64, ["batch", kk]),
@@ -191,13 +196,13 @@ def postprocess_graph(priors: Tensor | np.ndarray, num_classes: int, *,
     return model
 
 
-def postprocess_graph_from(post: Any, num_classes: int) -> Any:  # noqa: ANN401
+def postprocess_graph_from(post: Any, num_classes: int, conf_input: bool = False) -> Any:  # noqa: ANN401
     """:func:`postprocess_graph` with the settings of a :class:`multibox.postprocess.PostProcess` module."""
     return postprocess_graph(post.priors, num_classes, variances=tuple(post.box_coder.variances),
                              max_log_scale=float(post.box_coder.max_log_scale), mode=post.mode,
                              conf_threshold=post.conf_threshold, top_k=post.top_k, nms_threshold=post.nms_threshold,
                              keep_top_k=post.keep_top_k, clip=post.clip, background_index=post.background_index,
-                             score=post.score)
+                             score=post.score, conf_input=conf_input)
 
 
 def append_postprocess(network: Any, post: Any) -> Any:  # noqa: ANN401
