@@ -23,7 +23,9 @@ always uses PyTorch, ``backend="onnxruntime"`` insists on ONNX Runtime. On the P
 (default) traces the network with ``torch.jit.trace`` and freezes it (once per batch size), on CPU in
 ``channels_last`` memory format; ``"none"`` runs eagerly (and so does ``backend="auto"``: no ONNX Runtime either).
 Every optimized path is checked on the first batch of each size against eager PyTorch (outputs equal within 1e-4
-relative), else the next one is tried, down to eager mode.
+relative), else the next one is tried, down to eager mode. On ONNX Runtime the decoding and NMS run in the same
+graph (:mod:`multibox.export.onnx_postprocess`) once, per score threshold, their detections have matched the
+PyTorch post-processing's on a batch.
 """
 
 from __future__ import annotations
