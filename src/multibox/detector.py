@@ -177,6 +177,8 @@ class Detector:
         self._strategy: str | None = None  # chosen on the first batch: "onnxruntime", "jit+channels_last", ...
         self._mean = torch.tensor(self.input_spec.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.input_spec.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._post(conf)  # built now: it imports torchvision (about 1.7 s the first time in a process), not at the
+        # first detection
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
