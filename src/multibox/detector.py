@@ -411,17 +411,12 @@ class Detector:
         return session if session is not None and self._fused_ok[key] else None
 
     def _build_fused(self, network: bytes, post: nn.Module) -> Any:  # noqa: ANN401
-        from .export.onnx import require
+        from .export.onnx import ort_session, require
         from .export.onnx_postprocess import append_postprocess, postprocess_graph_from
 
-        onnx, ort = require("onnx"), require("onnxruntime")
-        graph = append_postprocess(onnx.load_from_string(network),
+        graph = append_postprocess(require("onnx").load_from_string(network),
                                    postprocess_graph_from(post, len(self.class_names), conf_input=True))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        return ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort_session(graph.SerializeToString())
 
     @staticmethod
     def _run_fused_padded(session: Any, x: Tensor, conf_threshold: float) -> Any:  # noqa: ANN401

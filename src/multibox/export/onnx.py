@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..fileio import atomic_write_bytes
 
 __all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "fold_zero_pads",
-           "onnxruntime_available", "INPUT_NAME", "OUTPUT_NAMES", "require"]
+           "onnxruntime_available", "ort_session", "INPUT_NAME", "OUTPUT_NAMES", "require"]
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("cls_logits", "box_deltas")
@@ -54,18 +54,19 @@ def require(module: str) -> Any:  # noqa: ANN401
         raise OnnxUnavailable(f"{module} is not installed: pip install onnx onnxruntime ({e})") from None
 
 
-class _Outputs(nn.Module):
-    """``model(x)`` as a plain ``(cls_logits, box_deltas)`` tuple, whatever the model returns."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model(x)
-        if hasattr(out, "cls_logits"):
-            return out.cls_logits, out.box_deltas
-        return out[0], out[1]
+def ort_session(model: bytes | str, threads: int | None = None, optimize: bool = True) -> Any:  # noqa: ANN401
+    """An ONNX Runtime CPU session of ``model`` (bytes or path): ``threads`` intra-op threads (default
+    ``torch.get_num_threads()``, so both backends use the same cores), one inter-op thread, sequential execution,
+    all graph optimizations (``optimize``), warnings off."""
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def export_onnx_bytes(model: nn.Module, example: Tensor, *, dynamic_batch: bool = False,
@@ -76,7 +77,9 @@ def export_onnx_bytes(model: nn.Module, example: Tensor, *, dynamic_batch: bool 
     Raises :class:`OnnxUnavailable` when ``onnx`` is missing.
     """
     require("onnx")
-    wrapper = _Outputs(model).eval()
+    from ..detector import _TupleOutput
+
+    wrapper = _TupleOutput(model).eval()
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
@@ -141,6 +144,8 @@ def fold_zero_pads(model: Any) -> int:  # noqa: ANN401
     blocked-layout (NCHWc) chain: on the zoo's person SSDLite its 9 pads and the layout reorders around them were
     2.3 of 10.8 ms. Returns the number of pads folded; the dead nodes and initializers left are removed.
     """
+    from onnx.helper import make_attribute as onnx_helper_attribute
+
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[Any]] = {}
@@ -177,20 +182,13 @@ def fold_zero_pads(model: Any) -> int:  # noqa: ANN401
         new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
         if "pads" in conv_attrs:
             conv.attribute.remove(conv_attrs["pads"])
-        conv.attribute.append(onnx_attribute("pads", new))
+        conv.attribute.append(onnx_helper_attribute("pads", new))
         conv.input[0] = pad.input[0]
         graph.node.remove(pad)
         folded += 1
     if folded:
         _remove_dead(graph)
     return folded
-
-
-def onnx_attribute(name: str, ints: list[int]) -> Any:  # noqa: ANN401
-    """An ONNX integer-list attribute."""
-    import onnx
-
-    return onnx.helper.make_attribute(name, ints)
 
 
 def _remove_dead(graph: Any) -> None:  # noqa: ANN401
@@ -239,8 +237,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
         outputs = list(POSTPROCESS_OUTPUTS)
     diff = None
     if check and onnxruntime_available():
+        from ..detector import _TupleOutput
+
         with torch.inference_mode():
-            ref = _Outputs(model)(example)
+            ref = _TupleOutput(model)(example)
         if postprocess is None:
             got = OnnxRuntimeNetwork(data)(example)
             diff = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))
@@ -254,11 +254,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
 def _detections_diff(data: bytes, example: Tensor, ref: Any) -> float:  # noqa: ANN401
     """Largest score / box difference between the exported graph's detections and ``ref`` (``PaddedDetections``);
     ``inf`` when the counts or labels differ."""
-    ort = require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    boxes, scores, labels, num = session.run(None, {INPUT_NAME: example.numpy()})
+    boxes, scores, labels, num = ort_session(data).run(None, {INPUT_NAME: example.numpy()})
     valid = ref.valid.numpy()
     if not (num == valid.sum(1)).all():
         return math.inf
@@ -281,16 +277,11 @@ class OnnxRuntimeNetwork:
     """
 
     def __init__(self, model: bytes | str | os.PathLike, threads: int | None = None) -> None:
-        ort = require("onnxruntime")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         source = model if isinstance(model, bytes) else str(model)
         try:
-            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+            self.session = ort_session(source, threads)
+        except OnnxUnavailable:
+            raise
         except Exception as e:  # onnxruntime raises its own exception types
             where = "the exported graph" if isinstance(model, bytes) else str(model)
             raise ValueError(f"{where}: onnxruntime cannot load it ({e})") from None
