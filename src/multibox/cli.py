@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,7 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in again (see multibox.runtime)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except BrokenPipeError:  # `multibox models --json | head`: the reader left; say nothing more
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"multibox {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"multibox {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -1,0 +1,138 @@
+"""Options that mean the same in every ``multibox`` command, and the checks behind them.
+
+One meaning per flag across commands (see docs/design.md, "Command line"):
+
+* ``--json FILE``: also write the machine-readable result to ``FILE`` (never a switch);
+* ``--overwrite``: replace an existing output (never ``--force``);
+* ``--no-progress`` / ``--quiet`` (``-q``): no progress bar / neither progress bar nor informational lines;
+  progress bars are off anyway when standard error is not a terminal (logs get no bar residue);
+* ``--out``: an output folder (or file, where the command says so) that is checked before any work starts;
+* thresholds in ``[0, 1]`` (``--conf``, ...) are range-checked: ``nan``, ``-1`` and ``2`` are usage errors.
+
+Errors raised here are :class:`UsageError` (a ``ValueError``): ``multibox`` prints them as
+``multibox CMD: error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+__all__ = [
+    "UsageError", "add_json_option", "add_overwrite_option", "add_progress_options", "show_progress", "is_quiet",
+    "probability", "positive_int", "check_output_dir", "check_output_file",
+]
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used (the message names the option or path and the problem)."""
+
+
+def add_json_option(p: argparse.ArgumentParser, what: str = "the results") -> None:
+    """``--json FILE``: also write ``what`` as JSON to FILE (``-`` for standard output)."""
+    p.add_argument("--json", metavar="FILE", help=f"also write {what} as JSON to FILE ('-': standard output)")
+
+
+def add_overwrite_option(p: argparse.ArgumentParser, what: str = "an existing output") -> None:
+    """``--overwrite``: replace ``what``."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
+
+
+def add_progress_options(p: argparse.ArgumentParser) -> None:
+    """``--no-progress`` and ``--quiet``/``-q``."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (also off when standard error is not a terminal)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no informational lines")
+
+
+def is_quiet(args: argparse.Namespace) -> bool:
+    """``--quiet`` was given."""
+    return bool(getattr(args, "quiet", False))
+
+
+def show_progress(args: argparse.Namespace | None = None, stream: object = None) -> bool:
+    """Whether to draw a progress bar: not ``--no-progress``, not ``--quiet``, and the bar's stream (standard
+    error by default) is a terminal, so that logs and pipes never receive bar updates."""
+    if args is not None and (getattr(args, "no_progress", False) or is_quiet(args)):
+        return False
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):  # a closed stream
+        return False
+
+
+def probability(text: str) -> float:
+    """argparse type: a float in ``[0, 1]`` (``nan``, ``inf`` and values outside are errors)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1]")
+    return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
+
+def _writable_dir(d: Path) -> bool:
+    return os.access(d, os.W_OK | os.X_OK)
+
+
+def _existing_parent(p: Path) -> Path:
+    q = p.absolute()
+    while not q.exists():
+        if q.parent == q:
+            break
+        q = q.parent
+    return q
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out", create: bool = True) -> Path:
+    """Check (and by default create) an output folder before any work: it must not be a file, and it (or the
+    nearest existing folder above it) must be writable. Raises :class:`UsageError` naming ``option`` and the path."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{option} {p}: exists and is not a folder")
+    anchor = _existing_parent(p)
+    if not anchor.is_dir():
+        raise UsageError(f"{option} {p}: {anchor} is not a folder")
+    if not _writable_dir(anchor):
+        raise UsageError(f"{option} {p}: {anchor} is not writable")
+    if create:
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"{option} {p}: cannot create the folder ({e.strerror or e})") from None
+    return p
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Check an output file path before any work: not a folder, and its folder (or the nearest existing one above)
+    writable. ``-`` (standard output) passes. Raises :class:`UsageError` naming ``option`` and the path."""
+    p = Path(path)
+    if str(path) == "-":
+        return p
+    if p.is_dir():
+        raise UsageError(f"{option} {p}: is a folder, expected a file")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UsageError(f"{option} {p}: is not writable")
+    anchor = _existing_parent(p.parent)
+    if not anchor.is_dir():
+        raise UsageError(f"{option} {p}: {anchor} is not a folder")
+    if not _writable_dir(anchor):
+        raise UsageError(f"{option} {p}: {anchor} is not writable")
+    return p
