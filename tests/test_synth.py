@@ -73,7 +73,7 @@ def test_xml_is_valid_voc_with_one_based_boxes(written):
             assert (o.findtext("difficult") == "1") == bool(diff)
             x0, y0, x1, y1 = (int(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
             assert 1 <= x0 <= x1 <= w and 1 <= y0 <= y1 <= h  # 1-based inclusive pixel indices
-            np.testing.assert_array_equal(box, [x0 - 1, y0 - 1, x1, y1])  # DESIGN.md: subtract 1 from xmin/ymin
+            np.testing.assert_array_equal(box, [x0 - 1, y0 - 1, x1, y1])  # docs/design.md: subtract 1 from xmin/ymin
             n_objects += 1
     assert n_objects > 12
 

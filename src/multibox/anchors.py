@@ -1,6 +1,6 @@
 """Prior (default) boxes with the semantics of Caffe SSD's ``PriorBox`` layer.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/design.md):
 
 * priors are **normalized cxcywh** in [0, 1] (unclipped unless ``clip=True``), float32, shape ``[P, 4]``;
 * order: feature map by feature map, then row-major over ``(y, x)``, then the boxes of one location in

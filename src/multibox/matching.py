@@ -8,7 +8,7 @@ Two strategies, both returning a :class:`MatchResult`:
 * :func:`match_argmax` -- torchvision ``SSDMatcher`` / ssd.pytorch: every prior takes its best box when the
   overlap is ``>= threshold``, then every box's best prior is forced to that box.
 
-Shapes and formats (see DESIGN.md):
+Shapes and formats (see docs/design.md):
 
 * ``priors``: ``[P, 4]`` normalized **cxcywh**;
 * ``gt_boxes``: ``[B, G, 4]`` normalized **xyxy**, padded; ``gt_valid``: ``[B, G]`` bool marks real boxes

@@ -1,4 +1,4 @@
-"""Batching of transformed detection samples into padded tensors (DESIGN.md: ground truth padded to ``[B, G]``)."""
+"""Batching of transformed detection samples into padded tensors (docs/design.md: ground truth padded to ``[B, G]``)."""
 
 from __future__ import annotations
 

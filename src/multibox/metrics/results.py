@@ -11,7 +11,7 @@ original image) come from and go to:
 
 * the VOC devkit's comp4 text files ``comp4_det_<split>_<class>.txt``, one per class, lines
   ``image_id score xmin ymin xmax ymax`` in the devkit's 1-based coordinates: ``xmin``/``ymin`` lose 1 on
-  reading and gain 1 on writing, ``xmax``/``ymax`` are kept (DESIGN.md's VOC rule);
+  reading and gain 1 on writing, ``xmax``/``ymax`` are kept (docs/design.md, "Boxes");
 * COCO results JSON: a list of ``{"image_id", "category_id" or "category_name", "bbox": [x, y, w, h],
   "score"}`` in COCO's 0-based continuous pixels: ``x1 = x``, ``x2 = x + w`` (a devkit box ``[xmin, xmax]`` is
   ``x = xmin - 1``, ``w = xmax - xmin + 1``). For VOC (and other non-COCO) ground truth, ``image_id`` is the

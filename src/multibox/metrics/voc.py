@@ -15,7 +15,7 @@ Per class, the devkit:
    envelope of the precision-recall curve, summed where recall changes.
 
 Overlap. The devkit's IoU uses inclusive pixel widths (``x2 - x1 + 1``) on its 1-based coordinates. Boxes here
-are 0-based continuous (DESIGN.md: ``[xmin, xmax]`` of VOC XML is loaded as ``[xmin - 1, xmax]``), so each
+are 0-based continuous (docs/design.md, "Boxes": ``[xmin, xmax]`` of VOC XML is loaded as ``[xmin - 1, xmax]``), so each
 devkit width ``xmax - xmin + 1`` *is* the continuous width ``x2 - x1``, and the devkit IoU equals the plain
 continuous IoU computed here (``tests/test_metrics_voc.py`` checks this against a devkit-coordinates loop).
 

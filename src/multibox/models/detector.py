@@ -1,7 +1,7 @@
 """The SSD detector: backbone + extra layers + heads, with its priors and declared input spec.
 
 ``SSD.forward`` maps already-normalized ``images [B, 3, H, W]`` to raw predictions only; matching, loss and
-post-processing are separate callables (DESIGN.md).
+post-processing are separate callables (docs/design.md, "Tensors").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The declared input contract of a model: size, channel order, mean and std.
 
-Pre-processing is never done inside ``SSD.forward`` (DESIGN.md); a model declares it here and transforms
+Pre-processing is never done inside ``SSD.forward`` (docs/design.md, "Tensors"); a model declares it here and transforms
 apply it with :meth:`InputSpec.normalize`.
 """
 
