@@ -619,14 +619,19 @@ def format_number(v: float) -> str:
     return "0" if s in ("-0", "") else s
 
 
-def output_names(records: Sequence[ImageRecord]) -> tuple[list[str], int]:
-    """Unique output file names (the images' base names; clashes get ``_1``, ``_2``...) and the clash count."""
+def output_names(records: Sequence[ImageRecord], safe_stems: bool = False) -> tuple[list[str], int]:
+    """Unique output file names (the images' base names; clashes get ``_1``, ``_2``...) and the clash count.
+
+    ``safe_stems`` replaces each run of whitespace in a stem by ``_`` first (VOC split files are
+    whitespace-separated, so an id with a space could not be read back); uniqueness is kept after that."""
     used: set[str] = set()
     out, renamed = [], 0
     for r in records:
-        name = r.path.name
+        stem, suffix = r.path.stem, r.path.suffix
+        if safe_stems:
+            stem = "_".join(stem.split()) or "image"
+        name = f"{stem}{suffix}"
         if name.lower() in used:
-            stem, suffix = r.path.stem, r.path.suffix
             k = 1
             while f"{stem}_{k}{suffix}".lower() in used:
                 k += 1

@@ -205,13 +205,14 @@ def write_voc(records: Sequence[ImageRecord], class_names: Sequence[str], dst: s
               split: str | None = None, link: LinkMode = "copy", progress: bool = False) -> WriteReport:
     """Write a VOC root at ``dst``: ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split or all>.txt``
     and ``classes.txt`` (the class order, one per line, background excluded). Every file is written
-    atomically; images are copied or linked as ``link`` says. VOC holds ``difficult`` natively and
+    atomically; images are copied or linked as ``link`` says. Image ids are the file stems with whitespace runs
+    replaced by ``_`` (kept unique), so that the split file reads back. VOC holds ``difficult`` natively and
     ``iscrowd`` as an extra ``<iscrowd>1</iscrowd>`` tag, so nothing is lost."""
     from tqdm.auto import tqdm
 
     root = Path(dst)
     report = WriteReport(format="voc", root=root)
-    names, report.renamed = output_names(records)
+    names, report.renamed = output_names(records, safe_stems=True)  # ids without whitespace: split files
     ids = []
     for rec, name in tqdm(list(zip(records, names, strict=True)), desc="writing VOC", disable=not progress,
                           leave=False):
