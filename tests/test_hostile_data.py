@@ -276,3 +276,29 @@ def test_killed_synth_leaves_no_workers_and_its_temp_folder_is_cleaned_next_run(
     assert tmp.is_dir() and not out.exists()  # the killed run's output never took the final name
     assert main(["data", "synth", str(out), "--num-images", "3", "--size", "48", "--profile", "easy", "--quiet"]) == 0
     assert not tmp.exists() and len(list((out / "JPEGImages").glob("*.jpg"))) == 3
+
+
+# ------------------------------------------------------------------------------ command-line conventions
+
+
+def test_data_commands_json_quiet_and_renamed_options(tmp_path, capsys):
+    src = tmp_path / "voc"
+    assert main(["data", "synth", str(src), "--num-images", "3", "--size", "48", "--profile", "easy",
+                 "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["data", "check", str(src), "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["images"] == 3 and rep["ok"] and rep["format"] == "voc"
+    assert main(["data", "check", str(src), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    assert main(["data", "convert", str(src), str(tmp_path / "c"), "--to", "csv", "--quiet"]) == 0
+    assert main(["data", "pack", str(src), str(tmp_path / "p"), "--shard-size", "2", "--quiet",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    assert capsys.readouterr().out == ""
+    assert json.loads((tmp_path / "s.json").read_text())["num_samples"] == 3
+    for argv in (["data", "synth", str(tmp_path / "x"), "--images", "3"],
+                 ["data", "convert", str(src), str(tmp_path / "c"), "--to", "csv", "--force"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
