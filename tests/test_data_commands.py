@@ -139,13 +139,16 @@ def test_convert_refuses_unsafe_destinations_and_strict_errors(eval_voc, tmp_pat
     assert main(["data", "convert", str(eval_voc), str(tmp_path / "full"), "--to", "csv", "--split", "test"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["data", "convert", str(eval_voc), str(tmp_path / "full"), "--to", "csv", "--split", "test",
-                 "--force"]) == 0
+                 "--overwrite"]) == 0
     broken = _broken_voc(tmp_path / "broken")
     assert main(["data", "convert", str(broken), str(tmp_path / "b1"), "--to", "coco"]) == 2
     assert "unsafe XML" in capsys.readouterr().err
     assert main(["data", "convert", str(broken), str(tmp_path / "b2"), "--to", "coco", "--lenient"]) == 0
+    err = capsys.readouterr().err
+    assert "left out" in err and "cut.jpg" in err
     coco = json.loads((tmp_path / "b2" / "annotations.json").read_text())
-    assert len(coco["images"]) == 2 and len(coco["annotations"]) == 3  # cut.jpg's header is intact
+    # cut.jpg's header is intact, but it does not decode fully: --lenient leaves it out instead of copying it
+    assert [im["file_name"] for im in coco["images"]] == ["good.png"] and len(coco["annotations"]) == 2
 
 
 def test_convert_to_yolo_warns_about_lost_flags_and_symlinks(tmp_path, capsys):

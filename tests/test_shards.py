@@ -371,15 +371,15 @@ def test_parse_size():
 
 
 def test_cli_pack(folder, tmp_path, monkeypatch, capsys):
-    import multibox.data.commands.pack as pack_cmd
+    import multibox.data.datasets as datasets
 
     calls = []
 
-    def fake_open(src, fmt, split):
-        calls.append((src, fmt, split))
+    def fake_open(src, format=None, split=None, **options):
+        calls.append((src, format, split))
         return FolderDataset(folder)
 
-    monkeypatch.setattr(pack_cmd, "_open_source", fake_open)
+    monkeypatch.setattr(datasets, "open_dataset", fake_open)
     out = tmp_path / "out"
     rc = main(["data", "pack", "some/voc", str(out), "--format", "voc", "--split", "val", "--shard-size", "2",
                "--no-progress", "--json", str(tmp_path / "s.json")])

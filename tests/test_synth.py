@@ -105,11 +105,11 @@ def test_render_is_deterministic_and_in_memory_dataset_matches():
 
 def test_cli_writes_dataset_and_refuses_non_empty_folder(tmp_path, capsys):
     out = tmp_path / "ds"
-    assert main(["data", "synth", str(out), "--images", "4", "--seed", "2", "--size", "64", "--no-progress"]) == 0
+    assert main(["data", "synth", str(out), "--num-images", "4", "--seed", "2", "--size", "64", "--no-progress"]) == 0
     assert "wrote 4 images" in capsys.readouterr().out
     assert len(list((out / "JPEGImages").glob("*.jpg"))) == 4
-    assert main(["data", "synth", str(out), "--images", "4", "--no-progress"]) == 2
-    assert main(["data", "synth", str(out), "--images", "4", "--size", "64", "--no-progress", "--force"]) == 0
+    assert main(["data", "synth", str(out), "--num-images", "4", "--no-progress"]) == 2
+    assert main(["data", "synth", str(out), "--num-images", "4", "--size", "64", "--no-progress", "--overwrite"]) == 0
 
 
 def test_reads_back_with_the_voc_dataset(written):

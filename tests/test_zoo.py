@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from multibox import wheels as real
 from multibox.cli import main
-from multibox.data import real
 from multibox.detector import Detector
 from multibox.interop import zoo
 from multibox.interop.bundle import DetectorBundle, load_bundle, save_bundle

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_plugin_commands(sub, "multibox.commands", TOP_COMMANDS)
 
-    data = sub.add_parser("data", help="datasets: convert, check, synth, pack")
+    data = sub.add_parser("data", help="datasets: convert, check, synth, pack, formats")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA")
     _add_plugin_commands(dsub, "multibox.data.commands", DATA_COMMANDS)
     return p
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Sub-commands living in their own modules: each module has ``register(subparsers)``, which adds its parser and
 # sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
-DATA_COMMANDS = ["convert", "check", "synth", "pack"]
+DATA_COMMANDS = ["convert", "check", "synth", "pack", "formats"]
 TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "zoo"]  # "importer" registers `multibox import`
 
 

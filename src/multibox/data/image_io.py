@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "MAX_IMAGE_PIXELS", "image_size", "load_image", "to_rgb"]
+__all__ = ["ImageDecodeError", "MAX_IMAGE_PIXELS", "image_size", "load_image", "to_rgb", "check_image_complete"]
 
 # Refuse images above this many pixels before decoding them (decompression bombs). Pillow's own bomb check
 # (``PIL.Image.MAX_IMAGE_PIXELS``, twice of which raises) applies as well and is reported the same way.
@@ -130,3 +130,25 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
     with _open_checked(Path(path), max_pixels) as img:
         img.load()
         return np.array(to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)  # a writable copy
+
+
+def check_image_complete(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """Decode ``path`` far enough to know that the whole file is readable; return the upright ``(height,
+    width)``.
+
+    Cheaper than :func:`load_image`: a JPEG is decoded at 1/8 scale (Pillow's draft mode still reads every
+    entropy-coded block, so a truncated or cut file fails), other formats are decoded once without the RGB
+    conversion. Raises :class:`ImageDecodeError` naming the file (missing, empty, truncated, corrupt, too large).
+    """
+    p = Path(path)
+    with _open_checked(p, max_pixels) as img:
+        w, h = _upright_size(img)
+        try:
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            img.load()
+        except Image.DecompressionBombError as e:
+            raise ImageDecodeError(_bomb_message(p, e)) from e
+        except _DECODE_ERRORS as e:
+            raise ImageDecodeError(f"{p}: cannot decode image ({e})") from e
+        return h, w

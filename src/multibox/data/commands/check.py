@@ -7,9 +7,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ...commands.options import (
+    add_json_option,
+    add_progress_options,
+    check_output_dir,
+    check_output_file,
+    is_quiet,
+    show_progress,
+)
+from ..datasets.registry import format_argument
+
 __all__ = ["register", "run", "dataset_report", "draw_montage"]
 
-_FORMATS = ("voc", "coco", "yolo", "csv")
 _QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 _SHOWN_PROBLEMS = 30
 
@@ -26,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "fail).")
     p.add_argument("dataset", metavar="DATASET", help="VOC root (several joined with ':'), COCO JSON or folder, "
                                                       "YOLO root, CSV file or folder")
-    p.add_argument("--format", choices=_FORMATS, help="dataset format (default: guessed)")
+    p.add_argument("--format", type=format_argument(), metavar="FORMAT",
+                   help="dataset format (default: guessed; see `multibox data formats`)")
     p.add_argument("--split", help="split to check (VOC ImageSets/Main/<split>.txt, COCO instances_<split>.json, "
                                    "YOLO images/<split>, <split>.csv)")
     p.add_argument("--classes", help="class list: a file, comma-separated names, 'voc' or 'infer' (default: the "
@@ -36,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--montage", type=int, default=8, metavar="N", help="images in the montage (default 8)")
     p.add_argument("--no-decode", action="store_true",
                    help="read image headers only (faster; truncated files go unnoticed)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read image paths that leave the dataset folder ('../x.jpg', absolute paths) instead of "
+                        "reporting them as errors")
+    add_json_option(p, "the report")
+    add_progress_options(p)
     p.set_defaults(func=run)
 
 
@@ -150,29 +165,34 @@ def draw_montage(ds: Any, out: Path, count: int = 8) -> Path | None:
     return out
 
 
-def _print_report(rep: dict[str, Any], problems: list[Any]) -> None:
-    print(f"{rep['format']}: {rep['images']} images ({rep['images_without_boxes']} without boxes, "
-          f"{rep['stats']['images_skipped']} unreadable/skipped), {rep['boxes']} boxes, "
-          f"{len(rep['class_names']) - 1} classes")
-    print(f"{'class':<24} {'images':>7} {'boxes':>7} {'difficult':>9} {'iscrowd':>7}")
-    for name, e in rep["per_class"].items():
-        print(f"{name:<24} {e['images']:>7} {e['boxes']:>7} {e['difficult']:>9} {e['iscrowd']:>7}")
-    for key, title in (("box_sqrt_area_px", "sqrt(box area) px"), ("box_sqrt_area_relative", "sqrt(area) / image"),
-                       ("box_aspect_ratio_w_over_h", "aspect w/h")):
-        q = rep[key]
-        if q:
-            print(f"{title:<20} " + "  ".join(f"{k}={v:g}" for k, v in q.items()))
-    s = rep["stats"]
-    print(f"boxes clipped {s['boxes_clipped']}, dropped: degenerate {s['boxes_dropped_degenerate']}, invalid "
-          f"{s['boxes_dropped_invalid']}, unknown class {s['boxes_dropped_unknown_class']}"
-          + (f" {s['unknown_classes']}" if s["unknown_classes"] else ""))
+def _print_report(rep: dict[str, Any], problems: list[Any], stats: bool = True) -> None:
+    """Statistics on standard output (unless not ``stats``), problems on standard error."""
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity != "error"]
+    if stats:
+        print(f"{rep['format']}: {rep['images']} images ({rep['images_without_boxes']} without boxes, "
+              f"{rep['stats']['images_skipped']} unreadable/skipped), {rep['boxes']} boxes, "
+              f"{len(rep['class_names']) - 1} classes")
+        print(f"{'class':<24} {'images':>7} {'boxes':>7} {'difficult':>9} {'iscrowd':>7}")
+        for name, e in rep["per_class"].items():
+            print(f"{name:<24} {e['images']:>7} {e['boxes']:>7} {e['difficult']:>9} {e['iscrowd']:>7}")
+        for key, title in (("box_sqrt_area_px", "sqrt(box area) px"),
+                           ("box_sqrt_area_relative", "sqrt(area) / image"),
+                           ("box_aspect_ratio_w_over_h", "aspect w/h")):
+            q = rep[key]
+            if q:
+                print(f"{title:<20} " + "  ".join(f"{k}={v:g}" for k, v in q.items()))
+        s = rep["stats"]
+        print(f"boxes clipped {s['boxes_clipped']}, dropped: degenerate {s['boxes_dropped_degenerate']}, invalid "
+              f"{s['boxes_dropped_invalid']}, unknown class {s['boxes_dropped_unknown_class']}"
+              + (f" {s['unknown_classes']}" if s["unknown_classes"] else ""))
     for p in (errors + warnings)[:_SHOWN_PROBLEMS]:
         print(p, file=sys.stderr)
     if len(problems) > _SHOWN_PROBLEMS:
-        print(f"... and {len(problems) - _SHOWN_PROBLEMS} more (all in report.json with --out)", file=sys.stderr)
-    print(f"{len(errors)} errors, {len(warnings)} warnings: {'FAILED' if errors else 'OK'}")
+        print(f"... and {len(problems) - _SHOWN_PROBLEMS} more (all in report.json with --out or --json)",
+              file=sys.stderr)
+    if stats:
+        print(f"{len(errors)} errors, {len(warnings)} warnings: {'FAILED' if errors else 'OK'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,15 +203,29 @@ def run(args: argparse.Namespace) -> int:
     from ..datasets import open_dataset
     from .convert import parse_classes
 
+    if args.out:
+        check_output_dir(args.out)
+    if args.json:
+        check_output_file(args.json, "--json")
     ds = open_dataset(args.dataset, format=args.format, split=args.split, classes=parse_classes(args.classes),
-                      images=args.images, strict=False, verify_images=not args.no_decode, progress=True)
+                      images=args.images, strict=False, verify_images=not args.no_decode,
+                      progress=show_progress(args), allow_outside_root=args.allow_outside_root)
+    if not hasattr(ds, "records"):
+        raise ValueError(f"{args.dataset}: {type(ds).__name__} cannot be checked here (no annotation records); "
+                         "check the source before packing it")
     rep = dataset_report(ds)
     rep["dataset"] = str(args.dataset)
     rep["split"] = args.split
-    _print_report(rep, ds.stats.problems)
+    text = json.dumps(rep, indent=2) + "\n"
+    _print_report(rep, ds.stats.problems, stats=not is_quiet(args) and args.json != "-")
+    if args.json == "-":
+        sys.stdout.write(text)
+    if args.json and args.json != "-":
+        atomic_write_bytes(Path(args.json), text.encode())
     if args.out:
         out = Path(args.out)
-        atomic_write_bytes(out / "report.json", (json.dumps(rep, indent=2) + "\n").encode())
+        atomic_write_bytes(out / "report.json", text.encode())
         montage = draw_montage(ds, out / "montage.png", args.montage)
-        print(f"wrote {out / 'report.json'}" + (f" and {montage}" if montage else ""))
+        if not is_quiet(args) and args.json != "-":
+            print(f"wrote {out / 'report.json'}" + (f" and {montage}" if montage else ""))
     return 1 if ds.stats.errors else 0

@@ -28,10 +28,12 @@ from .common import (
     output_names,
     parse_flag,
     parse_number,
+    pick_file,
     place_image,
 )
+from .registry import register_format
 
-__all__ = ["COCODataset", "write_coco", "find_coco_image_dir"]
+__all__ = ["COCODataset", "write_coco", "find_coco_image_dir", "open_coco", "detect_coco", "write_coco_dataset"]
 
 
 def _load_json(path: Path) -> dict:
@@ -40,6 +42,8 @@ def _load_json(path: Path) -> dict:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AnnotationError(path, f"not valid JSON ({e})", kind="bad_json") from None
+    except RecursionError:
+        raise AnnotationError(path, "JSON nested too deeply to be a COCO file", kind="bad_json") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise AnnotationError(path, "not a COCO detection file (no 'images' list)", kind="bad_json")
     for key in ("annotations", "categories"):
@@ -83,6 +87,7 @@ class COCODataset(AnnotatedImageDataset):
         data = _load_json(self.annotation_file)
         images = data["images"]
         first = images[0].get("file_name") if images and isinstance(images[0], dict) else None
+        first = first if isinstance(first, str) else None  # a bad entry is reported when scanned
         self.image_dir = Path(image_dir) if image_dir is not None else find_coco_image_dir(self.annotation_file,
                                                                                            first)
         self.categories = self._categories(data.get("categories", []))
@@ -110,9 +115,15 @@ class COCODataset(AnnotatedImageDataset):
         p = self.annotation_file
         images: dict[Any, RawImage] = {}
         for i, im in enumerate(data["images"]):
-            if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
+            if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
                 raise AnnotationError(p, "image entry needs 'id' and 'file_name'", index=i, what="image",
                                       kind="missing_field")
+            if not isinstance(im["file_name"], str) or not im["file_name"].strip():
+                raise AnnotationError(p, f"'file_name' is {im['file_name']!r}, not a file name", index=i,
+                                      what="image", kind="bad_field")
+            if isinstance(im["id"], bool) or not isinstance(im["id"], int | str):
+                raise AnnotationError(p, f"image 'id' is {im['id']!r}, not an integer or string", index=i,
+                                      name=im["file_name"], what="image", kind="bad_field")
             if im["id"] in images:
                 raise AnnotationError(p, f"duplicate image id {im['id']!r}", index=i, what="image",
                                       kind="duplicate_id")
@@ -122,9 +133,12 @@ class COCODataset(AnnotatedImageDataset):
                 h = parse_number(im["height"], p, "height", index=i, name=im["file_name"], what="image")
                 size = (int(round(h)), int(round(w))) if w > 0 and h > 0 else None
             images[im["id"]] = RawImage(path=self.image_dir / im["file_name"], image_id=str(im["id"]), source=p,
-                                        objects=[], annotated_size=size, what="annotation")
+                                        objects=[], annotated_size=size, what="annotation", root=self.image_dir,
+                                        named=im["file_name"])
+        seen_ids: dict[Any, int] = {}
         for i, ann in enumerate(data.get("annotations", [])):
             try:
+                self._check_annotation_id(i, ann, seen_ids)
                 image_id, obj = self._parse_annotation(i, ann, images)
             except AnnotationError as e:
                 self._report.error(e)
@@ -133,6 +147,19 @@ class COCODataset(AnnotatedImageDataset):
             images[image_id].objects.append(obj)
         yield from images.values()
 
+    def _check_annotation_id(self, i: int, ann: Any, seen: dict[Any, int]) -> None:
+        """Annotation ids (when present) must be integers or strings, and unique."""
+        if not isinstance(ann, dict) or "id" not in ann:
+            return
+        aid = ann["id"]
+        if isinstance(aid, bool) or not isinstance(aid, int | str):
+            raise AnnotationError(self.annotation_file, f"annotation 'id' is {aid!r}, not an integer or string",
+                                  index=i, what="annotation", kind="bad_field")
+        if aid in seen:
+            raise AnnotationError(self.annotation_file, f"duplicate annotation id {aid!r} (also annotation "
+                                  f"{seen[aid]})", index=i, what="annotation", kind="duplicate_id")
+        seen[aid] = i
+
     def _parse_annotation(self, i: int, ann: Any, images: dict[Any, RawImage]) -> tuple[Any, RawObject]:
         p = self.annotation_file
         if not isinstance(ann, dict):
@@ -140,7 +167,8 @@ class COCODataset(AnnotatedImageDataset):
         cid = ann.get("category_id")
         name = self.categories.get(cid) if isinstance(cid, int) else None
         label = name or f"category_id {cid!r}"
-        if ann.get("image_id") not in images:
+        image_id = ann.get("image_id")
+        if isinstance(image_id, bool) or not isinstance(image_id, int | str | None) or image_id not in images:
             raise AnnotationError(p, f"image_id {ann.get('image_id')!r} is not in 'images'", index=i, name=label,
                                   what="annotation", kind="missing_image")
         bbox = ann.get("bbox")
@@ -198,3 +226,41 @@ def write_coco(records: Sequence[ImageRecord], class_names: Sequence[str], dst: 
     out = root / ("annotations.json" if split is None else f"annotations/instances_{split}.json")
     report.files.append(atomic_write_bytes(out, json.dumps(data).encode()))
     return report
+
+
+def open_coco(paths: Sequence[Path], split: str | None = None, classes: ClassSpec = None,
+              images: str | os.PathLike | None = None, **options: Any) -> COCODataset:
+    """Registry opener: a COCO JSON file, or a folder with ``annotations/instances_<split>.json``,
+    ``annotations/<split>.json``, ``<split>.json``, ``<split>/_annotations.coco.json`` (with a split) or
+    ``annotations.json``, ``annotations/instances_default.json``, ``_annotations.coco.json`` or a single
+    ``*.json``."""
+    p = paths[0]
+    if p.is_dir():
+        names = [f"annotations/instances_{split}.json", f"annotations/{split}.json", f"{split}.json",
+                 f"{split}/_annotations.coco.json"] if split else \
+            ["annotations.json", "annotations/instances_default.json", "_annotations.coco.json"]
+        single = "annotations/*.json" if (p / "annotations").is_dir() else "*.json"
+        p = pick_file(p, [p / n for n in names], "COCO annotation file", single)
+    return COCODataset(p, image_dir=images, classes=classes, **options)
+
+
+def detect_coco(path: Path) -> int:
+    """``*.json`` file (50); folder with ``annotations/*.json`` (80) or exactly one ``*.json`` (70)."""
+    if path.is_file():
+        return 50 if path.suffix.lower() == ".json" else 0
+    if not path.is_dir():
+        return 0
+    if (path / "annotations").is_dir() and any((path / "annotations").glob("*.json")):
+        return 80
+    return 70 if len(list(path.glob("*.json"))) == 1 else 0
+
+
+def write_coco_dataset(dataset: Any, dst: str | os.PathLike, split: str | None = None, link: LinkMode = "copy",
+                       progress: bool = False) -> WriteReport:
+    """Registry writer: :func:`write_coco` of ``dataset.records``."""
+    return write_coco(dataset.records, dataset.class_names, dst, split=split, link=link, progress=progress)
+
+
+register_format("coco", open=open_coco, write=write_coco_dataset, detect=detect_coco,
+                description="COCO detection JSON (images, annotations with bbox [x, y, w, h], categories) and an "
+                            "image folder")

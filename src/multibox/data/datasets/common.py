@@ -43,7 +43,7 @@ __all__ = [
     "AnnotationError", "Problem", "DatasetStats", "RawObject", "RawImage", "ImageRecord", "ClassSpec",
     "AnnotatedImageDataset", "ConcatDetectionDataset", "WriteReport", "IMAGE_EXTENSIONS", "MIN_BOX_SIZE",
     "parse_number", "parse_flag", "resolve_class_names", "read_class_list", "format_number", "place_image",
-    "output_names",
+    "output_names", "pick_file", "path_inside",
 ]
 
 #: Boxes narrower or lower than this (in pixels, after clipping) are dropped.
@@ -182,6 +182,10 @@ class RawImage:
     annotated_size: tuple[int, int] | None = None
     normalized: bool = False
     what: str = "object"
+    #: The folder the image must stay inside (the dataset's image folder); None: not checked.
+    root: Path | None = None
+    #: The image path as the annotation wrote it (for messages).
+    named: str | None = None
 
 
 @dataclass
@@ -276,19 +280,29 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     if p.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        with open(p, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-        names = data.get("names") if isinstance(data, dict) else None
+        try:
+            with open(p, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+            detail = str(e).replace("\n", " ") if not isinstance(e, RecursionError) else "nested too deeply"
+            raise ValueError(f"{p}: not a readable YAML file ({detail})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping with a 'names' list or dict, got {type(data).__name__}")
+        names = data.get("names")
         if isinstance(names, dict):
             try:
-                keys = sorted(int(k) for k in names)
+                keys = sorted(int(k) for k in names if not isinstance(k, bool))
+                if len(keys) != len(names):
+                    raise ValueError
             except (TypeError, ValueError):
                 raise ValueError(f"{p}: 'names' keys must be class indices") from None
             if keys != list(range(len(keys))):
                 raise ValueError(f"{p}: 'names' indices must be 0..{len(keys) - 1}, got {keys}")
-            names = [names[k] if k in names else names[str(k)] for k in keys]
-        if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
-            raise ValueError(f"{p}: expected a 'names' list or dict of class names")
+            names = [names[k] if k in names else names.get(str(k)) for k in keys]
+        if not isinstance(names, list) or not all(isinstance(n, str | int) and not isinstance(n, bool)
+                                                  for n in names):
+            raise ValueError(f"{p}: 'names' must be a list or an {{index: name}} dict of class names, got "
+                             f"{type(names).__name__ if not isinstance(names, list) else names!r}"[:300])
         return [str(n) for n in names]
     with open(p, encoding="utf-8-sig") as f:
         return [line.strip() for line in f if line.strip()]
@@ -367,7 +381,11 @@ class AnnotatedImageDataset:
     * ``verify_images``: decode every image while scanning (slow; finds truncated files up front);
     * ``image_sizes``: ``"header"`` (read each image header: safe, default) or ``"annotation"`` (trust the
       size an annotation states when it states one: faster for huge datasets);
-    * ``progress``: show a tqdm bar while scanning; ``max_pixels``: the decompression-bomb limit.
+    * ``progress``: show a tqdm bar while scanning; ``max_pixels``: the decompression-bomb limit;
+    * ``allow_outside_root`` (default False): an image path in an annotation that leaves the dataset's image
+      folder (``../../secret.jpg``, ``/etc/x.jpg``) is an error naming the annotation file and the path
+      (kind ``path_outside_root``); True reads such files. The check is on the path as written (symbolic links
+      inside the dataset, e.g. from ``data convert --link symlink``, are followed as usual).
 
     Images are decoded lazily in ``__getitem__``. In lenient mode an image that fails to decode there is
     recorded, counted in ``stats.images_skipped`` and replaced by the next readable one (in DataLoader worker
@@ -379,7 +397,7 @@ class AnnotatedImageDataset:
     def __init__(self, *, strict: bool = True, unknown_classes: Literal["error", "ignore"] = "error",
                  drop_difficult: bool = False, verify_images: bool = False,
                  image_sizes: Literal["header", "annotation"] = "header", progress: bool = False,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+                 max_pixels: int = MAX_IMAGE_PIXELS, allow_outside_root: bool = False) -> None:
         if unknown_classes not in ("error", "ignore"):
             raise ValueError(f"unknown_classes must be 'error' or 'ignore', got {unknown_classes!r}")
         if image_sizes not in ("header", "annotation"):
@@ -391,6 +409,7 @@ class AnnotatedImageDataset:
         self.image_sizes = image_sizes
         self.progress = progress
         self.max_pixels = max_pixels
+        self.allow_outside_root = allow_outside_root
         self.stats = DatasetStats()
         self._report = _Reporter(self.stats, strict)
         self.records: list[ImageRecord] = []
@@ -421,6 +440,13 @@ class AnnotatedImageDataset:
         self.stats.boxes = sum(len(r.target) for r in self.records)
 
     def _image_size(self, raw: RawImage) -> tuple[int, int] | None:
+        if raw.root is not None and not self.allow_outside_root and not path_inside(raw.path, raw.root):
+            self._report.error(AnnotationError(
+                raw.source, f"image path {raw.named or str(raw.path)!r} leaves the dataset's image folder "
+                f"{raw.root} (refused; allow it explicitly to read files outside the dataset)",
+                kind="path_outside_root"))
+            self.stats.images_skipped += 1
+            return None
         try:
             if self.verify_images:
                 h, w = load_image(raw.path, self.max_pixels).shape[:2]
@@ -593,14 +619,19 @@ def format_number(v: float) -> str:
     return "0" if s in ("-0", "") else s
 
 
-def output_names(records: Sequence[ImageRecord]) -> tuple[list[str], int]:
-    """Unique output file names (the images' base names; clashes get ``_1``, ``_2``...) and the clash count."""
+def output_names(records: Sequence[ImageRecord], safe_stems: bool = False) -> tuple[list[str], int]:
+    """Unique output file names (the images' base names; clashes get ``_1``, ``_2``...) and the clash count.
+
+    ``safe_stems`` replaces each run of whitespace in a stem by ``_`` first (VOC split files are
+    whitespace-separated, so an id with a space could not be read back); uniqueness is kept after that."""
     used: set[str] = set()
     out, renamed = [], 0
     for r in records:
-        name = r.path.name
+        stem, suffix = r.path.stem, r.path.suffix
+        if safe_stems:
+            stem = "_".join(stem.split()) or "image"
+        name = f"{stem}{suffix}"
         if name.lower() in used:
-            stem, suffix = r.path.stem, r.path.suffix
             k = 1
             while f"{stem}_{k}{suffix}".lower() in used:
                 k += 1
@@ -639,3 +670,24 @@ def place_image(src: Path, dst: Path, link: LinkMode = "copy") -> Path:
 def iter_images(folder: Path) -> Iterator[Path]:
     """Image files under ``folder`` (recursive), sorted, by extension (see :data:`IMAGE_EXTENSIONS`)."""
     yield from sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def pick_file(folder: Path, candidates: Sequence[Path], what: str, pattern: str) -> Path:
+    """The first existing file of ``candidates``, else the only ``pattern`` match in ``folder``;
+    FileNotFoundError naming what was tried otherwise."""
+    for c in candidates:
+        if c.is_file():
+            return c
+    found = sorted(folder.glob(pattern))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"{folder}: cannot find the {what} (tried {', '.join(str(c.name) for c in candidates)}"
+                            f"{'; several ' + pattern + ' files, name one' if found else ''})")
+
+
+def path_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``path`` lies inside ``root`` by its written form: ``..`` components are resolved lexically and
+    an absolute path must start with the (absolute) root. Symbolic links are not followed."""
+    base = os.path.normpath(os.path.abspath(root))
+    p = os.path.normpath(os.path.abspath(os.path.join(base, path)))
+    return p == base or p.startswith(base.rstrip(os.sep) + os.sep)

@@ -34,10 +34,12 @@ from .common import (
     format_number,
     output_names,
     parse_number,
+    pick_file,
     place_image,
 )
+from .registry import register_format
 
-__all__ = ["CSVDataset", "write_csv", "CSV_HEADER"]
+__all__ = ["CSVDataset", "write_csv", "CSV_HEADER", "open_csv", "detect_csv", "write_csv_dataset"]
 
 CSV_HEADER = ("image_path", "xmin", "ymin", "xmax", "ymax", "label")
 _ALIASES = {
@@ -116,7 +118,7 @@ class CSVDataset(AnnotatedImageDataset):
                 size = (int(round(h)), int(round(w))) if w > 0 and h > 0 else None
             image_id = PurePosixPath(image.replace("\\", "/")).with_suffix("").as_posix()
             raw = images[image] = RawImage(path=self.image_dir / image, image_id=image_id, source=p, objects=[],
-                                           annotated_size=size, what="row")
+                                           annotated_size=size, what="row", root=self.image_dir, named=image)
         coords = [cell(k) for k in ("xmin", "ymin", "xmax", "ymax")]
         if not any(coords) and name is None:
             return  # an image without boxes
@@ -162,3 +164,34 @@ def write_csv(records: Sequence[ImageRecord], class_names: Sequence[str], dst: s
     report.files.append(atomic_write_with(root / "classes.txt", lambda tmp: tmp.write_text(
         "".join(f"{n}\n" for n in class_names[1:]), encoding="utf-8")))
     return report
+
+
+def open_csv(paths: Sequence[Path], split: str | None = None, classes: ClassSpec = None,
+             images: str | os.PathLike | None = None, **options: Any) -> CSVDataset:
+    """Registry opener: a CSV file, or a folder with ``<split>.csv``, ``<split>/annotations.csv`` (with a split),
+    ``annotations.csv`` or a single ``*.csv``. ``classes=None``: the ``classes.txt`` beside the CSV when there is
+    one, else the sorted names found."""
+    p = paths[0]
+    if p.is_dir():
+        names = [f"{split}.csv", f"{split}/annotations.csv"] if split else ["annotations.csv"]
+        p = pick_file(p, [p / n for n in names], "CSV annotation file", "*.csv")
+    if classes is None:
+        classes = p.parent / "classes.txt" if (p.parent / "classes.txt").is_file() else "infer"
+    return CSVDataset(p, image_dir=images, classes=classes, **options)
+
+
+def detect_csv(path: Path) -> int:
+    """A ``*.csv`` file (50) or a folder holding one or more ``*.csv`` (60)."""
+    if path.is_file():
+        return 50 if path.suffix.lower() == ".csv" else 0
+    return 60 if path.is_dir() and any(path.glob("*.csv")) else 0
+
+
+def write_csv_dataset(dataset: Any, dst: str | os.PathLike, split: str | None = None, link: LinkMode = "copy",
+                      progress: bool = False) -> WriteReport:
+    """Registry writer: :func:`write_csv` of ``dataset.records``."""
+    return write_csv(dataset.records, dataset.class_names, dst, split=split, link=link, progress=progress)
+
+
+register_format("csv", open=open_csv, write=write_csv_dataset, detect=detect_csv,
+                description="CSV boxes: a header, then image_path,xmin,ymin,xmax,ymax,label rows (pixel xyxy)")

@@ -38,8 +38,9 @@ from .common import (
     parse_number,
     place_image,
 )
+from .registry import register_format
 
-__all__ = ["VOCDataset", "parse_voc_xml", "write_voc", "voc_xml"]
+__all__ = ["VOCDataset", "parse_voc_xml", "write_voc", "voc_xml", "open_voc", "detect_voc", "write_voc_dataset"]
 
 
 def _parse_xml(path: Path) -> ET.Element:
@@ -165,7 +166,8 @@ class VOCDataset(AnnotatedImageDataset):
                 self.stats.images_skipped += 1
                 continue
             image = _find_image(root / "JPEGImages", filename, xml.stem)
-            yield RawImage(path=image, image_id=xml.stem, source=xml, objects=objects, annotated_size=size)
+            yield RawImage(path=image, image_id=xml.stem, source=xml, objects=objects, annotated_size=size,
+                           root=root / "JPEGImages", named=filename)
 
     def _on_error(self, e: AnnotationError) -> None:
         self._report.error(e)
@@ -203,13 +205,14 @@ def write_voc(records: Sequence[ImageRecord], class_names: Sequence[str], dst: s
               split: str | None = None, link: LinkMode = "copy", progress: bool = False) -> WriteReport:
     """Write a VOC root at ``dst``: ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split or all>.txt``
     and ``classes.txt`` (the class order, one per line, background excluded). Every file is written
-    atomically; images are copied or linked as ``link`` says. VOC holds ``difficult`` natively and
+    atomically; images are copied or linked as ``link`` says. Image ids are the file stems with whitespace runs
+    replaced by ``_`` (kept unique), so that the split file reads back. VOC holds ``difficult`` natively and
     ``iscrowd`` as an extra ``<iscrowd>1</iscrowd>`` tag, so nothing is lost."""
     from tqdm.auto import tqdm
 
     root = Path(dst)
     report = WriteReport(format="voc", root=root)
-    names, report.renamed = output_names(records)
+    names, report.renamed = output_names(records, safe_stems=True)  # ids without whitespace: split files
     ids = []
     for rec, name in tqdm(list(zip(records, names, strict=True)), desc="writing VOC", disable=not progress,
                           leave=False):
@@ -225,3 +228,28 @@ def write_voc(records: Sequence[ImageRecord], class_names: Sequence[str], dst: s
                                            "".join(f"{i}\n" for i in ids).encode()))
     report.files.append(atomic_write_bytes(root / "classes.txt", "".join(f"{n}\n" for n in class_names[1:]).encode()))
     return report
+
+
+def open_voc(paths: Sequence[Path], split: str | None = None, classes: ClassSpec = None,
+             images: str | os.PathLike | None = None, **options: Any) -> VOCDataset:
+    """Registry opener: VOC roots (several combine); ``classes=None`` takes the ``classes.txt`` beside the first
+    root when there is one, else the sorted names found. ``images`` is not used (VOC's are in JPEGImages/)."""
+    if classes is None:
+        classes = paths[0] / "classes.txt" if (paths[0] / "classes.txt").is_file() else "infer"
+    return VOCDataset(list(paths), split=split, classes=classes, **options)
+
+
+def detect_voc(path: Path) -> int:
+    """A folder with ``Annotations/``: a VOC root (score 100)."""
+    return 100 if path.is_dir() and (path / "Annotations").is_dir() else 0
+
+
+def write_voc_dataset(dataset: Any, dst: str | os.PathLike, split: str | None = None, link: LinkMode = "copy",
+                      progress: bool = False) -> WriteReport:
+    """Registry writer: :func:`write_voc` of ``dataset.records``."""
+    return write_voc(dataset.records, dataset.class_names, dst, split=split, link=link, progress=progress)
+
+
+register_format("voc", open=open_voc, write=write_voc_dataset, detect=detect_voc, multi_root=True,
+                description="Pascal VOC: Annotations/*.xml, JPEGImages/, ImageSets/Main/<split>.txt (several roots "
+                            "combine)")

@@ -35,8 +35,9 @@ from .common import (
     place_image,
     read_class_list,
 )
+from .registry import register_format
 
-__all__ = ["YOLODataset", "write_yolo", "NAMES_FILES"]
+__all__ = ["YOLODataset", "write_yolo", "NAMES_FILES", "open_yolo", "detect_yolo", "write_yolo_dataset"]
 
 #: Class-name files looked for in the root (first found wins).
 NAMES_FILES = ("classes.txt", "obj.names", "classes.names", "data.yaml", "dataset.yaml")
@@ -194,3 +195,29 @@ def write_yolo(records: Sequence[ImageRecord], class_names: Sequence[str], dst: 
     data = {"path": ".", "train": images, "val": images, "names": dict(enumerate(class_names[1:]))}
     report.files.append(atomic_write_bytes(root / "data.yaml", yaml.safe_dump(data, sort_keys=False).encode()))
     return report
+
+
+def open_yolo(paths: Sequence[Path], split: str | None = None, classes: ClassSpec = None,
+              images: str | os.PathLike | None = None, **options: Any) -> YOLODataset:
+    """Registry opener: the YOLO root folder (``images`` is not used: the layout says where images are)."""
+    return YOLODataset(paths[0], split=split, classes=classes, **options)
+
+
+def detect_yolo(path: Path) -> int:
+    """A folder with ``labels/`` or a names file other than ``classes.txt`` (90); with only ``classes.txt`` (10,
+    so that a CSV folder with its ``classes.txt`` stays CSV)."""
+    if not path.is_dir():
+        return 0
+    if (path / "labels").is_dir() or any((path / n).is_file() for n in NAMES_FILES if n != "classes.txt"):
+        return 90
+    return 10 if (path / "classes.txt").is_file() else 0
+
+
+def write_yolo_dataset(dataset: Any, dst: str | os.PathLike, split: str | None = None, link: LinkMode = "copy",
+                       progress: bool = False) -> WriteReport:
+    """Registry writer: :func:`write_yolo` of ``dataset.records``."""
+    return write_yolo(dataset.records, dataset.class_names, dst, split=split, link=link, progress=progress)
+
+
+register_format("yolo", open=open_yolo, write=write_yolo_dataset, detect=detect_yolo,
+                description="YOLO txt labels (class cx cy w h, normalized) with classes.txt / obj.names / data.yaml")
