@@ -322,7 +322,8 @@ def save_weights(
 
     ``model`` is a module (wrappers such as DDP are unwrapped) or a state dict. Tensors are saved on the CPU;
     tensors sharing memory are stored as separate copies. ``model_kwargs`` and ``config`` must be plain JSON
-    values. Non-persistent buffers (the priors) are not saved: they are rebuilt by :func:`multibox.weights_io.load_model`.
+    values. Non-persistent buffers (the priors) are not saved: they are rebuilt by
+    :func:`multibox.weights_io.load_model`.
     """
     from safetensors.torch import save_file
 
