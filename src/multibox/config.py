@@ -22,7 +22,8 @@ from .limits import LimitError, check_input_size
 
 __all__ = [
     "ModelConfig", "SynthDataConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig", "EvalConfig",
-    "CheckpointConfig", "TrainConfig", "load_config", "apply_overrides", "config_to_dict", "config_from_dict",
+    "CheckpointConfig", "TrainConfig", "load_config", "config_with_overrides", "apply_overrides", "config_to_dict",
+    "config_from_dict",
     "dump_config", "list_recipes", "recipe_path", "ConfigError",
 ]
 
@@ -408,6 +409,13 @@ def load_config(source: str | os.PathLike | None = None, overrides: list[str] | 
     origin = "defaults"
     if source is not None:
         data, origin = _load_with_base(source, depth=0)
+    return config_with_overrides(data, overrides, origin)
+
+
+def config_with_overrides(data: dict[str, Any], overrides: list[str] | None, origin: str) -> TrainConfig:
+    """A validated :class:`TrainConfig` from the nested dict ``data`` (read from ``origin``: a file, a
+    checkpoint, ``"defaults"``) with ``key=value`` overrides on top. A :class:`ConfigError` names the override
+    that set the bad value, else ``origin``."""
     overrides = list(overrides or [])
     data = apply_overrides(data, overrides)
     try:
