@@ -58,6 +58,7 @@ from ..weights_io import (
     check_checkpoint_dict,
     check_class_names,
     load_weights_file,
+    pt_step,
     strip_wrapper_prefixes,
 )
 
@@ -497,6 +498,8 @@ class CheckpointManager:
                         st_step = int((f.metadata() or {}).get("step", -1))
                 except Exception:  # noqa: BLE001 - safetensors raises its own types; an unreadable file is rewritten
                     st_step = None
+            if st_step is not None and st_step == pt_step(pt):  # memory-mapped: no tensor is read
+                continue
             pt_state = load_checkpoint(pt, map_location="cpu")
             if st_step == int(pt_state["step"]):
                 continue
