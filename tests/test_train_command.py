@@ -165,3 +165,15 @@ def test_plots_name_their_axes(tmp_path, monkeypatch):
     (loss_axes,), (map_axes,) = saved
     assert loss_axes[0] == "training step" and "loss (smooth L1 + CE)" in loss_axes[1] and loss_axes[2]
     assert map_axes[0] == "training step" and "COCO mAP@[0.5:0.95]" in map_axes[1] and "COCO" in map_axes[2]
+
+
+def test_demo_refuses_a_used_run_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    import multibox.demo as demo
+
+    monkeypatch.setattr(demo, "run_pretrained_detectors", lambda *a, **k: pytest.fail("step 0 ran"))
+    out = tmp_path / "demo"
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 1.0}\n')
+    assert main(["demo", "--out", str(out), "-q", "steps=2", "model.pretrained_backbone=null"]) == 2
+    err = _error(capsys)
+    assert f"{out / 'run'} already holds a run" in err and "--overwrite" in err
