@@ -73,8 +73,8 @@ def main() -> None:
 
     cfg = load_config("trees_mobilenetv2", [f"data.train={train_root}", f"data.val={eval_root}", *args.overrides])
     summary = Trainer(cfg, out).run()
-    from multibox.engine.checkpoint import load_model
     from multibox.engine.evaluator import evaluate_model
+    from multibox.weights_io import load_model
 
     model = load_model(out / "checkpoints" / "last.safetensors")
     val = VOCDataset(eval_root, split="test", classes=eval_root / "classes.txt")

@@ -22,12 +22,12 @@ from multibox.engine.checkpoint import (
     CheckpointManager,
     capture_rng_state,
     load_checkpoint,
-    load_model,
     restore_rng_state,
     save_checkpoint,
     save_weights,
 )
 from multibox.models import build_model
+from multibox.weights_io import load_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -108,3 +108,28 @@ def test_lr_schedule_values():
     assert lr_factor(10, cos) == pytest.approx(1.0)
     assert lr_factor(60, cos) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_factor(110, cos) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("steps=abc", "override steps=abc: steps: expected an integer, got 'abc'"),
+    ("steps=0", "override steps=0: steps=0: must be positive"),
+    ("optim.nesterov=3", "override optim.nesterov=3: optim.nesterov: expected true or false"),
+    ("model.kwargs.image_size=[0,0]", "override model.kwargs.image_size=[0,0]: model.kwargs.image_size: "),
+    ("optim.lr=.inf", "override optim.lr=.inf: optim.lr=inf: must be a finite number"),
+    ("loss.loc_weight=.nan", "override loss.loc_weight=.nan: loss.loc_weight=nan: must be a finite number"),
+    ("device=tpu", "override device=tpu: device='tpu': expected auto, cpu, cuda, cuda:N or mps"),
+])
+def test_override_errors_name_the_override_not_the_recipe(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config("synthetic", [override])
+    assert str(info.value).startswith(expected), str(info.value)
+    assert "synthetic.yaml" not in str(info.value)
+
+
+def test_file_errors_still_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("steps: 0\nmodel: {kwargs: {image_size: [100000, 64]}}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: steps=0: must be positive"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"bad\.yaml: model\.kwargs\.image_size: input size \[100000, 64\] exceeds"):
+        load_config(path, ["steps=3"])

@@ -10,7 +10,7 @@ def test_demo_trains_evaluates_and_draws(tmp_path, monkeypatch, capsys):
     overrides = ["steps=6", "model.pretrained_backbone=null", "data.synthetic.num_train=24",
                  "data.synthetic.num_test=6", "data.batch_size=8", "eval.every_steps=3", "checkpoint.every_steps=3",
                  "log_every=2"]
-    assert main(["demo", *overrides, "--out", str(out), "--images", "2", "--no-progress", "--no-pretrained"]) == 0
+    assert main(["demo", *overrides, "--out", str(out), "--num-images", "2", "--no-progress", "--no-pretrained"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     ev = json.loads((out / "run" / "eval.json").read_text())
     assert summary["mAP"] == ev["mAP"] and ev["metric"] == "voc07" and len(ev["per_class"]) == 6

@@ -11,6 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .commands.options import (
+    add_overwrite_option,
+    add_progress_options,
+    check_output_dir,
+    is_quiet,
+    positive_int,
+    show_progress,
+)
+from .commands.train import allow_intermixed
 
 __all__ = ["main", "build_parser"]
 
@@ -81,8 +90,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), overrides=list(args.overrides), num_images=args.images, progress=not args.no_progress,
-             pretrained_first=not args.no_pretrained)
+    out = check_output_dir(args.out, "--out", create=False)
+    run_demo(out, overrides=list(args.overrides), num_images=args.num_images, progress=show_progress(args),
+             pretrained_first=not args.no_pretrained, quiet=is_quiet(args), overwrite=args.overwrite)
     return 0
 
 
@@ -122,10 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "draws the "
                                    "trained model's detections on a few test images. Before that (step 0) it runs "
                                    "the zoo's real face (Caffe) and person (TensorFlow) detectors on real photos.")
-    d.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the synthetic recipe")
+    allow_intermixed(d)
+    d.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of the synthetic recipe (before or after the options)")
     d.add_argument("--out", default="multibox-demo", help="output folder (default: multibox-demo)")
-    d.add_argument("--images", type=int, default=4, help="test images to draw (default 4)")
-    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite_option(d, "a previous demo's training run in --out")
+    d.add_argument("--num-images", type=positive_int, default=4, metavar="N", help="test images to draw (default 4)")
+    add_progress_options(d)
     d.add_argument("--no-pretrained", action="store_true",
                    help="skip step 0 (the zoo's face and person detectors on real photos)")
     d.set_defaults(func=_cmd_demo)

@@ -9,22 +9,34 @@ checked against the field's type). The resolved config is saved with every run a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .limits import LimitError, check_input_size
+
 __all__ = [
     "ModelConfig", "SynthDataConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig", "EvalConfig",
-    "CheckpointConfig", "TrainConfig", "load_config", "apply_overrides", "config_to_dict", "config_from_dict",
+    "CheckpointConfig", "TrainConfig", "load_config", "config_with_overrides", "apply_overrides", "config_to_dict",
+    "config_from_dict",
     "dump_config", "list_recipes", "recipe_path", "ConfigError",
 ]
 
 
 class ConfigError(ValueError):
-    """A config file or override is invalid (the message names the file or key)."""
+    """A config file or override is invalid (the message names the file, override or key).
+
+    ``key`` is the dotted config key at fault when known (``"optim.lr"``), so that :func:`load_config` can say
+    which override or file set it."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -171,16 +183,45 @@ class TrainConfig:
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
-                raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+                raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}", key)
+        if not _DEVICE_RE.match(self.device):
+            raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda, cuda:N or mps", "device")
+        for key, value in _float_fields(self):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}={value}: must be a finite number", key)
         positive = {"steps": self.steps, "data.batch_size": self.data.batch_size, "log_every": self.log_every}
         for key, value in positive.items():
             if value <= 0:
-                raise ConfigError(f"{key}={value}: must be positive")
+                raise ConfigError(f"{key}={value}: must be positive", key)
         if self.optim.lr <= 0:
-            raise ConfigError(f"optim.lr={self.optim.lr}: must be positive")
+            raise ConfigError(f"optim.lr={self.optim.lr}: must be positive", "optim.lr")
         if sorted(self.schedule.milestones) != list(self.schedule.milestones):
-            raise ConfigError(f"schedule.milestones={self.schedule.milestones}: must be increasing")
+            raise ConfigError(f"schedule.milestones={self.schedule.milestones}: must be increasing",
+                              "schedule.milestones")
+        if "image_size" in self.model.kwargs:
+            try:
+                check_input_size(self.model.kwargs["image_size"])
+            except LimitError as e:
+                raise ConfigError(f"model.kwargs.image_size: {e}", "model.kwargs.image_size") from None
         return self
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _float_fields(cfg: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """``(dotted key, value)`` of every float (and list-of-float) field of a config dataclass, recursively."""
+    out: list[tuple[str, float]] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out += _float_fields(value, key + ".")
+        elif isinstance(value, float):
+            out.append((key, value))
+        elif isinstance(value, list):
+            out += [(f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------- dict <-> dataclass
@@ -208,10 +249,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}", key)
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}", key)
         return _from_dict(tp, value, key)
     if tp is Any:
         return value
@@ -219,32 +260,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}", key)
         (item,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}", key)
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {value!r}", key)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}", key)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return str(value)
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}", key)
         return value
     return value
 
@@ -260,7 +301,7 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"unknown config key {full!r}; known: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown config key {full!r}; known: {', '.join(sorted(names))}", full)
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 
@@ -368,11 +409,33 @@ def load_config(source: str | os.PathLike | None = None, overrides: list[str] | 
     origin = "defaults"
     if source is not None:
         data, origin = _load_with_base(source, depth=0)
-    data = apply_overrides(data, list(overrides or []))
+    return config_with_overrides(data, overrides, origin)
+
+
+def config_with_overrides(data: dict[str, Any], overrides: list[str] | None, origin: str) -> TrainConfig:
+    """A validated :class:`TrainConfig` from the nested dict ``data`` (read from ``origin``: a file, a
+    checkpoint, ``"defaults"``) with ``key=value`` overrides on top. A :class:`ConfigError` names the override
+    that set the bad value, else ``origin``."""
+    overrides = list(overrides or [])
+    data = apply_overrides(data, overrides)
     try:
         return config_from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{origin}: {e}") from None
+        item = _override_setting(overrides, e.key)
+        where = f"override {item}" if item is not None else origin
+        raise ConfigError(f"{where}: {e}", e.key) from None
+
+
+def _override_setting(overrides: list[str], key: str | None) -> str | None:
+    """The last override that set ``key`` (a dotted key, maybe with ``[i]``) or a mapping holding it."""
+    if key is None:
+        return None
+    key = re.sub(r"\[\d+\]", "", key)
+    for item in reversed(overrides):
+        k = item.split("=", 1)[0].strip()
+        if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+            return item
+    return None
 
 
 def _load_with_base(source: str | os.PathLike, depth: int, relative_to: Path | None = None

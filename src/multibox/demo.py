@@ -66,9 +66,11 @@ def run_pretrained_detectors(out: Path, models: tuple[str, ...] = ("face-res10-3
 
 
 def run_demo(out: Path, overrides: list[str] | None = None, num_images: int = 4, progress: bool = True,
-             pretrained_first: bool = True) -> dict[str, Any]:
+             pretrained_first: bool = True, quiet: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate the ``synthetic`` recipe into ``out/run`` (``overrides``: ``key=value`` config
-    overrides), then draw the detections of ``num_images`` test images into ``out``.
+    overrides), then draw the detections of ``num_images`` test images into ``out``. ``progress``: progress
+    bars; ``quiet``: no training log lines; ``overwrite``: replace a previous demo's run in ``out/run`` (else a
+    used ``out/run`` is refused before any work).
 
     Writes ``out/run/`` (the training run: config, metrics.jsonl, checkpoints, eval.json, plots/),
     ``out/detections.json`` (COCO-style records with the image ids, boxes in image pixels),
@@ -81,11 +83,12 @@ def run_demo(out: Path, overrides: list[str] | None = None, num_images: int = 4,
     t0 = time.perf_counter()
     out = Path(out)
     cfg = load_config("synthetic", list(overrides or []))
+    trainer = Trainer(cfg, out / "run", progress=progress, quiet=quiet, overwrite=overwrite)  # checks out/run first
     pretrained = run_pretrained_detectors(out / "pretrained") if pretrained_first else []
     print(f"[1/3] training {cfg.model.name} on the synthetic shapes ({cfg.data.synthetic.profile} profile, "
           f"{cfg.data.synthetic.num_train} train / {cfg.data.synthetic.num_test} test images) for {cfg.steps} steps",
           flush=True)
-    summary = Trainer(cfg, out / "run", progress=progress).run()
+    summary = trainer.run()
     rows = [json.loads(ln) for ln in (out / "run" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     losses = [r["loss"] for r in rows if r.get("kind") == "train"]
     maps = [(r["step"], r["mAP"]) for r in rows if r.get("kind") == "eval"]
@@ -94,7 +97,7 @@ def run_demo(out: Path, overrides: list[str] | None = None, num_images: int = 4,
     if losses:
         print(f"      loss {losses[0]:7.3f} {sparkline(losses, 50)} {losses[-1]:.3f}")
     if maps:
-        print("      mAP  " + "  ".join(f"step {s}: {m:.3f}" for s, m in maps))
+        print("      mAP  " + "  ".join(f"step {s}: {m:.4f}" for s, m in maps))
     for plot in summary["plots"]:
         print(f"      curve: {plot}")
 

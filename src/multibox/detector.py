@@ -528,6 +528,6 @@ def load_detector_bundle(path: str | os.PathLike, map_location: str = "cpu") -> 
             return load_bundle(p, map_location)
     elif p.suffix != ".pt":
         raise ValueError(f"{p}: expected a detector bundle or checkpoint (.safetensors or .pt)")
-    from .engine.checkpoint import load_model
+    from .weights_io import load_model
 
     return _bundle_from_ssd(load_model(p, map_location=map_location))

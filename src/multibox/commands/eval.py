@@ -70,7 +70,7 @@ def _classes(spec: str | None) -> Any:
 
 
 def _default_loader(path: Path, device: str) -> Any:
-    from ..engine.checkpoint import load_model
+    from ..weights_io import load_model
 
     return load_model(path, map_location=device)
 

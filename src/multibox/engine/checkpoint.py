@@ -50,7 +50,17 @@ import torch
 from torch import Tensor, nn
 
 from ..fileio import atomic_write_bytes, atomic_write_with
-from ..models.detector import SSD
+from ..weights_io import (
+    FORMAT_VERSION,
+    REQUIRED_KEYS,
+    WEIGHTS_FORMAT,
+    CheckpointError,
+    check_checkpoint_dict,
+    check_class_names,
+    load_weights_file,
+    pt_step,
+    strip_wrapper_prefixes,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -62,22 +72,9 @@ __all__ = [
     "save_weights",
     "load_checkpoint",
     "load_weights_file",
-    "load_model",
     "unwrap_model",
     "model_state_dict",
 ]
-
-#: Version of the checkpoint layout; bumped when a key changes meaning.
-FORMAT_VERSION = 1
-
-_WEIGHTS_FORMAT = "multibox-weights"
-_REQUIRED_KEYS = ("model", "step", "model_name", "class_names")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weight file that cannot be read: truncated, corrupt, or not written by multibox."""
-
 
 # ----------------------------------------------------------------------------------------------- helpers
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -92,19 +89,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _strip_wrapper_prefixes(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Remove ``module.`` / ``_orig_mod.`` when every key carries it (repeatedly, for nested wrappers)."""
-    out = dict(state)
-    changed = True
-    while changed and out:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in out):
-                out = {k[len(prefix):]: v for k, v in out.items()}
-                changed = True
-    return out
-
-
 def model_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``state_dict`` of a module (unwrapped) or a state dict, without wrapper prefixes."""
     if isinstance(model, nn.Module):
@@ -113,7 +97,7 @@ def model_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tenso
         bad = [k for k, v in model.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
         if bad:
             raise TypeError(f"a state dict maps str names to tensors; offending keys: {bad[:5]}")
-        return _strip_wrapper_prefixes(model)
+        return strip_wrapper_prefixes(model)
     raise TypeError(f"expected an nn.Module or a state dict, got {type(model).__name__}")
 
 
@@ -206,15 +190,6 @@ def _jsonable(obj: Any, where: str) -> Any:
     )
 
 
-def _class_names(names: Any, where: str) -> list[str]:
-    if isinstance(names, str) or not isinstance(names, (list, tuple)):
-        raise TypeError(f"{where} must be a list of class names (background first), got {type(names).__name__}")
-    out = [str(n) for n in names]
-    if len(out) < 2:
-        raise ValueError(f"{where} needs the background name and at least one class, got {out}")
-    return out
-
-
 # --------------------------------------------------------------------------------------------------- RNG
 def capture_rng_state() -> dict[str, Any]:
     """The state of Python's, NumPy's and torch's global generators, as values ``weights_only`` loads.
@@ -272,12 +247,12 @@ def _full_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``state``, fill the optional keys, and convert it to weights_only-loadable values."""
     if not isinstance(state, Mapping):
         raise TypeError(f"a checkpoint state is a dict, got {type(state).__name__}")
-    missing = [k for k in _REQUIRED_KEYS if k not in state]
+    missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
-        raise KeyError(f"checkpoint state lacks {missing}; it needs at least {list(_REQUIRED_KEYS)}")
+        raise KeyError(f"checkpoint state lacks {missing}; it needs at least {list(REQUIRED_KEYS)}")
     out = dict(state)
     out["model"] = model_state_dict(state["model"])
-    out["class_names"] = _class_names(state["class_names"], "state['class_names']")
+    out["class_names"] = check_class_names(state["class_names"], "state['class_names']")
     out["model_name"] = str(state["model_name"])
     out["step"] = int(state["step"])
     out["epoch"] = int(state.get("epoch") or 0)
@@ -323,7 +298,7 @@ def _weights_metadata(
     num_classes: int, model_name: str, class_names: list[str], model_kwargs: Any, config: Any, step: int
 ) -> dict[str, str]:
     return {
-        "format": _WEIGHTS_FORMAT,
+        "format": WEIGHTS_FORMAT,
         "format_version": str(FORMAT_VERSION),
         "model_name": str(model_name),
         "num_classes": str(int(num_classes)),
@@ -348,11 +323,12 @@ def save_weights(
 
     ``model`` is a module (wrappers such as DDP are unwrapped) or a state dict. Tensors are saved on the CPU;
     tensors sharing memory are stored as separate copies. ``model_kwargs`` and ``config`` must be plain JSON
-    values. Non-persistent buffers (the priors) are not saved: they are rebuilt by :func:`load_model`.
+    values. Non-persistent buffers (the priors) are not saved: they are rebuilt by
+    :func:`multibox.weights_io.load_model`.
     """
     from safetensors.torch import save_file
 
-    names = _class_names(class_names, "class_names")
+    names = check_class_names(class_names, "class_names")
     metadata = _weights_metadata(len(names), model_name, names, model_kwargs, config, step)
     tensors: dict[str, Tensor] = {}
     seen: set[tuple[int, int]] = set()
@@ -395,129 +371,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read checkpoint {p}: the file is truncated or corrupt ({err})") from err
-    _check_checkpoint(obj, p)
+    check_checkpoint_dict(obj, p)
     return obj
-
-
-def _check_checkpoint(obj: Any, path: Path) -> None:
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} is not a multibox checkpoint: it holds a {type(obj).__name__}, not a dict")
-    if "format_version" not in obj:
-        raise CheckpointError(
-            f"{path} is not a multibox checkpoint (no 'format_version' key; keys: {sorted(map(str, obj))[:10]}); "
-            "for a bare state dict use multibox.engine.weights.load_weights"
-        )
-    version = obj["format_version"]
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {version}, newer than this multibox reads ({FORMAT_VERSION}); upgrade"
-        )
-    missing = [k for k in _REQUIRED_KEYS if k not in obj]
-    if missing:
-        raise CheckpointError(f"{path} is not a complete multibox checkpoint: it lacks {missing}")
-    if not isinstance(obj["model"], Mapping):
-        raise CheckpointError(f"{path}: 'model' is a {type(obj['model']).__name__}, not a state dict")
-
-
-def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"cannot read weights file {path}: truncated or not a safetensors file ({err})") from err
-    return tensors, metadata
-
-
-def load_weights_file(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """``(state_dict, info)`` from a ``.safetensors`` file, a multibox ``.pt`` checkpoint or a plain ``.pt`` /
-    ``.pth`` state dict (``weights_only=True``; one wrapped under ``"model"`` or ``"state_dict"`` works too).
-
-    ``info`` has what the file tells about the model: ``model_name``, ``class_names``, ``model_kwargs``,
-    ``config``, ``step`` (each present only when known). Wrapper prefixes (``module.``) are stripped.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"weights file {p} does not exist")
-    if p.suffix == ".safetensors":
-        tensors, meta = _read_safetensors(p, map_location)
-        info: dict[str, Any] = {}
-        try:
-            for key in ("class_names", "model_kwargs", "config"):
-                if key in meta:
-                    info[key] = json.loads(meta[key])
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{p}: metadata entry is not valid JSON ({err})") from err
-        if "model_name" in meta:
-            info["model_name"] = meta["model_name"]
-        if "step" in meta:
-            info["step"] = int(meta["step"])
-        if "num_classes" in meta and "class_names" in info and int(meta["num_classes"]) != len(info["class_names"]):
-            raise CheckpointError(
-                f"{p}: metadata num_classes={meta['num_classes']} but class_names has {len(info['class_names'])}"
-            )
-        return _strip_wrapper_prefixes(tensors), info
-    try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{p}: torch.load(weights_only=True) refuses its contents ({err})") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read weights file {p}: the file is truncated or corrupt ({err})") from err
-    info = {}
-    if isinstance(obj, Mapping) and "format_version" in obj:
-        _check_checkpoint(obj, p)
-        info = {k: obj[k] for k in ("model_name", "class_names", "model_kwargs", "config", "step") if k in obj}
-        obj = obj["model"]
-    elif isinstance(obj, Mapping):
-        for wrapper in ("model", "state_dict"):
-            if isinstance(obj.get(wrapper), Mapping):
-                obj = obj[wrapper]
-                break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{p} does not hold a state dict (got {type(obj).__name__})")
-    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise CheckpointError(f"{p} is not a state dict: entries {bad[:5]} are not tensors")
-    return _strip_wrapper_prefixes(obj), info
-
-
-def load_model(path: str | os.PathLike, map_location: str = "cpu") -> SSD:
-    """Build the model recorded in a ``.safetensors`` weights file or a ``.pt`` checkpoint and load its weights.
-
-    The model is ``multibox.models.build_model(model_name, num_classes=len(class_names),
-    class_names=class_names, **model_kwargs)`` with the file's weights loaded strictly, moved to
-    ``map_location`` and put in eval mode; it has ``.class_names``. Returns an :class:`~multibox.models.SSD`.
-    Raises :class:`CheckpointError` naming the file when the metadata is missing or the weights do not fit.
-    """
-    from ..models import build_model
-
-    p = Path(path)
-    state, info = load_weights_file(p, "cpu")
-    for key in ("model_name", "class_names"):
-        if key not in info:
-            raise CheckpointError(
-                f"{p} does not record '{key}', so the model cannot be rebuilt; build the model yourself and use "
-                "multibox.engine.weights.load_weights"
-            )
-    names = _class_names(info["class_names"], f"{p}: class_names")
-    kwargs = dict(info.get("model_kwargs") or {})
-    for key in ("num_classes", "class_names"):
-        kwargs.pop(key, None)
-    try:
-        model = build_model(info["model_name"], num_classes=len(names), class_names=names, **kwargs)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{p}: cannot build model {info['model_name']!r} with {kwargs}: {err}") from err
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{p}: the weights do not fit model {info['model_name']!r}: {err}") from err
-    return model.to(map_location).eval()
 
 
 # ------------------------------------------------------------------------------------------------ manager
@@ -532,7 +387,8 @@ class CheckpointManager:
     back on construction so that "best" survives a resume); when ``keep_last > 0`` also ``step-000123.pt``,
     keeping only the ``keep_last`` newest of those (``keep_last=0``: no step files). The saved state carries
     ``state["best"]``. Files of one save are written once and linked (or copied) to their other names.
-    Stale temporary files left by a killed save are removed on construction.
+    Stale temporary files left by a killed save are removed on construction, and a ``.pt`` / ``.safetensors``
+    pair left one save apart by a kill between the two writes is repaired (:meth:`repair_pairs`).
     """
 
     def __init__(self, folder: str | os.PathLike, keep_last: int = 1) -> None:
@@ -541,8 +397,9 @@ class CheckpointManager:
         self.folder = Path(folder)
         self.keep_last = int(keep_last)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.best: dict[str, Any] | None = self._read_best_json()
         self._remove_stale_temporaries()
+        self.repair_pairs()
+        self.best: dict[str, Any] | None = self._read_best_json()
 
     # paths
     @property
@@ -619,6 +476,44 @@ class CheckpointManager:
         for p in self.folder.glob(".*.tmp"):
             if re.match(r"^\.(last|best|step-\d+)\.(pt|safetensors|json)\..+\.tmp$", p.name):
                 p.unlink(missing_ok=True)
+
+    def repair_pairs(self) -> list[Path]:
+        """Make ``last.safetensors`` / ``best.safetensors`` (and ``best.json``) describe the same step as the
+        ``.pt`` beside them again, after a save killed between the writes; returns the files rewritten.
+
+        Saves write the ``.pt`` first, so the ``.pt`` is the complete, newer state: the weights file is rewritten
+        from it (atomically). Called on construction, i.e. when a run resumes.
+        """
+        from safetensors import safe_open
+
+        rewritten: list[Path] = []
+        for stem in ("last", "best"):
+            pt, st = self.folder / f"{stem}.pt", self.folder / f"{stem}.safetensors"
+            if not pt.is_file():
+                continue
+            st_step: int | None = None
+            if st.is_file():
+                try:
+                    with safe_open(os.fspath(st), framework="pt", device="cpu") as f:
+                        st_step = int((f.metadata() or {}).get("step", -1))
+                except Exception:  # noqa: BLE001 - safetensors raises its own types; an unreadable file is rewritten
+                    st_step = None
+            if st_step is not None and st_step == pt_step(pt):  # memory-mapped: no tensor is read
+                continue
+            pt_state = load_checkpoint(pt, map_location="cpu")
+            if st_step == int(pt_state["step"]):
+                continue
+            rewritten.append(save_weights(st, pt_state["model"], model_name=pt_state["model_name"],
+                                          class_names=pt_state["class_names"],
+                                          model_kwargs=pt_state.get("model_kwargs") or {},
+                                          config=pt_state.get("config") or {}, step=int(pt_state["step"])))
+            best = pt_state.get("best")
+            if stem == "best" and isinstance(best, Mapping) and best.get("metric") is not None:
+                atomic_write_bytes(self.best_json_path, (json.dumps(dict(best), indent=2) + "\n").encode("utf-8"))
+                rewritten.append(self.best_json_path)
+        if rewritten:
+            _fsync_dir(self.folder)
+        return rewritten
 
     # saving
     def save(

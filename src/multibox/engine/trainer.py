@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -34,14 +35,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import TrainConfig, config_to_dict, dump_config
-from ..fileio import atomic_write_bytes
+from ..config import ConfigError, TrainConfig, config_to_dict, config_with_overrides, dump_config, load_config
+from ..fileio import atomic_write_bytes, atomic_write_with
 from ..matching import build_targets
-from .checkpoint import capture_rng_state, restore_rng_state
+from .checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from .weights import set_frozen_bn_eval
 
-__all__ = ["Trainer", "NonFiniteLossError", "lr_factor", "build_optimizer", "train", "default_run_dir"]
+__all__ = ["Trainer", "NonFiniteLossError", "lr_factor", "build_optimizer", "train", "default_run_dir",
+           "config_for_resume", "load_run_config", "run_folder_in_use", "RUN_FILES", "write_training_plots",
+           "METRIC_LABELS"]
+
+#: What a run writes into its folder (``--overwrite`` removes these, and nothing else, before a new run).
+RUN_FILES = ("config.yaml", "config.json", "metrics.jsonl", "eval.json", "summary.json", "checkpoints", "tb", "plots")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -105,6 +111,65 @@ def default_run_dir(cfg: TrainConfig, root: str | os.PathLike = "runs") -> Path:
     return out
 
 
+def run_folder_in_use(out: str | os.PathLike) -> bool:
+    """Whether ``out`` already holds a run: a ``metrics.jsonl`` or a non-empty ``checkpoints/``."""
+    folder = Path(out)
+    ckpts = folder / "checkpoints"
+    return (folder / "metrics.jsonl").exists() or (ckpts.is_dir() and any(ckpts.iterdir()))
+
+
+def _same_model(ckpt: dict[str, Any], cfg: TrainConfig) -> bool:
+    saved = ckpt.get("model_kwargs") or {}
+    wanted = json.loads(json.dumps(cfg.model.kwargs))  # the checkpoint holds the JSON form (tuples as lists)
+    return str(ckpt.get("model_name")) == cfg.model.name and saved == wanted
+
+
+def _architecture_error(path: str | os.PathLike, ckpt: dict[str, Any], cfg: TrainConfig) -> ConfigError:
+    return ConfigError(
+        f"resume={path}: the checkpoint is a {ckpt.get('model_name')} model with model.kwargs="
+        f"{ckpt.get('model_kwargs') or {}}, but the config asks for {cfg.model.name} with model.kwargs="
+        f"{cfg.model.kwargs}; resume with the run's own config (multibox train resume=PATH [key=value ...]) or "
+        "start a new run (model.init_from=PATH fine-tunes from its weights)", "resume")
+
+
+def _steps_error(path: str | os.PathLike, step: int, steps: int) -> ConfigError:
+    return ConfigError(f"resume={path}: steps={steps} is below the checkpoint's step {step}; give steps={step} or "
+                       "more to continue the run", "steps")
+
+
+def config_for_resume(checkpoint: str | os.PathLike, overrides: list[str] | None = None,
+                      requested: TrainConfig | None = None) -> TrainConfig:
+    """The config that resumes ``checkpoint`` (a ``.pt``): the resolved config saved in it, with ``overrides``
+    (``key=value``, e.g. ``steps=2000``) on top and ``resume`` set to ``checkpoint``.
+
+    ``requested``: the config the command line named besides (a recipe or YAML file with the same overrides); its
+    model must be the checkpoint's, else :class:`~multibox.config.ConfigError`. Also refuses ``steps`` below the
+    checkpoint's step. Errors name the checkpoint or the override.
+    """
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict) or not saved:
+        raise ConfigError(f"resume={checkpoint}: the checkpoint records no config; give the run's recipe or YAML "
+                          "file with the same overrides as the first run", "resume")
+    if requested is not None and not _same_model(ckpt, requested):
+        raise _architecture_error(checkpoint, ckpt, requested)
+    rest = [o for o in (overrides or []) if o.split("=", 1)[0].strip() != "resume"]
+    cfg = config_with_overrides(saved, [*rest, f"resume={os.fspath(checkpoint)}"], f"{checkpoint} (saved config)")
+    if cfg.steps < int(ckpt["step"]):
+        raise _steps_error(checkpoint, int(ckpt["step"]), cfg.steps)
+    return cfg
+
+
+def load_run_config(source: str | None, overrides: list[str]) -> TrainConfig:
+    """What ``multibox train SOURCE key=value ...`` runs: :func:`~multibox.config.load_config`, or with
+    ``resume=PATH`` among the overrides, :func:`config_for_resume` (the run's own saved config)."""
+    resume = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "resume"]
+    if not resume or not resume[-1] or resume[-1] in ("null", "~"):
+        return load_config(source, overrides)
+    requested = load_config(source, overrides) if source is not None else None
+    return config_for_resume(resume[-1], overrides, requested)
+
+
 # ------------------------------------------------------------------------------------------------- data
 def synthetic_root(cfg: TrainConfig) -> Path:
     """Where ``data.train: synthetic`` is generated (under ``$MULTIBOX_CACHE`` or ``~/.cache/multibox``)."""
@@ -130,8 +195,6 @@ def ensure_synthetic(cfg: TrainConfig, progress: bool = True) -> Path:
     try:
         tmp.rename(root)
     except OSError:  # another process finished first
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return root
 
@@ -184,20 +247,36 @@ class Trainer:
     """Runs one :class:`~multibox.config.TrainConfig`.
 
     ``out``: the run folder (default :func:`default_run_dir`, or the folder of the checkpoint being resumed).
-    ``stop_after``: stop (as if killed, without a final checkpoint) after this many steps of this process: for
-    tests of resume.
+    A new run refuses a folder that already holds a run (:func:`run_folder_in_use`) unless ``overwrite``, which
+    removes the old run's files (:data:`RUN_FILES`) first. ``progress``: progress bars; ``quiet``: no
+    informational lines on standard error. ``stop_after``: stop (as if killed, without a final checkpoint) after
+    this many steps of this process: for tests of resume.
     """
 
     def __init__(self, cfg: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
-                 stop_after: int | None = None) -> None:
+                 stop_after: int | None = None, overwrite: bool = False, quiet: bool = False) -> None:
         self.cfg = cfg.validate()
         self.progress = progress
+        self.quiet = quiet
         self.stop_after = stop_after
         self.device = self._device()
-        self.dist: DistInfo = init_distributed(self.device.type)
-        if cfg.resume and out is None:
-            out = Path(cfg.resume).resolve().parent.parent
+        resumed_run = Path(cfg.resume).resolve().parent.parent if cfg.resume else None
+        if resumed_run is not None and out is None:
+            out = resumed_run
         self.out = Path(out) if out is not None else default_run_dir(cfg)
+        self.clear_old_run = False
+        if run_folder_in_use(self.out):
+            if resumed_run is not None and self.out.resolve() == resumed_run:
+                if overwrite:
+                    raise ConfigError(f"--overwrite would delete the run being resumed ({self.out}); drop one of "
+                                      "them", "resume")
+            elif not overwrite:
+                raise ConfigError(f"{self.out} already holds a run (metrics.jsonl / checkpoints); choose another "
+                                  "--out, resume it with resume=" + str(self.out / "checkpoints" / "last.pt")
+                                  + ", or replace it with --overwrite")
+            else:
+                self.clear_old_run = True
+        self.dist: DistInfo = init_distributed(self.device.type)
         self.history: list[dict[str, Any]] = []
         self.skipped = 0
 
@@ -209,10 +288,22 @@ class Trainer:
                 local = int(os.environ.get("LOCAL_RANK", "0"))
                 return torch.device("cuda", local)
             return torch.device("cpu")
-        return torch.device(want)
+        device = torch.device(want)  # the syntax was checked by TrainConfig.validate
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device={want}: no CUDA GPU is available here (torch.cuda.is_available() is "
+                                  "False); use device=cpu or device=auto", "device")
+            count = torch.cuda.device_count()
+            if device.index is not None and device.index >= count:
+                raise ConfigError(f"device={want}: there are {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})",
+                                  "device")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"device={want}: Apple's MPS backend is not available here; use device=cpu", "device")
+        return device
 
     def log(self, message: str) -> None:
-        if self.dist.is_main:
+        """An informational line on standard error (rank 0, not with ``quiet``)."""
+        if self.dist.is_main and not self.quiet:
             print(message, file=sys.stderr, flush=True)
 
     def _setup(self) -> None:
@@ -223,6 +314,8 @@ class Trainer:
         np.random.seed(cfg.seed % 2**32)
         torch.manual_seed(cfg.seed)
         if self.dist.is_main:
+            if self.clear_old_run:
+                self._clear_old_run()
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.yaml", dump_config(cfg).encode())
             atomic_write_bytes(self.out / "config.json", (json.dumps(config_to_dict(cfg), indent=2) + "\n").encode())
@@ -244,8 +337,6 @@ class Trainer:
         self.steps_per_epoch = self._steps_per_epoch()
         self.step = 0
         self.best_metric: float | None = None
-        from .checkpoint import CheckpointManager
-
         self.checkpoints = CheckpointManager(self.out / "checkpoints", keep_last=cfg.checkpoint.keep_last)
         if cfg.resume:
             self._resume(cfg.resume)
@@ -256,12 +347,26 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
+    def _clear_old_run(self) -> None:
+        """``--overwrite``: remove the files of the run that used this folder before (only :data:`RUN_FILES`)."""
+        for name in RUN_FILES:
+            path = self.out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        self.log(f"--overwrite: removed the previous run's files from {self.out}")
+
     def _build_model(self) -> nn.Module:
         from ..models import build_model
 
         cfg = self.cfg
         m = cfg.model
-        model = build_model(m.name, num_classes=len(self.class_names), class_names=self.class_names, **m.kwargs)
+        try:
+            model = build_model(m.name, num_classes=len(self.class_names), class_names=self.class_names, **m.kwargs)
+        except (KeyError, TypeError, ValueError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise ConfigError(f"model.name={m.name} model.kwargs={m.kwargs}: {message}", "model") from None
         if m.pretrained_backbone:
             from .weights import load_backbone_weights
 
@@ -353,13 +458,19 @@ class Trainer:
         }
 
     def _resume(self, path: str) -> None:
-        from .checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(path, map_location="cpu")
+        if not _same_model(ckpt, self.cfg):
+            raise _architecture_error(path, ckpt, self.cfg)
+        if int(ckpt["step"]) > self.cfg.steps:
+            raise _steps_error(path, int(ckpt["step"]), self.cfg.steps)
         if list(ckpt["class_names"]) != self.class_names:
             raise ValueError(f"{path}: the checkpoint's classes {ckpt['class_names']} differ from the data's "
                              f"{self.class_names}")
-        self.model.load_state_dict(ckpt["model"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise ValueError(f"{path}: the checkpoint's weights do not fit the model {self.cfg.model.name}: "
+                             f"{err}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -593,7 +704,7 @@ class Trainer:
     def _finish(self, final: dict[str, Any] | None, train_seconds: float, start_step: int) -> dict[str, Any]:
         if final is not None:
             atomic_write_bytes(self.out / "eval.json", (json.dumps(final, indent=2) + "\n").encode())
-        plots = write_training_plots(self.history, self.out / "plots")
+        plots = write_training_plots(self.history, self.out / "plots", self.cfg.eval.metric)
         train_rows = [r for r in self.history if r.get("kind") == "train"]
         steps_here = self.step - start_step
         summary = {
@@ -614,8 +725,14 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------------- plots
-def write_training_plots(history: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """``loss.png`` (total, loc, conf vs step) and ``map.png`` (eval mAP vs step) from metrics rows."""
+#: How each evaluation metric is named on plots.
+METRIC_LABELS = {"voc07": "VOC07 mAP@0.5 (11-point)", "voc12": "VOC12 mAP@0.5 (all points)",
+                 "coco": "COCO mAP@[0.5:0.95]"}
+
+
+def write_training_plots(history: list[dict[str, Any]], folder: Path, metric: str = "voc07") -> list[Path]:
+    """``loss.png`` (total, conf, loc loss vs training step, log scale) and ``map.png`` (validation ``metric``
+    mAP, a fraction in [0, 1], vs training step) from metrics.jsonl rows; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -628,31 +745,31 @@ def write_training_plots(history: list[dict[str, Any]], folder: Path) -> list[Pa
     if train:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         steps = [r["step"] for r in train]
+        labels = {"loss": "total (loc + conf)", "conf": "conf (cross-entropy)", "loc": "loc (smooth L1)"}
         for key in ("loss", "conf", "loc"):
-            ax.plot(steps, [r[key] for r in train], label=key)
-        ax.set_xlabel("step")
-        ax.set_ylabel("MultiBox loss")
+            ax.plot(steps, [r[key] for r in train], label=labels[key])
+        ax.set_xlabel("training step")
+        ax.set_ylabel("loss (smooth L1 + CE), per positive prior")
+        ax.set_title("MultiBox training loss")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()
         path = folder / "loss.png"
-        from ..fileio import atomic_write_with
-
         atomic_write_with(path, lambda p: fig.savefig(p, format="png"))
         plt.close(fig)
         written.append(path)
     if evals:
+        label = METRIC_LABELS.get(metric, f"{metric} mAP")
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         ax.plot([r["step"] for r in evals], [r["mAP"] for r in evals], marker="o")
-        ax.set_xlabel("step")
-        ax.set_ylabel("mAP")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{label} (fraction)")
+        ax.set_title(f"Validation {label}")
         ax.set_ylim(0, 1)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         path = folder / "map.png"
-        from ..fileio import atomic_write_with
-
         atomic_write_with(path, lambda p: fig.savefig(p, format="png"))
         plt.close(fig)
         written.append(path)
@@ -672,6 +789,7 @@ def sparkline(values: list[float], width: int = 60) -> str:
     return "".join(blocks[min(7, int((v - lo) / span * 7.999))] for v in values)
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, Any]:
+def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into ``out``; returns the summary dict."""
-    return Trainer(cfg, out, progress=progress).run()
+    return Trainer(cfg, out, progress=progress, overwrite=overwrite).run()
