@@ -120,6 +120,19 @@ def test_drawing_200_boxes_needs_no_matplotlib(monkeypatch):
     assert sys.modules["matplotlib"] is None
 
 
+def test_labels_are_readable_on_a_300_px_image(tmp_path, detector):
+    white = np.full((300, 300, 3), 255, np.uint8)
+    pic = np.asarray(draw_boxes(white, np.array([[100.0, 150.0, 200.0, 250.0]]), [0.9], ["cat"]))
+    label = (np.abs(pic.astype(int) - [31, 119, 180]).sum(-1) == 0)  # the first class colour: box and label
+    rows = np.flatnonzero(label[:150, 100:104].any(1))  # the label sits above the box, from its left edge
+    assert len(rows) >= 14 and rows.max() == 149  # a 12+ px text line and margins (not the 8 px bitmap font)
+    # a detection of a file draws on that file by default
+    path = tmp_path / "p.png"
+    Image.fromarray(photo()).save(path)
+    d = detector(path)
+    assert d.source == str(path) and d.plot().size == (200, 150)
+
+
 # ----------------------------------------------------------------------------------------------- float images
 def test_float_images_in_0_1_match_uint8_and_0_255_floats_are_rejected(detector):
     img = photo()

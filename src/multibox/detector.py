@@ -289,6 +289,9 @@ class Detector:
         items = [images] if single else list(images)
         arrays = [to_rgb_array(im, bgr=bgr) for im in items]
         results = self.detect_arrays(arrays, conf)
+        for im, dets in zip(items, results, strict=True):
+            if isinstance(im, str | os.PathLike):
+                dets.source = str(im)  # what Detections.plot / save draw on by default
         return results[0] if single else results
 
     def predict(self, source: str | os.PathLike | Sequence[str | os.PathLike], conf: float | None = None, *,

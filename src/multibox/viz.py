@@ -54,7 +54,7 @@ def draw_boxes(image: Any, boxes: np.ndarray, scores: Sequence[float], names: Se
     """A copy of ``image`` (path, PIL image or ``[H, W, 3]`` uint8 RGB array) as an RGB PIL image with
     ``boxes`` ``[N, 4]`` xyxy (pixels, or [0, 1] with ``normalized``) drawn, each labelled ``"name score"``.
 
-    Colours follow the class name; the font size is about 4 % of the shorter image side (at least 11 px) and the
+    Colours follow the class name; the font size is about 5 % of the shorter image side (at least 12 px) and the
     line width about 0.5 % (at least 1 px)."""
     img = _as_pil(image)
     w, h = img.size
@@ -62,7 +62,7 @@ def draw_boxes(image: Any, boxes: np.ndarray, scores: Sequence[float], names: Se
     if normalized:
         b = b * np.array([w, h, w, h])
     side = min(w, h)
-    font = _font(max(11, round(0.04 * side)))
+    font = _font(max(12, round(0.05 * side)))
     width = max(1, round(side / 200))
     draw = ImageDraw.Draw(img)
     palette: dict[str, tuple[int, int, int]] = {}
