@@ -52,7 +52,7 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def detector(bundle):
-    return Detector(bundle, optimize="none")
+    return Detector(bundle, runtime="eager")
 
 
 def reference(bundle: DetectorBundle, rgb: np.ndarray, conf: float | None = None):
@@ -98,7 +98,8 @@ def test_every_input_kind_gives_the_same_detections(tmp_path, detector):
         "pil rgba": detector(Image.fromarray(img).convert("RGBA")),
         "bgr array": detector(np.ascontiguousarray(img[..., ::-1]), bgr=True),
         "tensor uint8": detector(torch.from_numpy(img).permute(2, 0, 1)),
-        "tensor float": detector(torch.from_numpy(img).permute(2, 0, 1).float()),
+        "tensor float [0, 1]": detector(torch.from_numpy(img).permute(2, 0, 1).float() / 255),
+        "array float [0, 1]": detector(img.astype(np.float32) / 255),
     }
     for name, d in variants.items():
         assert_same(d, base), name
@@ -117,7 +118,7 @@ def test_every_input_kind_gives_the_same_detections(tmp_path, detector):
 
 def test_conf_and_batching(bundle):
     img1, img2, img3 = photo(seed=1), photo(120, 90, seed=2), photo(64, 64, seed=3)
-    det = Detector(bundle, batch_size=2, optimize="none")
+    det = Detector(bundle, batch_size=2, runtime="eager")
     out = det([img1, img2, img3], conf=0.34)
     for im, d in zip((img1, img2, img3), out, strict=True):
         assert_same(d, reference(bundle, im, 0.34))
@@ -129,13 +130,17 @@ def test_conf_and_batching(bundle):
 
 def test_optimized_path_gives_unchanged_detections(bundle):
     img = photo()
-    eager = Detector(bundle, optimize="none")(img)
-    fast = Detector(make_bundle(), optimize="auto", backend="torch")
+    eager = Detector(bundle, runtime="eager")(img)
+    fast = Detector(make_bundle(), runtime="jit+channels_last")
+    assert fast.runtime_name == "undecided"
     got = fast([img, img])
-    assert fast.strategy in ("eager", "jit", "jit+channels_last")
+    assert fast.runtime_name == "jit+channels_last"
     assert_same(got[0], eager)
     assert_same(got[1], eager)
-    assert_same(Detector(make_bundle(), optimize="jit")(img), eager)
+    for name in ("jit", "channels_last"):
+        det = Detector(make_bundle(), runtime=name)
+        assert_same(det(img), eager)
+        assert det.runtime_name == name
 
 
 def test_bad_inputs_name_the_problem(tmp_path, detector):
@@ -148,7 +153,7 @@ def test_bad_inputs_name_the_problem(tmp_path, detector):
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         detector(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
-        detector(np.zeros((10, 10, 3), np.float32))
+        detector(np.zeros((10, 10, 3), np.int32))
     with pytest.raises(ValueError, match="unsupported image input"):
         detector(12)
 
@@ -158,11 +163,11 @@ def test_from_file_bundle_and_checkpoint(tmp_path, bundle):
 
     img = photo()
     p = save_bundle(bundle, tmp_path / "tiny.safetensors")
-    assert_same(Detector.from_file(p, optimize="none")(img), reference(bundle, img))
+    assert_same(Detector.from_file(p, runtime="eager")(img), reference(bundle, img))
     # a training checkpoint: the model's own input spec and default post-processing
     ck = save_weights(tmp_path / "best.safetensors", bundle.model, model_name="ssd7", class_names=NAMES,
                       model_kwargs={"image_size": list(SIZE)}, config=None, step=3)
-    det = Detector.from_file(ck, optimize="none")
+    det = Detector.from_file(ck, runtime="eager")
     assert det.class_names == NAMES and det.input_spec.image_size == SIZE
     got = det(img)
     x, sizes = det.preprocess([img])
@@ -204,7 +209,7 @@ def test_detect_writes_images_json_voc_and_yolo(tmp_path, images, bundle_file, b
     assert [c["name"] for c in doc["categories"]] == ["cat", "dog"]
     assert [im["file_name"] for im in doc["images"]] == ["a.png", "b.png", "c.png"]
     assert [(im["height"], im["width"]) for im in doc["images"]] == [(150, 200), (120, 90), (80, 100)]
-    ref = Detector(bundle, optimize="none")
+    ref = Detector(bundle, runtime="eager")
     for im in doc["images"]:
         stem = im["file_name"][:-4]
         arr = arrays[stem]
@@ -247,7 +252,8 @@ def test_detect_glob_files_and_duplicates(tmp_path, images, bundle_file):
                                                       str(folder / "c.png"), str(other / "a.png")]
     assert not (out / "annotated").exists()
     # the same stem twice: outputs do not overwrite each other
-    assert run_detect(folder / "a.png", other / "a.png", "--model", bundle_file, "--out", out, "--yolo") == 0
+    assert run_detect(folder / "a.png", other / "a.png", "--model", bundle_file, "--out", out, "--yolo",
+                      "--overwrite") == 0
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["a.png", "a_1.png"]
     assert sorted(p.name for p in (out / "yolo").iterdir()) == ["a.txt", "a_1.txt", "classes.txt"]
 
@@ -319,7 +325,7 @@ def test_detect_video_frames_are_named_and_converted_from_bgr(tmp_path, bundle_f
     doc = json.loads((out / "detections.json").read_text())
     assert [im["file_name"] for im in doc["images"]] == ["clip_f000000.png", "clip_f000002.png"]
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["clip_f000000.png", "clip_f000002.png"]
-    ref = Detector(bundle, optimize="none")
+    ref = Detector(bundle, runtime="eager")
     for im, frame in zip(doc["images"], (frames[0], frames[2]), strict=True):
         anns = [a for a in doc["annotations"] if a["image_id"] == im["id"]]
         want = ref(frame, conf=0.3)

@@ -32,27 +32,27 @@ def test_exported_graph_matches_pytorch_at_any_batch_size(tmp_path):
 
 def test_onnxruntime_backend_gives_eager_detections_and_restores_threads():
     img, img2 = photo(), photo(120, 90, seed=4)
-    eager = Detector(make_bundle(), optimize="none")([img, img2])
+    eager = Detector(make_bundle(), runtime="eager")([img, img2])
     before = torch.get_num_threads()
     for backend in ("onnxruntime", "auto"):  # auto prefers ONNX Runtime on the CPU when it is installed
-        det = Detector(make_bundle(), backend=backend, batch_size=2)
+        det = Detector(make_bundle(), runtime=backend, batch_size=2)
         got = det([img, img2])
-        assert det.strategy == "onnxruntime"
+        assert det.runtime_name == "onnxruntime"
         for g, e in zip(got, eager, strict=True):
             assert_same(g, e)
         assert_same(det(img2), eager[1])  # batch size 1: a second export
         assert torch.get_num_threads() == before
         # the post-processing ran inside ONNX Runtime too (checked against PyTorch's at each threshold)
         assert det._fused[2] is not None and det._fused[1] is not None and all(det._fused_ok.values())
-        assert_same(det(img2, conf=0.3), Detector(make_bundle(), optimize="none")(img2, conf=0.3))
-        assert (1, float(det._post(0.3).conf_threshold)) in det._fused_ok
+        assert_same(det(img2, conf=0.3), Detector(make_bundle(), runtime="eager")(img2, conf=0.3))
+        assert (1, float(det.postprocess_for(0.3).conf_threshold)) in det._fused_ok
 
 
 def test_backend_errors_are_clear(monkeypatch):
-    with pytest.raises(ValueError, match="backend must be one of"):
-        Detector(make_bundle(), backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown runtime .tensorrt."):
+        Detector(make_bundle(), runtime="tensorrt")
     with pytest.raises(ValueError, match="CPU only"):
-        Detector(make_bundle(), backend="onnxruntime", device="meta")
+        Detector(make_bundle(), runtime="onnxruntime", device="meta")
 
     import importlib
 
@@ -65,7 +65,7 @@ def test_backend_errors_are_clear(monkeypatch):
 
     monkeypatch.setattr(importlib, "import_module", no_ort)
     with pytest.raises(mbonnx.OnnxUnavailable, match="pip install onnx onnxruntime"):
-        Detector(make_bundle(), backend="onnxruntime")
+        Detector(make_bundle(), runtime="onnxruntime")
 
 
 def test_export_command_writes_graph_priors_and_spec(tmp_path, capsys):
@@ -165,7 +165,7 @@ def test_export_with_postprocess_detects_like_the_detector(tmp_path):
     assert main(["export", "onnx", str(src), "--out", str(out), "--postprocess", "--conf", "0.2"]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["outputs"] == ["boxes", "scores", "labels", "num_detections"] and meta["max_abs_diff"] < 1e-5
-    det = Detector(make_bundle(), optimize="none", backend="torch")
+    det = Detector(make_bundle(), runtime="eager")
     imgs = [photo(), photo(120, 90, seed=4)]
     want = det(imgs, conf=0.2)
     x, sizes = det.preprocess(imgs)

@@ -111,7 +111,7 @@ def test_cache_hit_needs_no_download(tmp_path, offline, capsys):
     assert dest == tmp_path / "cache" / "zoo" / "face-res10-300.safetensors"
     save_bundle(tiny_bundle(), dest)
     assert zoo.fetch("face-res10-300") == dest
-    det = Detector.from_pretrained("face-res10-300", optimize="none")
+    det = Detector.from_pretrained("face-res10-300", runtime="eager")
     assert det.name == "face-res10-300" and det.class_names == ["background", "c1"]
     d = det(img)
     assert d.image_size == (40, 50) and len(d) <= 3

@@ -39,7 +39,7 @@ def run_pretrained_detectors(out: Path, models: tuple[str, ...] = ("face-res10-3
     from .data.image_io import load_image
     from .data.real import RealDataUnavailable, quokka
     from .detector import Detector
-    from .viz import draw_detections
+    from .viz import annotated_suffix, draw_detections
 
     photos = [default_photo()]
     try:
@@ -58,7 +58,7 @@ def run_pretrained_detectors(out: Path, models: tuple[str, ...] = ("face-res10-3
             det = detector(image, conf=conf)
             names = [detector.class_names[int(k)] for k in det.labels]
             path = draw_detections(image, det.boxes.numpy(), det.scores.numpy(), names,
-                                   out / f"{name}_{Path(photo).stem}.png")
+                                   out / f"{name}_{Path(photo).stem}{annotated_suffix(photo)}")
             written.append(path)
             best = f", best score {float(np.max(det.scores.numpy())):.3f}" if len(det) else ""
             print(f"[0/3] {name} on {Path(photo).name}: {len(det)} detections{best} -> {path}")
@@ -119,7 +119,7 @@ def _draw_test_detections(out: Path, checkpoint: str, dataset: Any, num_images: 
     from .fileio import atomic_write_bytes
     from .viz import draw_detections
 
-    detector = Detector.from_file(checkpoint, optimize="none")
+    detector = Detector.from_file(checkpoint, runtime="eager")
     records: list[dict[str, Any]] = []
     drawn = []
     for i in range(min(num_images, len(dataset))):

@@ -1,19 +1,49 @@
-"""Detections of one image: the result type of :class:`multibox.postprocess.PostProcess`.
+"""Detections of one image: the result type of :class:`multibox.postprocess.PostProcess` and of
+:class:`multibox.detector.Detector`.
 
 Boxes are ``xyxy`` float32, in absolute pixels of the original image when its size was known to the
 post-processor (``image_size`` is then ``(height, width)``), else normalized to [0, 1]. Labels are class
 indices of the classifier (``int64``); the background class never appears.
+
+.. code-block:: python
+
+    len(dets)                    # number of boxes
+    for box in dets:             # one Detection record per box, best first
+        box.xyxy, box.score, box.label, box.class_name
+    dets.numpy()                 # {"boxes": [N, 4] float32, "scores": [N], "labels": [N], "class_names": [N]}
+    dets.to_pandas()             # one row per box (needs pandas)
+    dets.plot(image)             # a PIL image with the boxes drawn (image: the source file by default)
+    dets.save("out.jpg", image)  # the same, written to a file (JPEG or PNG by the suffix)
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Detections"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["Detections", "Detection"]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected box: ``xyxy`` ``(x1, y1, x2, y2)`` (pixels of the original image, or normalized when the
+    detections carry no ``image_size``), ``score`` in [0, 1], ``label`` (class index, >= 1) and ``class_name``
+    (``str(label)`` when no names are known)."""
+
+    xyxy: tuple[float, float, float, float]
+    score: float
+    label: int
+    class_name: str
 
 
 @dataclass
@@ -27,6 +57,9 @@ class Detections:
         labels: ``[N]`` int64 class indices (index into ``class_names`` when given; background excluded).
         class_names: names of all classes, background included (``class_names[label]``), or ``None``.
         image_size: ``(height, width)`` in pixels of the image the boxes refer to, or ``None`` (normalized).
+        source: the image file the detections are of, when known (what :meth:`plot` draws on by default).
+
+    ``len(d)`` is the number of boxes and ``for box in d`` gives one :class:`Detection` per box.
     """
 
     boxes: Tensor
@@ -34,6 +67,7 @@ class Detections:
     labels: Tensor
     class_names: list[str] | None = None
     image_size: tuple[int, int] | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         n = self.scores.shape[0] if self.scores.dim() == 1 else -1
@@ -67,17 +101,83 @@ class Detections:
     def to(self, device: torch.device | str) -> Detections:
         """The same detections with every tensor on ``device``."""
         return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
-                          self.class_names, self.image_size)
+                          self.class_names, self.image_size, self.source)
 
     def cpu(self) -> Detections:
         return self.to("cpu")
 
     def __getitem__(self, index: int | slice | Tensor) -> Detections:
-        """A subset: an ``int``, a ``slice``, an index tensor or a ``[N]`` bool mask."""
+        """A subset: an ``int`` (``IndexError`` out of range; a one-box ``Detections``), a ``slice``, an index
+        tensor or a ``[N]`` bool mask. Iterate (``for box in d``) for per-box :class:`Detection` records."""
         if isinstance(index, int):
-            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"detection index {index} out of range for {n} detections")
+            index %= n
+            index = slice(index, index + 1)
         return Detections(self.boxes[index], self.scores[index], self.labels[index], self.class_names,
-                          self.image_size)
+                          self.image_size, self.source)
+
+    def __iter__(self) -> Iterator[Detection]:
+        """One :class:`Detection` per box, in order."""
+        boxes = self.boxes.detach().cpu().tolist()
+        scores = self.scores.detach().cpu().tolist()
+        labels = self.labels.detach().cpu().tolist()
+        for box, score, label, name in zip(boxes, scores, labels, self.names(), strict=True):
+            yield Detection((box[0], box[1], box[2], box[3]), float(score), int(label), name)
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """NumPy arrays: ``boxes [N, 4]`` float32 xyxy, ``scores [N]`` float32, ``labels [N]`` int64 and
+        ``class_names [N]`` (str)."""
+        return {"boxes": self.boxes.detach().cpu().numpy().astype(np.float32, copy=False).reshape(-1, 4),
+                "scores": self.scores.detach().cpu().numpy().astype(np.float32, copy=False),
+                "labels": self.labels.detach().cpu().numpy().astype(np.int64, copy=False),
+                "class_names": np.array(self.names(), dtype=str)}
+
+    def to_pandas(self) -> Any:  # noqa: ANN401
+        """A ``pandas.DataFrame`` with one row per box: ``x1, y1, x2, y2, score, label, class_name``.
+        Raises ``ImportError`` naming pandas when it is not installed."""
+        try:
+            import pandas as pd  # optional dependency
+        except ImportError:
+            raise ImportError("Detections.to_pandas needs pandas, which is not installed (pip install pandas); "
+                              "Detections.numpy() and .to_dict() need nothing more") from None
+        arrays = self.numpy()
+        b = arrays["boxes"]
+        return pd.DataFrame({"x1": b[:, 0], "y1": b[:, 1], "x2": b[:, 2], "y2": b[:, 3],
+                             "score": arrays["scores"], "label": arrays["labels"],
+                             "class_name": arrays["class_names"].astype(object)})
+
+    def clip(self) -> Detections:
+        """Boxes clipped to the image (``0 <= x <= width``, ``0 <= y <= height`` pixels, or [0, 1] without
+        ``image_size``); a box left without area is dropped."""
+        h, w = self.image_size if self.image_size is not None else (1, 1)
+        limit = self.boxes.new_tensor([w, h, w, h])
+        boxes = torch.minimum(self.boxes.clamp(min=0), limit)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return Detections(boxes[keep], self.scores[keep], self.labels[keep], self.class_names, self.image_size,
+                          self.source)
+
+    def plot(self, image: Any = None) -> Image.Image:  # noqa: ANN401
+        """A PIL image (RGB) with the boxes, class names and scores drawn (:func:`multibox.viz.draw_boxes`).
+
+        ``image``: a path, a PIL image or an ``[H, W, 3]`` uint8 RGB array; default: the :attr:`source` file.
+        Boxes in normalized coordinates are scaled to the image.
+        """
+        from .viz import draw_boxes  # viz imports PIL's drawing modules: only plotting needs them
+
+        if image is None:
+            if self.source is None:
+                raise ValueError("these detections know no source image file: give plot / save the image")
+            image = self.source
+        return draw_boxes(image, self.boxes.detach().cpu().numpy(), self.scores.detach().cpu().numpy(),
+                          self.names(), normalized=self.image_size is None)
+
+    def save(self, path: str | os.PathLike, image: Any = None) -> Path:  # noqa: ANN401
+        """Write :meth:`plot`'s image to ``path`` atomically: JPEG for ``.jpg`` / ``.jpeg``, else PNG."""
+        from .viz import save_image
+
+        return save_image(self.plot(image), Path(path))
 
     def names(self) -> list[str]:
         """Class name of each detection (``str(label)`` when no class names are known)."""

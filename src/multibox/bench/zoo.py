@@ -10,7 +10,7 @@ Both sides get the same decoded RGB images (real photos; decoding excluded) and 
 alternating rounds (so that a change of machine load hits both), and are timed end to end per image at batch 1:
 pre-processing (resize, mean), network, post-processing (DetectionOutput / NMS). ``speedup_face`` and
 ``speedup_person`` are the peer's median time per image over ours, with our default fp32 path (``Detector``
-``backend="auto"``: ONNX Runtime where installed, else traced PyTorch), whose detections are checked equal to eager
+``runtime="auto"``: ONNX Runtime where installed, else traced PyTorch), whose detections are checked equal to eager
 mode's (``speedup_*_best_pass``: the same from each side's fastest pass, less sensitive to other load on a shared
 machine). Each of our network paths (eager, jit, jit + channels_last, channels_last, onnxruntime) is timed as well;
 our first-call latency (the first detection after loading, export or tracing included) is reported. A peer that
@@ -40,11 +40,11 @@ PERSON_PEER_PYTHON_ENV = "MULTIBOX_PERSON_PEER_PYTHON"
 _CONF = 0.5
 # our network paths timed beside the default one: name -> Detector keyword arguments
 _VARIANTS: dict[str, dict[str, str]] = {
-    "eager": {"optimize": "none"},
-    "jit": {"backend": "torch", "optimize": "jit"},
-    "jit+channels_last": {"backend": "torch", "optimize": "jit+channels_last"},
-    "channels_last": {"backend": "torch", "optimize": "channels_last"},
-    "onnxruntime": {"backend": "onnxruntime"},
+    "eager": {"runtime": "eager"},
+    "jit": {"runtime": "jit"},
+    "jit+channels_last": {"runtime": "jit+channels_last"},
+    "channels_last": {"runtime": "channels_last"},
+    "onnxruntime": {"runtime": "onnxruntime"},
 }
 
 # Runs in the peer's Python (numpy plus opencv or tensorflow); must not import multibox.
@@ -275,7 +275,7 @@ def _bench_model(key: str, images: list[Any], npz: Path, peer_python: str | None
         from .roofline import forward_gflop
 
         ours = {"load_ms": load_ms, "convert_ms": convert_ms, "first_call_ms": _first_call(det, images[0]),
-                "strategy": det.strategy}
+                "strategy": det.runtime_name}
         ours["gflop_per_image"] = forward_gflop(det.model, (1, 3, *det.input_spec.image_size))
         dets["default"] = det
         if variants:
@@ -320,12 +320,12 @@ def _bench_model(key: str, images: list[Any], npz: Path, peer_python: str | None
         if "eager" in dets:
             ref = dets["eager"].detect_arrays(images, _CONF)
         else:
-            ref = Detector.from_pretrained(name, batch_size=1, optimize="none").detect_arrays(images, _CONF)
+            ref = Detector.from_pretrained(name, batch_size=1, runtime="eager").detect_arrays(images, _CONF)
         ours_dets = dets["default"].detect_arrays(images, _CONF)
         ours["detections_unchanged"] = _same(ours_dets, ref)
         if variants:
             ours["variants"] = {v: {
-                **_summary(ours_runs[v]), "strategy": dets[v].strategy,
+                **_summary(ours_runs[v]), "strategy": dets[v].runtime_name,
                 "detections_unchanged": _same(dets[v].detect_arrays(images, _CONF), ref)}
                 for v in _VARIANTS if v in dets}
         out["ours"] = ours

@@ -7,32 +7,58 @@ detector bundle or a multibox training checkpoint).
 
 Output folder (``--out``, default ``multibox-detect``):
 
-* ``annotated/<name>.png``: the image with boxes, class names and scores drawn (``--no-draw`` skips them);
+* ``annotated/<name>.jpg|.png``: the image with boxes, class names and scores drawn (JPEG for JPEG inputs, PNG
+  otherwise; ``--no-draw`` skips them);
 * ``detections.json``: COCO style, ``{"model", "conf", "categories": [{id, name}], "images": [{id, file_name,
   source, width, height}], "annotations": [{id, image_id, bbox: [x, y, w, h] pixels, score, category_id,
   category_name}]}`` (``multibox eval --detections`` reads it); ``category_id`` is the class index (1 = the
   first class after background);
 * ``--voc-xml``: ``voc/<name>.xml`` Pascal VOC (1-based pixel corners), for labelling tools to start from;
 * ``--yolo``: ``yolo/<name>.txt`` (``class cx cy w h`` normalized, class 0 = the first object class) and
-  ``yolo/classes.txt``.
+  ``yolo/classes.txt``;
+* ``--json FILE``: a summary ``{"images", "detections", "json", "seconds", "model", "runtime", "conf", "out"}``.
+
+Every box lies inside its image (the Detector clips them), so the VOC / YOLO pre-annotations pass
+``multibox data check``. ``--out`` is checked before any work (a file or an unwritable place is an error), and a
+folder that already holds ``detections.json`` is only written into with ``--overwrite``. ``--runtime`` picks how
+the network runs (``auto``, or a name of ``multibox.runtime.list_runtimes()``).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["register", "run", "expand_sources", "VIDEO_EXTENSIONS", "DEFAULT_MODEL"]
+from ..fileio import atomic_write_bytes
+from .options import (
+    UsageError,
+    add_json_option,
+    add_overwrite_option,
+    add_progress_options,
+    check_output_dir,
+    check_output_file,
+    is_quiet,
+    positive_int,
+    probability,
+    show_progress,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..sources import Source, SourceItem
+
+__all__ = ["register", "run", "detect_sources", "load_detector", "DEFAULT_MODEL", "RESULTS_FILE"]
 
 DEFAULT_MODEL = "face-res10-300"
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-_GLOB_CHARS = set("*?[")
+RESULTS_FILE = "detections.json"
+_RUNTIME_HELP = ("how the network runs: auto (default: ONNX Runtime on the CPU when installed, else traced "
+                 "PyTorch, checked against eager mode) or one of eager, jit, jit+channels_last, channels_last, "
+                 "onnxruntime")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,161 +72,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="image files, folders, glob patterns (quote them) or video files")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"zoo name or detector file (bundle or checkpoint); default {DEFAULT_MODEL}")
-    p.add_argument("--conf", type=float, default=0.5, help="keep detections with score >= CONF (default 0.5)")
+    p.add_argument("--conf", type=probability, default=0.5,
+                   help="keep detections with score >= CONF, in [0, 1] (default 0.5)")
     p.add_argument("--out", default="multibox-detect", help="output folder (default multibox-detect)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="network runtime: auto (ONNX Runtime on CPU when installed, else PyTorch; the default), "
-                        "torch or onnxruntime (CPU only)")
+    p.add_argument("--runtime", default="auto", help=_RUNTIME_HELP)
     p.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--voc-xml", action="store_true", help="also write voc/<name>.xml per image")
     p.add_argument("--yolo", action="store_true", help="also write yolo/<name>.txt per image and yolo/classes.txt")
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
-    p.add_argument("--video-stride", type=int, default=1, help="use every N-th video frame (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--video-stride", type=positive_int, default=1, help="use every N-th video frame (default 1)")
+    add_json_option(p, "a summary (images, detections, files, seconds)")
+    add_overwrite_option(p, f"outputs of an earlier run in --out (a folder holding {RESULTS_FILE})")
+    add_progress_options(p)
     p.set_defaults(func=run)
 
 
-@dataclass
-class Source:
-    """One input: an image file or a video file (``kind``), as given and resolved."""
-
-    path: Path
-    kind: str  # "image" or "video"
-
-
-def _is_video(p: Path) -> bool:
-    return p.suffix.lower() in VIDEO_EXTENSIONS
-
-
-def expand_sources(specs: list[str]) -> list[Source]:
-    """Files, folders and glob patterns -> the image and video files they name, in order (duplicates dropped).
-
-    Raises ``FileNotFoundError`` naming a missing path, a pattern matching nothing, or a folder without images.
-    """
-    from ..data.datasets.common import IMAGE_EXTENSIONS
-
-    media = (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS)
-    out: list[Source] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(Source(p, "video" if _is_video(p) else "image"))
-
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in media)
-            if not files:
-                raise FileNotFoundError(f"{p}: folder holds no images or videos ({', '.join(media)})")
-            for q in files:
-                add(q)
-        elif p.is_file():
-            add(p)
-        elif _GLOB_CHARS & set(spec):
-            files = sorted(Path(q) for q in glob.glob(spec, recursive=True))
-            files = [q for q in files if q.is_file() and q.suffix.lower() in media]
-            if not files:
-                raise FileNotFoundError(f"{spec}: pattern matches no image or video files")
-            for q in files:
-                add(q)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    return out
-
-
-def _unique_stems(sources: list[Source]) -> list[str]:
-    used: set[str] = set()
-    stems = []
-    for s in sources:
-        stem, k = s.path.stem, 1
-        name = stem
-        while name.lower() in used:
-            name = f"{stem}_{k}"
-            k += 1
-        used.add(name.lower())
-        stems.append(name)
-    return stems
-
-
-def _open_video(path: Path) -> Any:  # noqa: ANN401
-    try:
-        import cv2
-    except ImportError:
-        raise ValueError(f"{path}: reading video needs OpenCV, which is not installed (pip install "
-                         "'opencv-python-headless<5'); images need no OpenCV") from None
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"{path}: cannot open video (unreadable file or unsupported codec)")
-    return cap
-
-
-def _video_frames(path: Path, stem: str, stride: int) -> Iterator[tuple[str, Any]]:
-    """``(name, [H, W, 3] uint8 RGB)`` of every ``stride``-th frame."""
-    cap = _open_video(path)
-    try:
-        index = 0
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if index % stride == 0:
-                yield f"{stem}_f{index:06d}", frame[..., ::-1].copy()  # BGR -> RGB
-            index += 1
-        if index == 0:
-            raise ValueError(f"{path}: video has no readable frames")
-    finally:
-        cap.release()
-
-
-def _frame_count(path: Path, stride: int) -> int | None:
-    try:
-        import cv2
-    except ImportError:
-        return None
-    cap = cv2.VideoCapture(str(path))
-    try:
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        cap.release()
-    return (n + stride - 1) // stride if n > 0 else None
-
-
-@dataclass
-class _Item:
-    name: str  # output stem
-    file_name: str  # the image's file name (frames: <name>.png)
-    source: str  # the path as found
-    folder: str
-
-
-def _items(sources: list[Source], stride: int) -> Iterator[tuple[_Item, Any]]:
-    """``(item, RGB array)`` per image and video frame; decoding errors name the file."""
-    from ..data.image_io import load_image
-
-    for src, stem in zip(sources, _unique_stems(sources), strict=True):
-        folder = src.path.parent.name
-        if src.kind == "video":
-            for name, frame in _video_frames(src.path, stem, stride):
-                yield _Item(name, f"{name}.png", str(src.path), folder), frame
-        else:
-            yield _Item(stem, src.path.name, str(src.path), folder), load_image(src.path)
-
-
-def _load_detector(spec: str, device: str, batch_size: int, backend: str = "auto") -> Any:  # noqa: ANN401
+def load_detector(spec: str, device: str = "cpu", batch_size: int = 8, runtime: str = "auto") -> Any:  # noqa: ANN401
     """A :class:`~multibox.detector.Detector` from a detector file or a zoo name (``KeyError`` /
     ``FileNotFoundError`` naming ``spec`` otherwise)."""
-    from ..detector import Detector
+    from ..detector import Detector  # torch and the model code: imported when a command runs, not for --help
     from ..interop.zoo import ZOO
 
     p = Path(spec)
     if p.is_file():
-        return Detector.from_file(p, device, batch_size=batch_size, backend=backend)
+        return Detector.from_file(p, device, batch_size=batch_size, runtime=runtime)
     if spec in ZOO:
-        return Detector.from_pretrained(spec, device, batch_size=batch_size, backend=backend)
+        return Detector.from_pretrained(spec, device, batch_size=batch_size, runtime=runtime)
     if p.suffix in (".safetensors", ".pt") or "/" in spec or "\\" in spec:
         raise FileNotFoundError(f"{p}: no such detector file")
     raise KeyError(f"{spec!r} is neither a detector file nor a zoo model; zoo models: {', '.join(sorted(ZOO))}")
@@ -222,10 +120,12 @@ class _Writer:
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
 
-    def write(self, item: _Item, image: Any, dets: Any) -> None:  # noqa: ANN401
+    def write(self, item: SourceItem, image: np.ndarray, dets: Any) -> None:  # noqa: ANN401
+        # numpy, PIL and the VOC writer load with the first result: every command module is imported for --help
         import numpy as np
 
-        from ..fileio import atomic_write_bytes
+        from ..data.datasets.voc import voc_xml
+        from ..viz import annotated_suffix, draw_detections
 
         h, w = int(image.shape[0]), int(image.shape[1])
         image_id = len(self.images) + 1
@@ -235,13 +135,9 @@ class _Writer:
             self.annotations.append({"id": len(self.annotations) + 1, **rec})
         boxes = dets.boxes.numpy()
         if self.draw:
-            from ..viz import draw_detections
-
             draw_detections(image, boxes, dets.scores.numpy(), dets.names(),
-                            self.out / "annotated" / f"{item.name}.png")
+                            self.out / "annotated" / f"{item.name}{annotated_suffix(item.file_name)}")
         if self.voc:
-            from ..data.datasets.voc import voc_xml
-
             n = len(dets)
             xml = voc_xml(item.file_name, (h, w), boxes, dets.names(), np.zeros(n, bool), np.zeros(n, bool),
                           folder=item.folder)
@@ -250,75 +146,74 @@ class _Writer:
             atomic_write_bytes(self.out / "yolo" / f"{item.name}.txt", _yolo_lines(dets, h, w).encode())
 
     def finish(self, model: str, conf: float) -> Path:
-        from ..fileio import atomic_write_bytes
-
         if self.yolo:
             atomic_write_bytes(self.out / "yolo" / "classes.txt",
                                "".join(f"{n}\n" for n in self.class_names[1:]).encode())
         doc = {"model": model, "conf": conf,
                "categories": [{"id": k, "name": n} for k, n in enumerate(self.class_names) if k > 0],
                "images": self.images, "annotations": self.annotations}
-        return atomic_write_bytes(self.out / "detections.json", json.dumps(doc, indent=1).encode())
+        return atomic_write_bytes(self.out / RESULTS_FILE, json.dumps(doc, indent=1).encode())
 
 
 def detect_sources(sources: list[Source], detector: Any, out: Path, *, conf: float = 0.5,  # noqa: ANN401
                    draw: bool = True, voc: bool = False, yolo: bool = False, video_stride: int = 1,
                    progress: bool = True, model_name: str = "") -> dict[str, Any]:
     """Run ``detector`` (a :class:`~multibox.detector.Detector`) over ``sources`` in batches of its
-    ``batch_size`` and write the outputs into ``out``; returns ``{"images", "detections", "json", "seconds"}``."""
-    import time
+    ``batch_size`` (:meth:`~multibox.detector.Detector.detect_sources`) and write the outputs into ``out``;
+    returns ``{"images", "detections", "json", "seconds", "runtime"}``."""
+    from tqdm.auto import tqdm  # command modules load for --help: heavy imports wait for a run
 
-    from tqdm.auto import tqdm
+    from ..sources import frame_count, open_video
 
     if video_stride < 1:
         raise ValueError(f"--video-stride must be >= 1, got {video_stride}")
     total: int | None = 0
     for s in sources:
-        n = 1 if s.kind == "image" else _frame_count(s.path, video_stride)
+        n = 1 if s.kind == "image" else frame_count(s.path, video_stride)
         total = None if total is None or n is None else total + n
     for s in sources:  # fail early on videos without OpenCV
         if s.kind == "video":
-            _open_video(s.path).release()
+            open_video(s.path).release()
     out.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out, detector.class_names, draw, voc, yolo)
     t0 = time.perf_counter()
-    batch: list[tuple[_Item, Any]] = []
-
-    def flush() -> None:
-        results = detector.detect_arrays([img for _, img in batch], conf)
-        for (item, img), dets in zip(batch, results, strict=True):
-            writer.write(item, img, dets)
-        bar.update(len(batch))
-        batch.clear()
-
     with tqdm(total=total, unit="img", desc="detect", disable=not progress, file=sys.stderr) as bar:
-        for item, img in _items(sources, video_stride):
-            batch.append((item, img))
-            if len(batch) >= detector.batch_size:
-                flush()
-        if batch:
-            flush()
+        for item, image, dets in detector.detect_sources(sources, conf, video_stride=video_stride):
+            writer.write(item, image, dets)
+            bar.update(1)
     path = writer.finish(model_name, conf)
     return {"images": len(writer.images), "detections": len(writer.annotations), "json": str(path),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "runtime": detector.runtime_name}
 
 
 def run(args: argparse.Namespace) -> int:
     """``multibox detect`` (see the module docstring)."""
-    from ..interop.zoo import ZooUnavailable
+    from ..interop.zoo import ZooUnavailable  # command modules load for --help: heavy imports wait for a run
+    from ..sources import expand_sources
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = check_output_dir(args.out, create=False)
+    if (out / RESULTS_FILE).exists() and not args.overwrite:
+        raise UsageError(f"--out {out}: already holds {RESULTS_FILE} from an earlier run; give --overwrite to "
+                         "replace its outputs, or another --out")
+    if args.json:
+        check_output_file(args.json, "--json")
     sources = expand_sources(list(args.sources))
     try:
-        detector = _load_detector(args.model, args.device, args.batch_size, args.backend)
+        detector = load_detector(args.model, args.device, args.batch_size, args.runtime)
     except ZooUnavailable as e:
         print(f"multibox detect: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     summary = detect_sources(sources, detector, out, conf=args.conf, draw=not args.no_draw, voc=args.voc_xml,
-                             yolo=args.yolo, video_stride=args.video_stride, progress=not args.no_progress,
+                             yolo=args.yolo, video_stride=args.video_stride, progress=show_progress(args),
                              model_name=args.model)
-    print(f"{summary['images']} images, {summary['detections']} detections (conf >= {args.conf}) in "
-          f"{summary['seconds']:.1f} s; wrote {out}")
+    summary = {**summary, "model": args.model, "conf": args.conf, "out": str(out)}
+    if args.json:
+        text = json.dumps(summary, indent=2) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            atomic_write_bytes(Path(args.json), text.encode())
+    if not is_quiet(args) and args.json != "-":
+        print(f"{summary['images']} images, {summary['detections']} detections (conf >= {args.conf}, "
+              f"{summary['runtime']}) in {summary['seconds']:.1f} s; wrote {out}")
     return 0

@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per batch when running a model (default 8)")
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     p.add_argument("--device", default="cpu", help="device to run a model on (default cpu)")
+    p.add_argument("--runtime", default="auto",
+                   help="how a CHECKPOINT's network runs, as in multibox detect: auto (default) or one of eager, "
+                        "jit, jit+channels_last, channels_last, onnxruntime")
     p.set_defaults(func=run)
 
 
@@ -147,7 +150,8 @@ def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Call
     ds = open_dataset(data, split=args.split, classes=_classes(args.classes))
     model = load(checkpoint, args.device)
     result = evaluate_model(model, ds, metric=args.metric, batch_size=args.batch_size, num_workers=args.workers,
-                            device=args.device, progress=sys.stderr.isatty())
+                            device=args.device, progress=sys.stderr.isatty(),
+                            runtime=getattr(args, "runtime", "auto"))
     gt = _dataset_gt(ds) if args.out else None
     _report(result, args, gt, _table_of(result, gt) if gt is not None else None, title=checkpoint.name)
     return 0

@@ -8,7 +8,8 @@ that decoding and NMS can be done outside. With ``--postprocess`` the decoding a
 ``--conf`` to change the threshold) are part of the graph, which then returns ``boxes [B, K, 4]`` (normalized
 ``x1, y1, x2, y2``), ``scores [B, K]``, ``labels [B, K]`` and ``num_detections [B]``. With ``onnxruntime``
 installed the export is checked against PyTorch on a random input (largest absolute difference printed and
-recorded).
+recorded). ``--out`` is checked before any work (a folder or an unwritable place is an error); an existing file
+is only replaced with ``--overwrite``; ``--json FILE`` also writes the export's summary (``-``: standard output).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ import json
 from pathlib import Path
 
 from ..fileio import atomic_write_bytes
+from .options import (
+    UsageError,
+    add_json_option,
+    add_overwrite_option,
+    add_progress_options,
+    check_output_file,
+    is_quiet,
+    positive_int,
+    probability,
+)
 
 __all__ = ["register", "run"]
 
@@ -32,13 +43,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
     o.add_argument("model", help="zoo name or detector file (bundle or checkpoint)")
     o.add_argument("--out", required=True, help="output .onnx file")
-    o.add_argument("--batch-size", type=int, default=1, help="batch size of the traced example (default 1)")
+    o.add_argument("--batch-size", type=positive_int, default=1, help="batch size of the traced example (default 1)")
     o.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch-size")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     o.add_argument("--postprocess", action="store_true",
                    help="append decoding and NMS (the model's own settings) as ONNX operators: outputs boxes "
                         "[B, K, 4] normalized xyxy, scores [B, K], labels [B, K], num_detections [B]")
-    o.add_argument("--conf", type=float, help="with --postprocess: score threshold (default: the model's)")
+    o.add_argument("--conf", type=probability,
+                   help="with --postprocess: score threshold in [0, 1] (default: the model's)")
+    add_json_option(o, "the export's summary (the FILE.json sidecar's content)")
+    add_overwrite_option(o, "an existing output file")
+    add_progress_options(o)
     o.set_defaults(func=run)
 
 
@@ -49,19 +64,22 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..export.onnx import export_onnx
-    from .detect import _load_detector
+    from .detect import load_detector
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = Path(args.out)
+    out = check_output_file(args.out)
     if out.suffix != ".onnx":
-        raise ValueError(f"{out}: the output file must end in .onnx")
-    det = _load_detector(args.model, "cpu", 1, "torch")
+        raise UsageError(f"--out {out}: the output file must end in .onnx")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"--out {out}: exists; give --overwrite to replace it")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.conf is not None and not args.postprocess:
+        raise UsageError("--conf only applies with --postprocess")
+    det = load_detector(args.model, "cpu", 1, "eager")
     post = None
     if args.postprocess:
-        post = det._post(None) if args.conf is None else det.bundle.make_postprocess(conf_threshold=args.conf)
-    elif args.conf is not None:
-        raise ValueError("--conf only applies with --postprocess")
+        post = det.postprocess_for(None) if args.conf is None else \
+            det.bundle.make_postprocess(conf_threshold=args.conf)
     info = export_onnx(det.model, out, det.input_spec.image_size, batch_size=args.batch_size,
                        dynamic_batch=not args.static_batch, opset=args.opset, postprocess=post,
                        num_classes=len(det.class_names))
@@ -77,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
     check = "not checked (onnxruntime missing)" if info["max_abs_diff"] is None else \
         f"max |onnxruntime - torch| = {info['max_abs_diff']:.2e}"
     check += f"; outputs {', '.join(info['outputs'])}"
+    if args.json == "-":
+        print(json.dumps(meta, indent=2, default=str))
+    elif args.json:
+        atomic_write_bytes(Path(args.json), (json.dumps(meta, indent=2, default=str) + "\n").encode())
+    if is_quiet(args) or args.json == "-":
+        return 0
     h, w = det.input_spec.image_size
     print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB, opset {args.opset}, input [B, 3, {h}, {w}] "
           f"{det.input_spec.channel_order} mean {list(det.input_spec.mean)} std {list(det.input_spec.std)}; {check}), "

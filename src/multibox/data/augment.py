@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .transforms import preprocess, resize_pixels
 from .types import Target
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "ssd_train_transform",
     "ssdlite_train_transform",
     "ssd_eval_transform",
+    "EvalSampleTransform",
     "spec_mean_rgb",
     "crop_target",
     "shift_target",
@@ -518,9 +520,7 @@ class Resize:
                  rng: np.random.Generator | None = None) -> tuple[Tensor, Target]:
         x = _as_float_chw(image)
         in_size = (int(x.shape[1]), int(x.shape[2]))
-        if in_size != self.size:
-            x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False, antialias=False)[0]
-        return x, resize_target(target, in_size, self.size)
+        return resize_pixels(x, self.size), resize_target(target, in_size, self.size)
 
 
 class Normalize:
@@ -662,7 +662,26 @@ def ssdlite_train_transform(spec: Any) -> SSDTrainTransform:
                              flip_prob=0.5)
 
 
-def ssd_eval_transform(spec: Any) -> Compose:
-    """Per-sample evaluation counterpart: resize to ``spec.image_size`` (as :class:`EvalTransform`) and normalize;
-    boxes become xyxy pixels of the resized image. Takes (and ignores) an ``rng`` like the training ops."""
-    return Compose([Resize(spec.image_size), Normalize(spec)])
+class EvalSampleTransform:
+    """Per-sample evaluation transform: :func:`~multibox.data.transforms.preprocess` of one image (the same
+    resize and normalization as the :class:`~multibox.detector.Detector`) -> ``[3, h, w]`` network input; boxes
+    become xyxy pixels of the resized image. Takes (and ignores) an ``rng`` like the training ops."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.size = (int(spec.image_size[0]), int(spec.image_size[1]))
+
+    def __repr__(self) -> str:
+        return f"EvalSampleTransform(size={self.size}, order={self.spec.channel_order})"
+
+    def __call__(self, image: np.ndarray | Tensor, target: Target,
+                 rng: np.random.Generator | None = None) -> tuple[Tensor, Target]:
+        x, sizes = preprocess([image], self.spec)
+        return x[0], resize_target(target, sizes[0], self.size)
+
+
+def ssd_eval_transform(spec: Any) -> EvalSampleTransform:
+    """Per-sample evaluation counterpart of the training transforms (:class:`EvalSampleTransform`): resize to
+    ``spec.image_size`` and normalize exactly as :func:`~multibox.data.transforms.preprocess`; boxes become xyxy
+    pixels of the resized image. Takes (and ignores) an ``rng`` like the training ops."""
+    return EvalSampleTransform(spec)

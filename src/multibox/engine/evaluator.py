@@ -4,8 +4,9 @@
   :class:`~multibox.metrics.results.GroundTruth` (what ``multibox eval --gt ... --detections ...`` runs);
 * :func:`evaluate_detections` scores one :class:`~multibox.detections.Detections` per image against
   :class:`~multibox.data.types.Target` lists;
-* :func:`evaluate_model` runs a model over a dataset (its eval transform, the model, ``PostProcess`` with
-  confidence threshold 0.01 and 200 detections per image, boxes mapped back to the original image) and scores
+* :func:`evaluate_model` runs a model over a dataset through a :class:`~multibox.detector.Detector` (the same
+  preprocessing, runtime choice, post-processing and box clipping as ``multibox detect``; ``PostProcess`` with
+  confidence threshold 0.01 and 200 detections per image, boxes in pixels of the original image) and scores
   the detections (used by the trainer's periodic evaluation and ``multibox eval CHECKPOINT``).
 
 All return :class:`EvalResult`. Metrics: ``"voc07"`` (11-point), ``"voc12"`` (all-point), ``"coco"``
@@ -206,21 +207,13 @@ def _remap(dets: Detections, mapping: np.ndarray | None, names: list[str]) -> De
     return D(dets.boxes[keep], dets.scores[keep], lab[keep], names, dets.image_size)
 
 
-class _EvalSample:
-    """Eval transform of the image only; the original target (pixels of the decoded image) is passed on."""
-
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
-
-    def __call__(self, image: Any, target: Target, rng: Any = None) -> tuple[Any, Target]:
-        x, _ = self.transform(image, target, rng)
-        return x, target
+def _decode_only(image: Any, target: Target, rng: Any = None) -> tuple[Any, Target]:  # noqa: ANN401
+    """The loader's per-sample transform: none (the Detector preprocesses whole batches)."""
+    return image, target
 
 
-def _collate_eval(batch: list[tuple[Any, Target]]) -> tuple[Any, list[Target]]:
-    import torch
-
-    return torch.stack([x for x, _ in batch]), [t for _, t in batch]
+def _collate_images(batch: list[tuple[Any, Target]]) -> tuple[list[Any], list[Target]]:
+    return [x for x, _ in batch], [t for _, t in batch]
 
 
 def evaluate_model(
@@ -235,13 +228,18 @@ def evaluate_model(
     progress: bool = True,
     class_names: list[str] | None = None,
     ground_truth: GroundTruth | None = None,
+    runtime: str = "eager",
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` and score its detections.
 
-    Each image goes through ``ssd_eval_transform(model.input_spec)`` (resize + normalize), the model, and
-    ``postprocess`` (default ``PostProcess.from_model(model, conf_threshold=0.01, keep_top_k=200)``) with the
-    original image size, so boxes come out as xyxy pixels of the original image. The model runs on ``device``
-    in eval mode under ``no_grad``; its device and train/eval mode are restored afterwards.
+    The images (decoded by the dataset, ``num_workers`` loader processes) go through
+    ``Detector.from_model(model, runtime=runtime).detect_arrays`` in batches of ``batch_size``: the one inference
+    path of multibox (:func:`multibox.data.transforms.preprocess`, the network on ``runtime``, ``postprocess``
+    (default ``PostProcess.from_model(model, conf_threshold=0.01, keep_top_k=200)``), boxes as xyxy pixels of the
+    original image, clipped to it), exactly as ``multibox detect --model CHECKPOINT`` runs it. ``runtime``:
+    ``"eager"`` by default (a model being trained changes between evaluations; nothing to trace), ``"auto"`` or
+    any registered name for a fixed checkpoint (``multibox eval`` uses ``"auto"``, as ``detect`` does). The
+    model's device and train/eval mode are restored afterwards.
 
     Classes: ``class_names`` names the model's labels (default ``model.class_names``). When they differ from
     ``dataset.class_names`` detections are mapped by name (see :func:`label_map`); the result uses the dataset's
@@ -252,8 +250,8 @@ def evaluate_model(
     import torch
     from tqdm.auto import tqdm
 
-    from ..data.augment import ssd_eval_transform
     from ..data.loader import build_loader
+    from ..detector import Detector  # detector -> interop -> models: a cycle at module level
     from ..postprocess import PostProcess
 
     check_metric(metric)
@@ -266,21 +264,17 @@ def evaluate_model(
     param = next(model.parameters(), None)
     home = param.device if param is not None else device
     was_training = model.training
-    loader = build_loader(dataset, _EvalSample(ssd_eval_transform(model.input_spec)), batch_size=batch_size,
-                          shuffle=False, num_workers=num_workers, collate_fn=_collate_eval)
+    loader = build_loader(dataset, _decode_only, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          collate_fn=_collate_images)
     targets: list[Target] = []
     dets: list[Detections] = []
     try:
-        model.to(device).eval()
-        post.to(device)
-        with torch.no_grad():
-            for images, batch_targets in tqdm(loader, total=len(loader), desc="eval", unit="batch",
-                                              disable=not progress, leave=False):
-                out = model(images.to(device))
-                sizes = [tuple(int(v) for v in t.orig_size) for t in batch_targets]
-                batch_dets = post(out.cls_logits, out.box_deltas, sizes)
-                dets += [_remap(d.cpu(), mapping, data_names) for d in batch_dets]
-                targets += batch_targets
+        detector = Detector.from_model(model, device, batch_size=batch_size, runtime=runtime, postprocess=post)
+        for images, batch_targets in tqdm(loader, total=len(loader), desc="eval", unit="batch",
+                                          disable=not progress, leave=False):
+            batch_dets = detector.detect_arrays(images)
+            dets += [_remap(d, mapping, data_names) for d in batch_dets]
+            targets += batch_targets
     finally:
         model.to(home)
         model.train(was_training)

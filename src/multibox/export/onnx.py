@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..fileio import atomic_write_bytes
+from ..runtime.base import TupleOutput
 
 __all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "fold_zero_pads",
            "onnxruntime_available", "ort_session", "INPUT_NAME", "OUTPUT_NAMES", "require"]
@@ -77,9 +78,7 @@ def export_onnx_bytes(model: nn.Module, example: Tensor, *, dynamic_batch: bool 
     Raises :class:`OnnxUnavailable` when ``onnx`` is missing.
     """
     require("onnx")
-    from ..detector import _TupleOutput
-
-    wrapper = _TupleOutput(model).eval()
+    wrapper = TupleOutput(model).eval()
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
@@ -237,10 +236,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
         outputs = list(POSTPROCESS_OUTPUTS)
     diff = None
     if check and onnxruntime_available():
-        from ..detector import _TupleOutput
-
         with torch.inference_mode():
-            ref = _TupleOutput(model)(example)
+            ref = TupleOutput(model)(example)
         if postprocess is None:
             got = OnnxRuntimeNetwork(data)(example)
             diff = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))

@@ -1,4 +1,4 @@
-"""Process-level settings for fast CPU work.
+"""Process-level malloc settings for fast CPU work (``multibox.runtime.memory``).
 
 PyTorch's CPU allocator hands every large tensor to ``malloc``; glibc serves blocks above its mmap threshold with
 fresh ``mmap`` pages and returns freed memory at the top of the heap to the kernel beyond its trim threshold. An SSD
