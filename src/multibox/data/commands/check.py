@@ -15,7 +15,7 @@ from ...commands.options import (
     is_quiet,
     show_progress,
 )
-from ..datasets.registry import format_argument
+from . import format_argument
 
 __all__ = ["register", "run", "dataset_report", "draw_montage"]
 

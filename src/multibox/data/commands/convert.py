@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...commands.options import add_overwrite_option, add_progress_options, check_output_dir, is_quiet, show_progress
-from ..datasets.registry import format_argument
+from . import format_argument
 
 __all__ = ["register", "run", "parse_classes", "check_outside_source", "drop_unreadable_images"]
 

@@ -16,7 +16,7 @@ from ...commands.options import (
     is_quiet,
     show_progress,
 )
-from ..datasets.registry import format_argument
+from . import format_argument
 
 __all__ = ["register"]
 
