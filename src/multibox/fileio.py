@@ -47,6 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_save_npy(path: str | os.PathLike, array: object) -> Path:
     """Save a NumPy array (or anything ``np.asarray`` takes) as ``.npy`` at ``path`` atomically."""
+    # heavy: the command modules import this module at start-up; numpy would cost 'multibox --help' ~0.1 s
     import numpy as np
 
     def write(tmp: Path) -> None:

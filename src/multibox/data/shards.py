@@ -47,8 +47,10 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import urlparse
 
 import numpy as np
+import torch.distributed as dist
 import torch.utils.data
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from ..fileio import atomic_write_bytes
 from ..limits import LimitError, check_num_classes
@@ -158,7 +160,7 @@ def _local_from_file_url(s: str) -> str:
 def _open_read(location: str, storage_options: dict[str, Any] | None = None) -> BinaryIO:
     """Open a local path or an fsspec URL for binary reading."""
     if _is_url(location):
-        import fsspec
+        import fsspec  # optional dependency (not in pyproject): only URLs need it
 
         return fsspec.open(location, "rb", **(storage_options or {})).open()
     return open(location, "rb")  # noqa: SIM115 - the caller closes it
@@ -507,8 +509,6 @@ def pack_dataset(
     if (index_path.exists() or old) and not overwrite:
         raise FileExistsError(f"{out}: already holds a pack ({INDEX_NAME} or {prefix}-*.tar); pass overwrite")
 
-    from tqdm.auto import tqdm
-
     class_names = [str(c) for c in dataset.class_names]
     n = len(dataset)
     width = max(8, len(str(max(n - 1, 0))))
@@ -816,8 +816,6 @@ def _stream_shard(location: str, info: ShardInfo | None, verify: VerifyMode,
 
 
 def _dist_rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

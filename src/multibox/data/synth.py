@@ -60,8 +60,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from ..fileio import atomic_write_bytes
+from .datasets.voc import VOCDataset, voc_xml
 from .types import Target
 
 __all__ = [
@@ -590,8 +592,6 @@ def _write_one(args: tuple[Path, int, int, int, int, str]) -> tuple[list[str], l
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality, optimize=False)
     atomic_write_bytes(out / "JPEGImages" / f"{image_id}.jpg", buf.getvalue())
-    from .datasets.voc import voc_xml
-
     boxes = np.array([o.box for o in objects], dtype=np.float32).reshape(-1, 4)
     flags = np.array([o.difficult for o in objects], dtype=bool)
     xml = voc_xml(f"{image_id}.jpg", image.shape[:2], boxes, [o.name for o in objects], flags,
@@ -648,8 +648,6 @@ def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 
     jobs = [(root, int(seed), i, size, int(quality), spec.name) for i in range(num_images)]
     counts = dict.fromkeys(SHAPE_CLASSES, 0)
     n_difficult = 0
-    from tqdm import tqdm
-
     bar = tqdm(total=num_images, desc="synth", unit="img", disable=not progress)
     try:
         if workers > 1 and num_images > 1:
@@ -704,6 +702,4 @@ def open_synthetic_voc(root: str | os.PathLike, split: str | None = "train", **o
     """The dataset written by :func:`write_synthetic_voc` as a
     :class:`~multibox.data.datasets.voc.VOCDataset` (``split`` ``"train"``, ``"trainval"``, ``"test"`` or ``None``
     for all) with ``class_names`` from ``classes.txt``; ``options`` go to ``VOCDataset``."""
-    from .datasets.voc import VOCDataset
-
     return VOCDataset(root, split=split, classes=Path(root) / "classes.txt", **options)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ from ...commands.options import (
     is_quiet,
     show_progress,
 )
-from ..datasets.registry import format_argument
+from ...fileio import atomic_write_bytes, atomic_write_with
+from . import format_argument
+from .convert import parse_classes
 
 __all__ = ["register", "run", "dataset_report", "draw_montage"]
 
@@ -55,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _quantiles(values: Any) -> dict[str, float]:
+    # heavy: numpy, PIL, matplotlib and the dataset modules are imported inside the functions that use them, so
+    # that 'multibox --help' (which imports this module to build the parser) stays at ~0.1 s
     import numpy as np
 
     if len(values) == 0:
@@ -113,15 +119,12 @@ def dataset_report(ds: Any) -> dict[str, Any]:
 def draw_montage(ds: Any, out: Path, count: int = 8) -> Path | None:
     """Save a grid of up to ``count`` images (spread over the dataset, those with boxes first) with their
     boxes and class names drawn, as PNG at ``out``. Returns None when no image can be shown."""
-    import math
-
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from ...fileio import atomic_write_with
     from ..image_io import MAX_IMAGE_PIXELS, ImageDecodeError, load_image
 
     records = ds.records
@@ -197,11 +200,7 @@ def _print_report(rep: dict[str, Any], problems: list[Any], stats: bool = True) 
 
 def run(args: argparse.Namespace) -> int:
     """Check; return 1 when errors were found, else 0."""
-    import json
-
-    from ...fileio import atomic_write_bytes
     from ..datasets import open_dataset
-    from .convert import parse_classes
 
     if args.out:
         check_output_dir(args.out)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...commands.options import add_overwrite_option, add_progress_options, check_output_dir, is_quiet, show_progress
-from ..datasets.registry import format_argument
+from . import format_argument
 
 __all__ = ["register", "run", "parse_classes", "check_outside_source", "drop_unreadable_images"]
 
@@ -69,6 +69,8 @@ def _inside(a: Path, b: Path) -> bool:
 def check_outside_source(dst: str | Path, dataset: Any, option: str = "DST") -> None:
     """Refuse an output folder that is a folder of ``dataset``, lies inside one, or holds one: writing there
     would change the source (e.g. ``data pack SRC SRC/packed``). ValueError naming both folders."""
+    # heavy: the dataset modules (numpy, PIL), image_io and tqdm load only when converting; keeps
+    # 'multibox --help' (which imports this module to build the parser) at ~0.1 s
     from ..datasets import dataset_roots
 
     out = Path(dst).resolve()

@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table (and the JSON list with ``--json``)."""
+    # heavy: the datasets package imports every format (numpy, PIL); keeps 'multibox --help' at ~0.1 s
     from ..datasets import list_formats
 
     if args.json:

@@ -16,16 +16,18 @@ from ...commands.options import (
     is_quiet,
     show_progress,
 )
-from ..datasets.registry import format_argument
+from ...fileio import atomic_write_bytes
+from . import format_argument
+from .convert import check_outside_source
 
 __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ...fileio import atomic_write_bytes
+    # heavy: the dataset modules (numpy, PIL) and shards (torch) load only when packing; keeps
+    # 'multibox --help' (which imports this module to build the parser) at ~0.1 s
     from ..datasets import open_dataset
     from ..shards import pack_dataset, parse_size
-    from .convert import check_outside_source
 
     max_bytes = parse_size(args.max_bytes) if args.max_bytes not in (None, "", "0") else None
     if args.shard_size is None and max_bytes is None:

@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the dataset; returns the exit code."""
+    # heavy: multibox.data.synth imports numpy, PIL and the datasets; keeps 'multibox --help' at ~0.1 s
     from ..synth import remove_stale_temp_dirs, temp_dir_for, write_synthetic_voc
 
     out = Path(args.out)

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ...fileio import atomic_write_bytes
 from .common import (
     AnnotatedImageDataset,
@@ -195,8 +197,6 @@ def write_coco(records: Sequence[ImageRecord], class_names: Sequence[str], dst: 
     split). Category ids are the labels (1..K) with the class names; ``bbox`` is xywh; every annotation has
     ``iscrowd``, ``difficult`` (extra field), ``area`` (box area) and an empty ``segmentation``. Image ids are
     kept when they are all integers, else numbered from 1."""
-    from tqdm.auto import tqdm
-
     root = Path(dst)
     report = WriteReport(format="coco", root=root)
     names, report.renamed = output_names(records)

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import yaml
+from tqdm.auto import tqdm
 
 from ...classes import VOC_CLASSES
 from ...fileio import atomic_write_with
@@ -278,8 +280,6 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     ``names`` is a list or an ``{index: name}`` dict. Blank lines are skipped; ``background`` is not added."""
     p = Path(path)
     if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
         try:
             with open(p, encoding="utf-8") as f:
                 data = yaml.safe_load(f)
@@ -419,8 +419,6 @@ class AnnotatedImageDataset:
     # -- building ------------------------------------------------------------------------------------------
     def _build(self, raw: Iterable[RawImage], classes: ClassSpec, default_classes: Sequence[str] | None = None,
                total: int | None = None, desc: str = "scanning") -> None:
-        from tqdm.auto import tqdm
-
         scanned = list(tqdm(raw, total=total, desc=f"{desc} annotations", disable=not self.progress,
                             unit="file", leave=False))
         found = (o.name for r in scanned for o in r.objects)

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ...fileio import atomic_write_with
 from .common import (
     AnnotatedImageDataset,
@@ -135,8 +137,6 @@ def write_csv(records: Sequence[ImageRecord], class_names: Sequence[str], dst: s
     ``image_path,xmin,ymin,xmax,ymax,label`` (paths relative to ``dst``), plus ``dst/classes.txt``. An image
     without boxes gets one row with empty coordinates. Difficult and crowd boxes are written as ordinary boxes
     and counted in ``report.lost``."""
-    from tqdm.auto import tqdm
-
     root = Path(dst)
     report = WriteReport(format="csv", root=root)
     names, report.renamed = output_names(records)

@@ -9,7 +9,8 @@ Each format registers itself in its own module (``voc.py``, ``coco.py``, ``yolo.
 
 and everything else reads the registry: :func:`~multibox.data.datasets.open_dataset`,
 :func:`~multibox.data.datasets.write_dataset`, :func:`~multibox.data.datasets.detect_format`, the choices of
-``multibox data convert|check|pack`` and ``multibox data formats``. Adding a format is its module (calling
+``multibox data convert|check|pack`` (:func:`multibox.data.commands.format_argument`) and
+``multibox data formats``. Adding a format is its module (calling
 :func:`register_format` when imported) and its test.
 
 The callables:
@@ -25,7 +26,6 @@ The callables:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 from collections.abc import Callable
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DatasetFormat", "register_format", "unregister_format", "get_format", "list_formats", "format_names",
-           "detect_scores", "format_argument"]
+           "detect_scores"]
 
 OpenFunction = Callable[..., Any]
 WriteFunction = Callable[..., Any]
@@ -126,19 +126,3 @@ def detect_scores(path: str | os.PathLike) -> list[tuple[int, str]]:
             scored.append((score, -order, f.name))
     return [(s, n) for s, _, n in sorted(scored, reverse=True)]
 
-
-def format_argument(writable: bool = False) -> Callable[[str], str]:
-    """An argparse ``type`` accepting a registered format name (only writable ones with ``writable``).
-
-    The registry is read when the option is parsed, not when the parser is built, so that the command line
-    starts without importing the format modules."""
-    def parse(text: str) -> str:
-        names = format_names(writable)
-        if text not in names:
-            kind = "writable format" if writable else "format"
-            raise argparse.ArgumentTypeError(f"unknown {kind} {text!r} (one of {', '.join(names)}; see "
-                                             "`multibox data formats`)")
-        return text
-
-    parse.__name__ = "format"
-    return parse

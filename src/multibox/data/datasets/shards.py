@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .common import resolve_class_names
 from .registry import register_format
 
 __all__ = ["SHARD_INDEX_NAME", "SHARD_FORMAT_NAME", "open_shards", "detect_shards"]
@@ -53,8 +54,8 @@ def open_shards(paths: Sequence[Path], split: str | None = None, classes: Any = 
     when given, must equal the packed class list. ``images`` is refused (the images are inside the shards).
     Options other than ``verify`` (``"size"``, ``"sha256"``, ``"none"``) and the scanning ones that do not
     apply to packed data (``progress``, ``strict``, ``verify_images``) are refused."""
-    from ..shards import ShardDataset, load_index  # torch: only when packed data is opened
-    from .common import resolve_class_names
+    # heavy: multibox.data.shards imports torch, which data convert/check (they import every format) never need
+    from ..shards import ShardDataset, load_index
 
     if images is not None:
         raise ValueError(f"{paths[0]}: packed datasets hold their images; --images does not apply")

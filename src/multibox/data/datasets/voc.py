@@ -19,7 +19,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import defusedxml
+import defusedxml.ElementTree as DET
 import numpy as np
+from tqdm.auto import tqdm
 
 from ...fileio import atomic_write_bytes
 from .common import (
@@ -44,9 +47,6 @@ __all__ = ["VOCDataset", "parse_voc_xml", "write_voc", "voc_xml", "open_voc", "d
 
 
 def _parse_xml(path: Path) -> ET.Element:
-    import defusedxml
-    import defusedxml.ElementTree as DET
-
     try:
         with open(path, "rb") as f:
             tree = DET.parse(f, forbid_dtd=True, forbid_entities=True, forbid_external=True)
@@ -208,8 +208,6 @@ def write_voc(records: Sequence[ImageRecord], class_names: Sequence[str], dst: s
     atomically; images are copied or linked as ``link`` says. Image ids are the file stems with whitespace runs
     replaced by ``_`` (kept unique), so that the split file reads back. VOC holds ``difficult`` natively and
     ``iscrowd`` as an extra ``<iscrowd>1</iscrowd>`` tag, so nothing is lost."""
-    from tqdm.auto import tqdm
-
     root = Path(dst)
     report = WriteReport(format="voc", root=root)
     names, report.renamed = output_names(records, safe_stems=True)  # ids without whitespace: split files

@@ -19,6 +19,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+from tqdm.auto import tqdm
+
 from ...fileio import atomic_write_bytes
 from .common import (
     AnnotatedImageDataset,
@@ -167,9 +170,6 @@ def write_yolo(records: Sequence[ImageRecord], class_names: Sequence[str], dst: 
     """Write ``dst/images[/<split>]/``, ``dst/labels[/<split>]/`` (``class cx cy w h``, 10 significant
     digits), ``dst/classes.txt`` and an Ultralytics ``dst/data.yaml``. Difficult and crowd boxes are written as
     ordinary boxes and counted in ``report.lost``."""
-    import yaml
-    from tqdm.auto import tqdm
-
     root = Path(dst)
     report = WriteReport(format="yolo", root=root)
     names, report.renamed = output_names(records)
