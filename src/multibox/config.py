@@ -8,6 +8,7 @@ checked against the field's type). The resolved config is saved with every run a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -17,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .limits import LimitError, check_input_size
 
@@ -313,8 +316,6 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- overrides
 def _parse_value(text: str) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
@@ -327,8 +328,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     Keys must exist in :class:`TrainConfig` (except inside free-form mappings such as ``model.kwargs``).
     Returns a new dict; raises :class:`ConfigError` naming the override.
     """
-    import copy
-
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -383,8 +382,6 @@ def recipe_path(name: str) -> Path:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -465,6 +462,4 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def dump_config(cfg: TrainConfig) -> str:
     """The config as YAML text (what a run saves as ``config.yaml``)."""
-    import yaml
-
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from .limits import check_input_size, check_num_classes, check_num_priors
@@ -116,8 +117,6 @@ def check_checkpoint_dict(obj: Any, path: Path) -> None:
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             return dict(f.metadata() or {})
@@ -127,8 +126,6 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
     """``(tensors, metadata)`` of a ``.safetensors`` file; :class:`CheckpointError` naming it when unreadable."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
             metadata = dict(f.metadata() or {})

@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def summary_lines(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     """The lines ``multibox train`` prints after a run: ``summary`` (summary.json's dict) and ``rows``
     (metrics.jsonl). mAP values are fractions in [0, 1] with 4 decimals, as in eval.json."""
-    from ..engine.trainer import sparkline
+    from ..engine.trainer import sparkline  # heavy (torch): keeps 'multibox --help' at ~0.2 s
 
     losses = [r["loss"] for r in rows if r.get("kind") == "train"]
     maps = [r["mAP"] for r in rows if r.get("kind") == "eval"]
@@ -84,6 +84,7 @@ def summary_lines(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[s
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: 'multibox --help' imports this module and must stay fast (~0.2 s, no torch, no yaml)
     from ..config import dump_config, list_recipes
     from ..engine.trainer import NonFiniteLossError, Trainer, load_run_config
 

@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch  # called as safetensors.torch.save_file: a patch of that function (tests) is seen
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..fileio import atomic_write_bytes, atomic_write_with
@@ -326,8 +328,6 @@ def save_weights(
     values. Non-persistent buffers (the priors) are not saved: they are rebuilt by
     :func:`multibox.weights_io.load_model`.
     """
-    from safetensors.torch import save_file
-
     names = check_class_names(class_names, "class_names")
     metadata = _weights_metadata(len(names), model_name, names, model_kwargs, config, step)
     tensors: dict[str, Tensor] = {}
@@ -341,7 +341,7 @@ def save_weights(
         tensors[k] = t
 
     def write(tmp: Path) -> None:
-        save_file(tensors, os.fspath(tmp), metadata=metadata)
+        safetensors.torch.save_file(tensors, os.fspath(tmp), metadata=metadata)
 
     return _atomic_write(path, write)
 
@@ -484,8 +484,6 @@ class CheckpointManager:
         Saves write the ``.pt`` first, so the ``.pt`` is the complete, newer state: the weights file is rewritten
         from it (atomically). Called on construction, i.e. when a run resumes.
         """
-        from safetensors import safe_open
-
         rewritten: list[Path] = []
         for stem in ("last", "best"):
             pt, st = self.folder / f"{stem}.pt", self.folder / f"{stem}.safetensors"

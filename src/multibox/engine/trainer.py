@@ -34,13 +34,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from ..config import ConfigError, TrainConfig, config_to_dict, config_with_overrides, dump_config, load_config
+from ..data.augment import ssd_eval_transform, ssd_train_transform, ssdlite_train_transform
+from ..data.datasets import open_dataset
+from ..data.loader import build_loader, set_epoch
+from ..data.synth import write_synthetic_voc
 from ..fileio import atomic_write_bytes, atomic_write_with
+from ..loss import MultiBoxLoss
 from ..matching import build_targets
+from ..models import build_model
+from ..wheels import mobilenet_v2_imagenet_weights
 from .checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
-from .weights import set_frozen_bn_eval
+from .evaluator import evaluate_model
+from .weights import freeze, load_backbone_weights, load_weights, set_frozen_bn_eval, trainable_only
 
 __all__ = ["Trainer", "NonFiniteLossError", "lr_factor", "build_optimizer", "train", "default_run_dir",
            "config_for_resume", "load_run_config", "run_folder_in_use", "RUN_FILES", "write_training_plots",
@@ -181,8 +191,6 @@ def synthetic_root(cfg: TrainConfig) -> Path:
 
 def ensure_synthetic(cfg: TrainConfig, progress: bool = True) -> Path:
     """Generate the synthetic dataset of ``cfg.data.synthetic`` once (reused afterwards); returns its root."""
-    from ..data.synth import write_synthetic_voc
-
     root = synthetic_root(cfg)
     done = root / "synth.json"
     if done.is_file():
@@ -201,8 +209,6 @@ def ensure_synthetic(cfg: TrainConfig, progress: bool = True) -> Path:
 
 def open_split(cfg: TrainConfig, which: str, progress: bool = True) -> Any:
     """The train (``which="train"``) or validation dataset of the config."""
-    from ..data.datasets import open_dataset
-
     path = cfg.data.train if which == "train" else cfg.data.val
     split = cfg.data.train_split if which == "train" else cfg.data.val_split
     if path is None:
@@ -227,8 +233,6 @@ def resolve_backbone_weights(value: str, model_name: str) -> str:
     if value != "imagenet":
         return value
     if "mobilenetv2" in model_name:
-        from ..wheels import mobilenet_v2_imagenet_weights
-
         return str(mobilenet_v2_imagenet_weights())
     raise ValueError(f"model.pretrained_backbone=imagenet: no ImageNet weights are fetchable for {model_name}; give "
                      "the path of a local weights file (e.g. torchvision's vgg16 .pth for the VGG models)")
@@ -342,8 +346,6 @@ class Trainer:
             self._resume(cfg.resume)
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
@@ -358,8 +360,6 @@ class Trainer:
         self.log(f"--overwrite: removed the previous run's files from {self.out}")
 
     def _build_model(self) -> nn.Module:
-        from ..models import build_model
-
         cfg = self.cfg
         m = cfg.model
         try:
@@ -368,19 +368,13 @@ class Trainer:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             raise ConfigError(f"model.name={m.name} model.kwargs={m.kwargs}: {message}", "model") from None
         if m.pretrained_backbone:
-            from .weights import load_backbone_weights
-
             path = resolve_backbone_weights(m.pretrained_backbone, m.name)
             report = load_backbone_weights(model, path)
             self.log(f"backbone weights from {path}: {report.summary()}")
         if m.init_from:
-            from .weights import load_weights
-
             report = load_weights(model, m.init_from, exclude=m.init_exclude)
             self.log(f"weights from {m.init_from}: {report.summary()}")
         if m.freeze or m.train_only:
-            from .weights import freeze, trainable_only
-
             frozen = freeze(model, m.freeze) if m.freeze else []
             if m.train_only:
                 frozen += trainable_only(model, m.train_only)
@@ -400,13 +394,9 @@ class Trainer:
         return model
 
     def _criterion(self) -> nn.Module:
-        from ..loss import MultiBoxLoss
-
         return MultiBoxLoss(neg_pos_ratio=self.cfg.loss.neg_pos_ratio, alpha=self.cfg.loss.loc_weight)
 
     def _transform(self) -> Callable[..., Any]:
-        from ..data.augment import ssd_eval_transform, ssd_train_transform, ssdlite_train_transform
-
         spec = self.model.input_spec
         kind = self.cfg.data.augment
         if kind == "ssd":
@@ -416,8 +406,6 @@ class Trainer:
         return ssd_eval_transform(spec)
 
     def _build_loader(self) -> Any:
-        from ..data.loader import build_loader
-
         cfg = self.cfg
         world = self.dist.world_size
         if cfg.data.batch_size % world:
@@ -568,8 +556,6 @@ class Trainer:
         return StepStats(float(total.detach()), float(loss.loc.detach()), float(loss.conf.detach()), int(num_pos))
 
     def _batches(self) -> Iterable[dict[str, Any]]:
-        from ..data.loader import set_epoch
-
         while True:
             epoch, start = divmod(self.step, self.steps_per_epoch)
             set_epoch(self.loader, epoch, start_batch=start)
@@ -580,8 +566,6 @@ class Trainer:
         """Evaluate the model on the validation set (rank 0); returns the result's JSON dict."""
         if self.val_set is None or not self.dist.is_main:
             return None
-        from .evaluator import evaluate_model
-
         self.model.eval()
         result = evaluate_model(self.model, self.val_set, metric=self.cfg.eval.metric,
                                 batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers,
@@ -605,7 +589,7 @@ class Trainer:
     def _tensorboard(self) -> Any:
         if not self.dist.is_main:
             return None
-        try:
+        try:  # imported here: a missing tensorboard only turns the scalars off (the fallback below needs the call)
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # pragma: no cover - tensorboard is a dependency
             self.log("tensorboard is not installed: no TensorBoard scalars")
@@ -621,8 +605,6 @@ class Trainer:
             cleanup_distributed()
 
     def _run(self) -> dict[str, Any]:
-        from tqdm import tqdm
-
         cfg = self.cfg
         self._setup()
         self.tb = self._tensorboard()
@@ -733,6 +715,8 @@ METRIC_LABELS = {"voc07": "VOC07 mAP@0.5 (11-point)", "voc12": "VOC12 mAP@0.5 (a
 def write_training_plots(history: list[dict[str, Any]], folder: Path, metric: str = "voc07") -> list[Path]:
     """``loss.png`` (total, conf, loc loss vs training step, log scale) and ``map.png`` (validation ``metric``
     mAP, a fraction in [0, 1], vs training step) from metrics.jsonl rows; returns the files written."""
+    # heavy (~0.8 s) and only for the plots at the end of a run; also matplotlib.use("Agg") must not change the
+    # backend for everyone who merely imports this module
     import matplotlib
 
     matplotlib.use("Agg")
