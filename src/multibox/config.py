@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .metrics.registry import list_metrics
+
 __all__ = [
     "ModelConfig", "SynthDataConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig", "EvalConfig",
     "CheckpointConfig", "TrainConfig", "load_config", "apply_overrides", "config_to_dict", "config_from_dict",
@@ -167,7 +169,7 @@ class TrainConfig:
             "optim.name": (self.optim.name, ("sgd", "adam", "adamw")),
             "schedule.name": (self.schedule.name, ("multistep", "cosine", "constant")),
             "loss.match": (self.loss.match, ("caffe", "argmax")),
-            "eval.metric": (self.eval.metric, ("voc07", "voc12", "coco")),
+            "eval.metric": (self.eval.metric, tuple(list_metrics())),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
