@@ -1,0 +1,139 @@
+"""Crafted model files: what their metadata asks for is bounded (multibox.limits) before anything is built.
+
+Each command runs in a subprocess whose address space is capped (RLIMIT_AS: what torch reserves at import plus
+about 1.5 GB), so a file that still made multibox allocate gigabytes fails the test instead of the machine."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from multibox.interop import caffe_pb
+from multibox.interop.bundle import BUNDLE_FORMAT
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+LIMIT = 5 * 1024**3  # torch's import alone reserves ~3.2 GB of address space
+
+
+def _cap() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
+
+
+def multibox(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "multibox", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, preexec_fn=_cap)
+
+
+def hostile_bundle(path: Path, *, image_size=(300, 300), num_classes=3, spec_extra=None) -> Path:
+    names = ["background", *(f"c{i}" for i in range(1, num_classes))]
+    spec = {"name": "ssd7", "num_classes": num_classes, "class_names": names,
+            "kwargs": {"image_size": list(image_size)}, **(spec_extra or {})}
+    meta = {"format": BUNDLE_FORMAT, "builder": "multibox", "spec": json.dumps(spec),
+            "input_spec": json.dumps({"image_size": list(image_size), "channel_order": "RGB", "mean": [127.5] * 3,
+                                      "std": [127.5] * 3}),
+            "class_names": json.dumps(names), "variances": "[0.1, 0.1, 0.2, 0.2]", "postprocess": "{}",
+            "source": "{}"}
+    save_file({"__priors__": torch.zeros(8, 4), "x": torch.zeros(2)}, str(path), metadata=meta)
+    return path
+
+
+@pytest.fixture
+def image(tmp_path):
+    p = tmp_path / "img.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p)
+    return p
+
+
+@pytest.mark.parametrize("case", ["side", "classes"])
+@pytest.mark.parametrize("command", ["detect", "export"])
+def test_crafted_bundle_is_refused_before_building(tmp_path, image, case, command):
+    kw = {"image_size": (60000, 60000)} if case == "side" else {"num_classes": 100001}
+    model = hostile_bundle(tmp_path / "evil.safetensors", **kw)
+    if command == "detect":
+        r = multibox("detect", str(image), "--model", str(model), "--out", str(tmp_path / "o"), "--no-draw",
+                     "--backend", "torch")
+    else:
+        r = multibox("export", "onnx", str(model), "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "evil.safetensors" in r.stderr and "Traceback" not in r.stderr
+    assert ("60000" in r.stderr and "4096" in r.stderr) if case == "side" else "100001 classes" in r.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_bundle_spec_asking_for_more_than_its_weights_is_refused(tmp_path):
+    """Within the limits, but the spec's network does not match the tensors in the file: refused after a meta
+    build, before any real one."""
+    from multibox.interop.bundle import load_bundle
+
+    model = hostile_bundle(tmp_path / "mismatch.safetensors", image_size=(2048, 2048), num_classes=9000)
+    with pytest.raises(ValueError, match=r"mismatch\.safetensors: weights do not fit"):
+        load_bundle(model)
+
+
+def test_deeply_nested_bundle_metadata_is_refused(tmp_path):
+    from multibox.interop.bundle import load_bundle
+
+    p = hostile_bundle(tmp_path / "deep.safetensors", spec_extra={"kwargs": json.loads("[" * 200 + "]" * 200)})
+    with pytest.raises(ValueError, match=r"deep\.safetensors: bundle metadata 'spec' is nested more than"):
+        load_bundle(p)
+
+
+def _caffemodel(path: Path) -> Path:
+    net = caffe_pb.NetParameter()
+    layer = net.layer.add()
+    layer.name, layer.type = "conv1", "Convolution"
+    path.write_bytes(net.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("how", ["input_shape", "input_layer", "input_dim"])
+def test_prototxt_asking_for_a_huge_input_is_refused(tmp_path, how):
+    if how == "input_shape":
+        head = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 100000 dim: 100000 }\n'
+    elif how == "input_dim":
+        head = 'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 100000\ninput_dim: 100000\n'
+    else:
+        head = ('layer { name: "data" type: "Input" top: "data" '
+                'input_param { shape { dim: 1 dim: 3 dim: 100000 dim: 100000 } } }\n')
+    body = "".join(f'layer {{ name: "p{i}" type: "PriorBox" bottom: "data" bottom: "data" top: "p{i}" '
+                   f'prior_box_param {{ min_size: 30 }} }}\n' for i in range(250))  # ~28 KB
+    proto = tmp_path / "deploy.prototxt"
+    proto.write_text("name: \"evil\"\n" + head + body)
+    assert 20_000 < proto.stat().st_size < 40_000
+    r = multibox("import", "caffe", str(proto), str(_caffemodel(tmp_path / "w.caffemodel")),
+                 "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "deploy.prototxt" in r.stderr and "100000" in r.stderr and "Traceback" not in r.stderr
+    assert not list((tmp_path / "out").glob("*.safetensors")) if (tmp_path / "out").exists() else True
+
+
+def test_deeply_nested_prototxt_is_refused(tmp_path):
+    proto = tmp_path / "deep.prototxt"
+    proto.write_text("layer {" * 100000 + "}" * 100000)
+    r = multibox("import", "caffe", str(proto), str(_caffemodel(tmp_path / "w.caffemodel")),
+                 "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "deep.prototxt" in r.stderr and "nested" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prior_box_count_is_bounded(tmp_path, monkeypatch):
+    """A net within the input bound whose PriorBox layers would make more priors than allowed."""
+    from multibox.interop.caffe import caffe_priors
+    from multibox.limits import LimitError
+
+    monkeypatch.setenv("MULTIBOX_MAX_PRIORS", "1000")
+    layer = {"name": "p", "_bottom_ids": ["f@0", "data@0"],
+             "params": {"min_size": [30.0], "max_size": [], "aspect_ratio": [2.0], "flip": True, "clip": False,
+                        "img_h": 0, "img_w": 0, "step_h": 0.0, "step_w": 0.0, "offset": 0.5,
+                        "variance": [0.1, 0.1, 0.2, 0.2]}}
+    with pytest.raises(LimitError, match="3072 prior boxes exceed the bound of 1000"):
+        caffe_priors([layer], {"f@0": [1, 8, 32, 32], "data@0": [1, 3, 300, 300]})
