@@ -137,3 +137,47 @@ def test_prior_box_count_is_bounded(tmp_path, monkeypatch):
                         "variance": [0.1, 0.1, 0.2, 0.2]}}
     with pytest.raises(LimitError, match="3072 prior boxes exceed the bound of 1000"):
         caffe_priors([layer], {"f@0": [1, 8, 32, 32], "data@0": [1, 3, 300, 300]})
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          preexec_fn=_cap)
+
+
+def test_tf_graph_op_asking_for_a_huge_array_is_refused():
+    """A constant sub-graph (as the anchor generator is) whose Fill asks for 10^10 values."""
+    r = _run_python(
+        "import numpy as np\n"
+        "from multibox.interop import tf_pb\n"
+        "from multibox.interop.tensorflow import TFGraph, TFImportError, evaluate\n"
+        "g = tf_pb.GraphDef()\n"
+        "def const(name, arr):\n"
+        "    n = g.node.add(name=name, op='Const'); t = n.attr['value'].tensor\n"
+        "    t.dtype = tf_pb.DT['DT_INT32' if arr.dtype == np.int32 else 'DT_FLOAT']\n"
+        "    [t.tensor_shape.dim.add(size=d) for d in arr.shape]\n"
+        "    t.tensor_content = arr.tobytes()\n"
+        "const('dims', np.array([100000, 100000], np.int32)); const('v', np.array(1.0, np.float32))\n"
+        "g.node.add(name='fill', op='Fill', input=['dims', 'v'])\n"
+        "try:\n"
+        "    evaluate(TFGraph(g, 'evil.pb'), ['fill'])\n"
+        "except TFImportError as e:\n"
+        "    print('refused:', e)\n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "refused: evil.pb: node 'fill' (Fill) would make 10000000000 values" in r.stdout
+
+
+def test_tf_graph_asking_for_a_huge_input_is_refused(tmp_path):
+    from multibox.interop.tensorflow import person_detector_graph, read_graph_def, tensor_to_numpy
+
+    g = read_graph_def(person_detector_graph())
+    node = next(n for n in g.node if n.name.endswith("ResizeImage/stack"))
+    size = tensor_to_numpy(node.attr["value"].tensor)
+    t = node.attr["value"].tensor
+    t.ClearField("int_val")
+    t.tensor_content = np.full(size.shape, 60000, size.dtype).astype(size.dtype.newbyteorder("<")).tobytes()
+    evil = tmp_path / "evil.pb"
+    evil.write_bytes(g.SerializeToString())
+    r = multibox("import", "tf-od", str(evil), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "evil.pb" in r.stderr and "60000" in r.stderr and "Traceback" not in r.stderr

@@ -43,6 +43,7 @@ OpenCV DNN).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -62,7 +63,7 @@ from ..models.detector import SSDOutput
 from ..models.spec import InputSpec
 from . import caffe_pb
 from .bundle import DetectorBundle, check_input_dims, save_bundle
-from .registry import register_builder
+from .registry import parse_classes, parse_floats, register_builder, register_importer
 
 __all__ = [
     "SUPPORTED_LAYERS",
@@ -1148,3 +1149,42 @@ def import_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, out
     }
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(report, indent=2) + "\n").encode())
     return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `multibox import caffe`
+
+
+def _add_cli_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("prototxt", help="the deploy .prototxt (text)")
+    c.add_argument("caffemodel", help="the trained weights (.caffemodel, binary)")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--name", help="output file stem (default: the caffemodel's stem)")
+    c.add_argument("--classes", help="class names, background first: a file (one per line) or comma-separated "
+                                     "(default: background, class_1, ...)")
+    c.add_argument("--mean", default="104,117,123",
+                   help="per-channel mean on the 0-255 scale, in --channel-order (default 104,117,123)")
+    c.add_argument("--std", default="1,1,1", help="per-channel std, in --channel-order (default 1,1,1)")
+    c.add_argument("--channel-order", choices=("BGR", "RGB"), default="BGR",
+                   help="channel order of the network input (default BGR, Caffe's)")
+    c.add_argument("--float-sizes", action="store_true",
+                   help="keep PriorBox min/max sizes as floats (OpenCV) instead of Caffe's int cast")
+
+
+def _run_cli(args: argparse.Namespace) -> Path:
+    from ..commands.options import check_output_dir
+
+    mean, std = parse_floats(args.mean, 3, "--mean"), parse_floats(args.std, 3, "--std")
+    classes = parse_classes(args.classes)
+    check_output_dir(args.out, "--out")
+    return import_caffe(args.prototxt, args.caffemodel, args.out, name=args.name, class_names=classes, mean=mean,
+                        std=std, channel_order=args.channel_order, int_sizes=not args.float_sizes)
+
+
+register_importer(
+    "caffe", help="a Caffe SSD: deploy .prototxt + .caffemodel", builders=("caffe",),
+    description="Rebuild a Caffe SSD from its deploy prototxt and caffemodel: the layer graph becomes the network, "
+                "PriorBox layers the priors, DetectionOutput the post-processing settings. The pre-processing "
+                "cannot be read from a deploy file: give it with --mean/--std/--channel-order (default: Caffe's BGR, "
+                "mean 104,117,123; OpenCV's face detector uses --mean 104,177,123).",
+    add_arguments=_add_cli_arguments, run=_run_cli)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Importer", "IMPORTER_MODULES", "register_importer", "list_importers", "get_importer",
-           "register_builder", "list_builders", "get_builder"]
+           "register_builder", "list_builders", "get_builder", "parse_floats", "parse_classes"]
 
 #: format (or bundle builder) name -> the module that registers it on import.
 IMPORTER_MODULES: dict[str, str] = {
@@ -122,3 +122,33 @@ def get_builder(name: str) -> Callable[[dict[str, Any]], Any]:
         raise ValueError(f"no bundle builder named {name!r}; known: "
                          f"{', '.join(sorted({*_BUILDERS, *IMPORTER_MODULES}))}")
     return _BUILDERS[name]
+
+
+# ----------------------------------------------------------------------------------------------- CLI helpers
+
+
+def parse_floats(text: str, n: int, what: str) -> tuple[float, ...]:
+    """``"104,117,123"`` -> ``(104.0, 117.0, 123.0)``; exactly ``n`` finite numbers or a ``ValueError`` naming
+    ``what``."""
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", "").split(",") if v != "")
+    except ValueError:
+        raise ValueError(f"{what}: expected {n} comma-separated numbers, got {text!r}") from None
+    if len(vals) != n or not all(v == v and abs(v) != float("inf") for v in vals):
+        raise ValueError(f"{what}: expected {n} comma-separated finite numbers, got {text!r}")
+    return vals
+
+
+def parse_classes(text: str | None) -> list[str] | None:
+    """Class names from ``--classes``: a file with one name per line, or comma-separated names (background
+    first)."""
+    if not text:
+        return None
+    p = Path(text)
+    if p.is_file():
+        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise ValueError(f"--classes: no class names in {text!r}")
+    return names

@@ -1,0 +1,101 @@
+"""Registries: importers and bundle builders (interop.registry), backbones (models.backbones), and the commands
+that read them (`multibox import --list`, `multibox models`)."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from multibox.cli import main
+from multibox.interop.bundle import DetectorBundle, load_bundle, save_bundle
+from multibox.interop.registry import get_builder, list_builders, list_importers, register_builder, register_importer
+from multibox.models import build_model
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _tiny(class_names=("background", "a", "b")):
+    torch.manual_seed(0)
+    return build_model("ssd7", num_classes=len(class_names), class_names=list(class_names), image_size=(64, 64))
+
+
+def test_builtin_importers_and_builders():
+    assert {"caffe", "tf-od"} <= set(list_importers())
+    assert {"multibox", "caffe", "tf-od"} <= set(list_builders())
+    with pytest.raises(ValueError, match="no bundle builder named 'nope'; known: .*caffe"):
+        get_builder("nope")
+
+
+class _Doubled(nn.Module):
+    """A builder's network: ssd7 whose box deltas are doubled (a different network, same weights)."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.inner = build_model("ssd7", num_classes=spec["num_classes"], image_size=tuple(spec["image_size"]))
+
+    def forward(self, x):
+        out = self.inner(x)
+        return type(out)(cls_logits=out.cls_logits, box_deltas=2 * out.box_deltas)
+
+
+def test_a_builder_registered_here_loads_bundles_without_touching_bundle_py(tmp_path):
+    register_builder("test-doubled", _Doubled)
+    model = _Doubled({"num_classes": 3, "image_size": [64, 64]}).eval()
+    bundle = DetectorBundle(model=model, priors=model.inner.priors, input_spec=model.inner.input_spec,
+                            class_names=["background", "a", "b"], builder="test-doubled",
+                            spec={"num_classes": 3, "image_size": [64, 64]})
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "d.safetensors"))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref, got = model(x), loaded.model(x)
+        plain = model.inner(x)
+    torch.testing.assert_close(got.box_deltas, ref.box_deltas)
+    torch.testing.assert_close(got.box_deltas, 2 * plain.box_deltas)
+
+
+def _fake_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("classes")
+    p.add_argument("--out", required=True)
+
+
+def _fake_run(args: argparse.Namespace) -> Path:
+    names = ["background", *args.classes.split(",")]
+    model = _tiny(names).eval()
+    spec = {"name": "ssd7", "num_classes": len(names), "class_names": names, "kwargs": {"image_size": [64, 64]}}
+    bundle = DetectorBundle(model=model, priors=model.priors, input_spec=model.input_spec, class_names=names,
+                            builder="multibox", spec=spec)
+    return save_bundle(bundle, Path(args.out) / "fake.safetensors")
+
+
+def test_an_importer_registered_here_is_a_multibox_import_format(tmp_path, capsys):
+    register_importer("test-fake", help="a fake format (test)", description="makes an ssd7", add_arguments=_fake_args,
+                      run=_fake_run, builders=("multibox",))
+    assert main(["import", "test-fake", "x,y", "--out", str(tmp_path)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert load_bundle(tmp_path / "fake.safetensors").class_names == ["background", "x", "y"]
+    assert main(["import", "--list", "--json", "-"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"caffe", "tf-od", "test-fake"} <= set(rows)
+    assert rows["caffe"]["builders"] == ["caffe"] and rows["test-fake"]["module"] == __name__
+    with pytest.raises(SystemExit) as e:
+        main(["import", "test-fake", "--help"])
+    assert e.value.code == 0 and "usage: multibox import test-fake" in capsys.readouterr().out
+
+
+def test_unknown_import_format_is_a_usage_error(capsys):
+    assert main(["import", "onnx", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "multibox import: error: unknown import format 'onnx'" in err and "caffe" in err
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from multibox.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": SRC}, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr
