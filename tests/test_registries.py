@@ -99,3 +99,91 @@ def test_help_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": SRC}, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
+
+
+# ----------------------------------------------------------------------------------------------- backbones
+
+
+def test_backbones_registry_builds_what_the_ssd_builders_use():
+    from multibox.models.backbones import backbone_info, build_backbone, list_backbones
+    from multibox.models.backbones.mobilenet import MobileNetV1Backbone, MobileNetV2Backbone
+    from multibox.models.backbones.vgg import VGG16Backbone
+    from multibox.models.ssd7 import SSD7Backbone
+
+    assert {"vgg16", "mobilenet_v1", "mobilenet_v2", "ssd7"} <= set(list_backbones())
+    for name, cls in (("vgg16", VGG16Backbone), ("mobilenet_v1", MobileNetV1Backbone),
+                      ("mobilenet_v2", MobileNetV2Backbone), ("ssd7", SSD7Backbone)):
+        with torch.device("meta"):
+            assert type(build_backbone(name)) is cls
+    info = backbone_info("vgg16")
+    assert info["out_channels"] == [512, 1024] and info["strides"] == [8, 16]
+    with pytest.raises(KeyError, match="unknown backbone 'resnet9'; registered: .*vgg16"):
+        build_backbone("resnet9")
+
+
+@pytest.mark.parametrize("model, backbone", [("ssd300_vgg16", "vgg16"), ("ssd7", "ssd7"),
+                                             ("ssdlite320_mobilenetv2", "mobilenet_v2"),
+                                             ("ssd300_mobilenetv1", "mobilenet_v1")])
+def test_builders_build_their_backbone_through_the_registry(model, backbone, monkeypatch):
+    from multibox.models.backbones import registry
+    from multibox.models.registry import model_info
+
+    built = []
+    real = registry.build_backbone
+
+    def spy(name, **kw):
+        built.append(name)
+        return real(name, **kw)
+
+    monkeypatch.setattr(registry, "build_backbone", spy)
+    for mod in ("multibox.models.ssd_vgg", "multibox.models.ssd7", "multibox.models.ssdlite",
+                "multibox.models.ssd_mobilenet"):
+        monkeypatch.setattr(f"{mod}.build_backbone", spy)
+    assert model_info(model)["backbone"] == backbone
+    assert built == [backbone]
+
+
+def test_models_json_file_and_stdout(tmp_path, capsys):
+    assert main(["models", "--json", str(tmp_path / "m.json")]) == 0
+    text = capsys.readouterr().out
+    assert "ssd300_vgg16" in text and "mobilenet_v2" in text  # the tables are still printed
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert {m["name"]: m["backbone"] for m in doc["models"]}["ssd300_vgg16"] == "vgg16"
+    assert {b["name"] for b in doc["backbones"]} >= {"vgg16", "mobilenet_v1", "mobilenet_v2", "ssd7"}
+    assert main(["models", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+    assert main(["models", "--json", str(tmp_path)]) == 2
+    assert "--json" in capsys.readouterr().err
+
+
+def test_models_json_into_a_pipe_closed_early():
+    r = subprocess.run(f"'{sys.executable}' -m multibox models --json - | head -1", shell=True, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
+    assert r.returncode == 0 and r.stdout == "{\n"
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args, message", [(["--level", "99", "--plot", "p.png"], "--level 99"),
+                                           (["--level", "-1", "--plot", "p.png"], "--level -1"),
+                                           (["--feature-sizes", "38x"], "--feature-sizes"),
+                                           (["--feature-sizes", "38", "19"], "6 feature maps")])
+def test_anchors_bad_options_are_usage_errors(tmp_path, capsys, args, message):
+    args = [str(tmp_path / a) if a.endswith(".png") else a for a in args]
+    assert main(["anchors", "ssd300-voc", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multibox anchors: error: ") and message in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_zoo_list_json_file_and_fetch_overwrite(tmp_path, capsys):
+    assert main(["zoo", "list", "--json", str(tmp_path / "z.json")]) == 0
+    rows = json.loads((tmp_path / "z.json").read_text())
+    assert "face-res10-300" in {r["name"] for r in rows}
+    assert "face-res10-300" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["zoo", "fetch", "face-res10-300", "--force"])
+    assert e.value.code == 2
+    from multibox.cli import build_parser
+
+    ns = build_parser().parse_args(["zoo", "fetch", "face-res10-300", "--overwrite"])
+    assert ns.overwrite is True

@@ -19,13 +19,22 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .anchors import PriorBoxGenerator, get_prior_preset
+    from .commands.options import UsageError, check_output_file
     from .fileio import atomic_save_npy, atomic_write_bytes
 
     cfg = get_prior_preset(args.preset)
     if args.feature_sizes:
-        sizes = [tuple(int(v) for v in s.split("x")) if "x" in s else (int(s), int(s)) for s in args.feature_sizes]
+        sizes = [_feature_size(s) for s in args.feature_sizes]
+        if len(sizes) != len(cfg.levels):
+            raise UsageError(f"--feature-sizes: {args.preset} has {len(cfg.levels)} feature maps, got {len(sizes)} "
+                             "sizes")
     else:
         sizes = cfg.default_feature_sizes()
+    if not 0 <= args.level < len(sizes):
+        raise UsageError(f"--level {args.level}: {args.preset} has feature maps 0..{len(sizes) - 1}")
+    for option in ("out", "json", "plot"):
+        if getattr(args, option):
+            check_output_file(getattr(args, option), f"--{option}")
     gen = PriorBoxGenerator(cfg)
     priors = gen(sizes)
     rows = []
@@ -61,20 +70,60 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models, model_info
+def _write_json_output(path: str, data: object) -> None:
+    """``data`` as indented JSON to ``path`` (atomically) or standard output for ``-``."""
+    from .fileio import atomic_write_bytes
 
-    infos = [model_info(name) for name in list_models()]
+    text = json.dumps(data, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_bytes(Path(path), text.encode())
+
+
+def _feature_size(text: str) -> tuple[int, int]:
+    """``"38x38"`` or ``"38"`` -> ``(38, 38)``; a :class:`~multibox.commands.options.UsageError` otherwise."""
+    from .commands.options import UsageError
+
+    parts = text.lower().split("x") if "x" in text.lower() else [text, text]
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise UsageError(f"--feature-sizes: {text!r} is not HxW (e.g. 38x38) or N") from None
+    if h < 1 or w < 1 or h > 10000 or w > 10000:
+        raise UsageError(f"--feature-sizes: {text!r}: sides must be in 1..10000")
+    return h, w
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .commands.options import check_output_file
+    from .models import list_models, model_info
+    from .models.backbones import backbone_info, list_backbones
+
     if args.json:
-        print(json.dumps(infos, indent=2))
-        return 0
-    w = max([len("name"), *(len(i["name"]) for i in infos)])
-    print(f"{'name':<{w}} {'input':>9} {'maps':>4} {'priors':>7} {'params (21 cls)':>16}  feature maps")
-    for i in infos:
-        size = "x".join(str(v) for v in i["image_size"])
-        maps = ", ".join(f"{h}x{w}" for h, w in i["feature_sizes"])
-        print(f"{i['name']:<{w}} {size:>9} {i['num_feature_maps']:>4} {i['num_priors']:>7} "
-              f"{i['num_parameters']:>16,}  {maps}")
+        check_output_file(args.json, "--json")
+    infos = [model_info(name) for name in list_models()]
+    backbones = [backbone_info(name) for name in list_backbones()]
+    if args.json != "-":
+        w = max([len("name"), *(len(i["name"]) for i in infos)])
+        b = max([len("backbone"), *(len(str(i["backbone"])) for i in infos)])
+        print(f"{'name':<{w}} {'backbone':<{b}} {'input':>9} {'maps':>4} {'priors':>7} {'params (21 cls)':>16}  "
+              "feature maps")
+        for i in infos:
+            size = "x".join(str(v) for v in i["image_size"])
+            maps = ", ".join(f"{h}x{w}" for h, w in i["feature_sizes"])
+            print(f"{i['name']:<{w}} {i['backbone'] or '-':<{b}} {size:>9} {i['num_feature_maps']:>4} "
+                  f"{i['num_priors']:>7} {i['num_parameters']:>16,}  {maps}")
+        print()
+        w = max([len("backbone"), *(len(i["name"]) for i in backbones)])
+        print(f"{'backbone':<{w}} {'strides':>10} {'out channels':>14} {'params':>12}  description")
+        for i in backbones:
+            strides = ",".join(str(s) for s in i["strides"])
+            chans = ",".join(str(c) for c in i["out_channels"])
+            print(f"{i['name']:<{w}} {strides:>10} {chans:>14} {i['num_parameters']:>12,}  {i['description']}")
+    if args.json:
+        _write_json_output(args.json, {"models": infos, "backbones": backbones})
     return 0
 
 
@@ -111,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--level", type=int, default=3, help="feature map drawn by --plot (default 3)")
     a.set_defaults(func=_cmd_anchors)
 
-    m = sub.add_parser("models", help="list the registered models with parameters and prior count")
-    m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    m = sub.add_parser("models", help="list the registered models (parameters, prior count) and backbones")
+    m.add_argument("--json", metavar="FILE",
+                   help="also write {\"models\": [...], \"backbones\": [...]} as JSON to FILE ('-': standard "
+                        "output, instead of the tables)")
     m.set_defaults(func=_cmd_models)
 
     d = sub.add_parser("demo", help="train the synthetic recipe, evaluate it, draw its detections",
