@@ -187,3 +187,20 @@ def test_zoo_list_json_file_and_fetch_overwrite(tmp_path, capsys):
 
     ns = build_parser().parse_args(["zoo", "fetch", "face-res10-300", "--overwrite"])
     assert ns.overwrite is True
+
+
+def test_torchvision_box_iou_differs_on_degenerate_boxes():
+    """Why matching keeps its own IoU (see multibox.matching.pairwise_iou): same numbers on proper boxes, but
+    torchvision's box_iou gives NaN for an empty union and counts inverted boxes with a negative area."""
+    from torchvision.ops import box_iou
+
+    from multibox.matching import pairwise_iou
+
+    proper = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 4.0]])
+    assert torch.equal(pairwise_iou(proper, proper), box_iou(proper, proper))
+    empty = torch.zeros(1, 4)
+    assert box_iou(empty, empty).isnan().all() and pairwise_iou(empty, empty).item() == 0.0
+    inverted = torch.tensor([[0.0, 2.0, 2.0, 0.0]])  # y2 < y1: Caffe's BBoxSize is 0, box_iou's area is -4
+    box = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    assert pairwise_iou(inverted, box).item() == 0.0
+    assert box_iou(inverted, box).isnan().all()  # 0 / (-4 + 4 - 0)

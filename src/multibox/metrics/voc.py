@@ -146,6 +146,10 @@ def match_detections(gt_group: np.ndarray, gt_boxes: np.ndarray, det_group: np.n
     pair_gt = order[np.repeat(start - seg_start, count) + np.arange(total)]
     db = np.asarray(det_boxes, dtype=np.float64)[dets][pair_det]
     gb = np.asarray(gt_boxes, dtype=np.float64)[pair_gt]
+    # Our own overlap, not torchvision.ops.box_iou: the pairs are ragged (each detection against the boxes of its
+    # own image and class, no full matrix), NumPy float64 as the devkit's MATLAB doubles, and "no overlap" is the
+    # devkit's iw > 0 and ih > 0 test (tests/test_metrics_voc.py::test_fast_equals_devkit_reference and
+    # ::test_continuous_iou_equals_devkit_iou_on_random_boxes pin these numbers).
     iw = np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0])
     ih = np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1])
     overlap = (iw > 0) & (ih > 0)
