@@ -204,3 +204,23 @@ def test_torchvision_box_iou_differs_on_degenerate_boxes():
     box = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     assert pairwise_iou(inverted, box).item() == 0.0
     assert box_iou(inverted, box).isnan().all()  # 0 / (-4 + 4 - 0)
+
+
+def test_import_torchvision_weights(tmp_path, capsys):
+    """`multibox import torchvision W.pth`: the bundle runs like torchvision's own network on the same input."""
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=3).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    assert main(["import", "torchvision", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "out"),
+                 "--classes", "background,cat,dog"]) == 0
+    bundle = load_bundle(tmp_path / "out" / "tv.safetensors")
+    assert bundle.builder == "torchvision" and bundle.class_names == ["background", "cat", "dog"]
+    x = torch.rand(1, 3, 300, 300)
+    with torch.no_grad():
+        feats = list(tv.backbone(x).values())
+        ref = tv.head(feats)
+        got = bundle.model(x)
+    torch.testing.assert_close(got.cls_logits, ref["cls_logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.box_deltas, ref["bbox_regression"], rtol=1e-4, atol=1e-4)

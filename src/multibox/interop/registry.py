@@ -28,6 +28,7 @@ __all__ = ["Importer", "IMPORTER_MODULES", "register_importer", "list_importers"
 IMPORTER_MODULES: dict[str, str] = {
     "caffe": "multibox.interop.caffe",
     "tf-od": "multibox.interop.tensorflow",
+    "torchvision": "multibox.interop.torchvision",
 }
 
 
