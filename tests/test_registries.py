@@ -224,3 +224,20 @@ def test_import_torchvision_weights(tmp_path, capsys):
         got = bundle.model(x)
     torch.testing.assert_close(got.cls_logits, ref["cls_logits"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.box_deltas, ref["bbox_regression"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cmd", [["bench", "core", "--quick"], ["bench", "data", "--num-images", "2"],
+                                 ["anchors", "ssd300-voc"]])
+def test_json_into_a_folder_fails_before_work(tmp_path, capsys, cmd):
+    assert main([*cmd, "--json", str(tmp_path)]) == 2
+    cap = capsys.readouterr()
+    assert "error: --json" in cap.err and "is a folder" in cap.err and not cap.out
+
+
+def test_bench_counts_are_range_checked(capsys):
+    for args in (["bench", "data", "--num-images", "0"], ["bench", "core", "--repeats", "0"],
+                 ["bench", "data", "--images", "4"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+    capsys.readouterr()

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .commands.options import positive_int
 
 __all__ = ["main", "build_parser"]
 
@@ -20,7 +21,7 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
 
     from .anchors import PriorBoxGenerator, get_prior_preset
     from .commands.options import UsageError, check_output_file
-    from .fileio import atomic_save_npy, atomic_write_bytes
+    from .fileio import atomic_save_npy
 
     cfg = get_prior_preset(args.preset)
     if args.feature_sizes:
@@ -60,8 +61,7 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
         atomic_save_npy(Path(args.out), priors.numpy().astype(np.float32))
         print(f"wrote {args.out}: ({priors.shape[0]}, 4) float32 normalized cxcywh, Caffe order")
     if args.json:
-        atomic_write_bytes(Path(args.json), json.dumps({"preset": args.preset, "total": int(priors.shape[0]),
-                                                        "levels": rows}, indent=2).encode())
+        _write_json_output(args.json, {"preset": args.preset, "total": int(priors.shape[0]), "levels": rows})
     if args.plot:
         from .viz import plot_priors
 
@@ -137,7 +137,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_bench_core(args: argparse.Namespace) -> int:
     from .bench.core import run_core_benchmark
+    from .commands.options import check_output_file
 
+    if args.json:
+        check_output_file(args.json, "--json")
     run_core_benchmark(json_path=Path(args.json) if args.json else None, repeats=args.repeats,
                        threads=args.threads, quick=args.quick)
     return 0
@@ -153,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "normalized cxcywh priors in Caffe order.")
     a.add_argument("preset", help="prior preset: ssd300-voc, ssd300-coco, ssd512-voc or ssd512-coco")
     a.add_argument("--out", help="write the priors to this .npy file")
-    a.add_argument("--json", help="write the per-map table as JSON to this file")
+    a.add_argument("--json", metavar="FILE", help="also write the per-map table as JSON to FILE ('-': standard output)")
     a.add_argument("--feature-sizes", nargs="+", metavar="HxW",
                    help="feature map sizes (default: ceil(image / step), what the preset's model yields)")
     a.add_argument("--plot", help="draw the priors of one feature-map location set to this PNG")
@@ -187,9 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Times multibox and torchvision's ssd300_vgg16 (same random weights, 21 "
                                      "classes) side by side: end-to-end inference at batch 1 and 8 on 500x375 "
                                      "images, and a training step at batch 8.")
-    bc.add_argument("--json", help="write the results to this JSON file")
-    bc.add_argument("--repeats", type=int, default=3, help="timed repetitions per case (median reported)")
-    bc.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    bc.add_argument("--json", metavar="FILE", help="write the results to this JSON file")
+    bc.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions per case (median reported)")
+    bc.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
     bc.set_defaults(func=_cmd_bench_core)
     _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo"])
