@@ -27,7 +27,7 @@ def test_bench_core_quick_writes_json(tmp_path, capsys):
 
 def test_bench_data_writes_json(tmp_path, capsys):
     out = tmp_path / "data.json"
-    assert main(["bench", "data", "--images", "4", "--passes", "1", "--json", str(out)]) == 0
+    assert main(["bench", "data", "--num-images", "4", "--passes", "1", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     for key in ("images_per_s", "torchvision_images_per_s", "speedup"):
         assert r[key] > 0

@@ -66,8 +66,8 @@ def test_models_command_lists_registered_models(capsys):
     assert "ssd300_vgg16" in text and "8732" in text
     assert "ssd512_vgg16" in text and "24564" in text
     assert "ssd7" in text
-    assert main(["models", "--json"]) == 0
-    infos = json.loads(capsys.readouterr().out)
+    assert main(["models", "--json", "-"]) == 0
+    infos = json.loads(capsys.readouterr().out)["models"]
     by_name = {i["name"]: i for i in infos}
     assert by_name["ssd300_vgg16"]["num_priors"] == 8732
     assert by_name["ssd300_vgg16"]["num_parameters"] > 20_000_000

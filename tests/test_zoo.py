@@ -69,7 +69,7 @@ def test_listing_and_metadata(capsys):
     with pytest.raises(KeyError, match="known: face-res10-300"):
         zoo.get_entry("nope")
 
-    assert main(["zoo", "list", "--json"]) == 0
+    assert main(["zoo", "list", "--json", "-"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == zoo.list_zoo()
     assert all("cached" in r and r["files"] for r in rows)
@@ -116,7 +116,7 @@ def test_cache_hit_needs_no_download(tmp_path, offline, capsys):
     d = det(img)
     assert d.image_size == (40, 50) and len(d) <= 3
     assert offline == []  # nothing was downloaded
-    assert main(["zoo", "list", "--json"]) == 0
+    assert main(["zoo", "list", "--json", "-"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["face-res10-300"]["cached"] is True and rows["person-ssdlite-mbv2"]["cached"] is False
     assert main(["detect", str(img), "--model", "face-res10-300", "--out", str(tmp_path / "o"), "--no-progress",

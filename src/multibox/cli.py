@@ -28,13 +28,22 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .anchors import PriorBoxGenerator, get_prior_preset
-    from .fileio import atomic_save_npy, atomic_write_bytes
+    from .commands.options import UsageError, check_output_file
+    from .fileio import atomic_save_npy
 
     cfg = get_prior_preset(args.preset)
     if args.feature_sizes:
-        sizes = [tuple(int(v) for v in s.split("x")) if "x" in s else (int(s), int(s)) for s in args.feature_sizes]
+        sizes = [_feature_size(s) for s in args.feature_sizes]
+        if len(sizes) != len(cfg.levels):
+            raise UsageError(f"--feature-sizes: {args.preset} has {len(cfg.levels)} feature maps, got {len(sizes)} "
+                             "sizes")
     else:
         sizes = cfg.default_feature_sizes()
+    if not 0 <= args.level < len(sizes):
+        raise UsageError(f"--level {args.level}: {args.preset} has feature maps 0..{len(sizes) - 1}")
+    for option in ("out", "json", "plot"):
+        if getattr(args, option):
+            check_output_file(getattr(args, option), f"--{option}")
     gen = PriorBoxGenerator(cfg)
     priors = gen(sizes)
     rows = []
@@ -60,8 +69,7 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
         atomic_save_npy(Path(args.out), priors.numpy().astype(np.float32))
         print(f"wrote {args.out}: ({priors.shape[0]}, 4) float32 normalized cxcywh, Caffe order")
     if args.json:
-        atomic_write_bytes(Path(args.json), json.dumps({"preset": args.preset, "total": int(priors.shape[0]),
-                                                        "levels": rows}, indent=2).encode())
+        _write_json_output(args.json, {"preset": args.preset, "total": int(priors.shape[0]), "levels": rows})
     if args.plot:
         from .viz import plot_priors
 
@@ -70,20 +78,60 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models, model_info
+def _write_json_output(path: str, data: object) -> None:
+    """``data`` as indented JSON to ``path`` (atomically) or standard output for ``-``."""
+    from .fileio import atomic_write_bytes
 
-    infos = [model_info(name) for name in list_models()]
+    text = json.dumps(data, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_bytes(Path(path), text.encode())
+
+
+def _feature_size(text: str) -> tuple[int, int]:
+    """``"38x38"`` or ``"38"`` -> ``(38, 38)``; a :class:`~multibox.commands.options.UsageError` otherwise."""
+    from .commands.options import UsageError
+
+    parts = text.lower().split("x") if "x" in text.lower() else [text, text]
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise UsageError(f"--feature-sizes: {text!r} is not HxW (e.g. 38x38) or N") from None
+    if h < 1 or w < 1 or h > 10000 or w > 10000:
+        raise UsageError(f"--feature-sizes: {text!r}: sides must be in 1..10000")
+    return h, w
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .commands.options import check_output_file
+    from .models import list_models, model_info
+    from .models.backbones import backbone_info, list_backbones
+
     if args.json:
-        print(json.dumps(infos, indent=2))
-        return 0
-    w = max([len("name"), *(len(i["name"]) for i in infos)])
-    print(f"{'name':<{w}} {'input':>9} {'maps':>4} {'priors':>7} {'params (21 cls)':>16}  feature maps")
-    for i in infos:
-        size = "x".join(str(v) for v in i["image_size"])
-        maps = ", ".join(f"{h}x{w}" for h, w in i["feature_sizes"])
-        print(f"{i['name']:<{w}} {size:>9} {i['num_feature_maps']:>4} {i['num_priors']:>7} "
-              f"{i['num_parameters']:>16,}  {maps}")
+        check_output_file(args.json, "--json")
+    infos = [model_info(name) for name in list_models()]
+    backbones = [backbone_info(name) for name in list_backbones()]
+    if args.json != "-":
+        w = max([len("name"), *(len(i["name"]) for i in infos)])
+        b = max([len("backbone"), *(len(str(i["backbone"])) for i in infos)])
+        print(f"{'name':<{w}} {'backbone':<{b}} {'input':>9} {'maps':>4} {'priors':>7} {'params (21 cls)':>16}  "
+              "feature maps")
+        for i in infos:
+            size = "x".join(str(v) for v in i["image_size"])
+            maps = ", ".join(f"{h}x{w}" for h, w in i["feature_sizes"])
+            print(f"{i['name']:<{w}} {i['backbone'] or '-':<{b}} {size:>9} {i['num_feature_maps']:>4} "
+                  f"{i['num_priors']:>7} {i['num_parameters']:>16,}  {maps}")
+        print()
+        w = max([len("backbone"), *(len(i["name"]) for i in backbones)])
+        print(f"{'backbone':<{w}} {'strides':>10} {'out channels':>14} {'params':>12}  description")
+        for i in backbones:
+            strides = ",".join(str(s) for s in i["strides"])
+            chans = ",".join(str(c) for c in i["out_channels"])
+            print(f"{i['name']:<{w}} {strides:>10} {chans:>14} {i['num_parameters']:>12,}  {i['description']}")
+    if args.json:
+        _write_json_output(args.json, {"models": infos, "backbones": backbones})
     return 0
 
 
@@ -98,7 +146,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_bench_core(args: argparse.Namespace) -> int:
     from .bench.core import run_core_benchmark
+    from .commands.options import check_output_file
 
+    if args.json:
+        check_output_file(args.json, "--json")
     run_core_benchmark(json_path=Path(args.json) if args.json else None, repeats=args.repeats,
                        threads=args.threads, quick=args.quick)
     return 0
@@ -114,15 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "normalized cxcywh priors in Caffe order.")
     a.add_argument("preset", help="prior preset: ssd300-voc, ssd300-coco, ssd512-voc or ssd512-coco")
     a.add_argument("--out", help="write the priors to this .npy file")
-    a.add_argument("--json", help="write the per-map table as JSON to this file")
+    a.add_argument("--json", metavar="FILE", help="also write the per-map table as JSON to FILE ('-': standard output)")
     a.add_argument("--feature-sizes", nargs="+", metavar="HxW",
                    help="feature map sizes (default: ceil(image / step), what the preset's model yields)")
     a.add_argument("--plot", help="draw the priors of one feature-map location set to this PNG")
     a.add_argument("--level", type=int, default=3, help="feature map drawn by --plot (default 3)")
     a.set_defaults(func=_cmd_anchors)
 
-    m = sub.add_parser("models", help="list the registered models with parameters and prior count")
-    m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    m = sub.add_parser("models", help="list the registered models (parameters, prior count) and backbones")
+    m.add_argument("--json", metavar="FILE",
+                   help="also write {\"models\": [...], \"backbones\": [...]} as JSON to FILE ('-': standard "
+                        "output, instead of the tables)")
     m.set_defaults(func=_cmd_models)
 
     d = sub.add_parser("demo", help="train the synthetic recipe, evaluate it, draw its detections",
@@ -149,9 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Times multibox and torchvision's ssd300_vgg16 (same random weights, 21 "
                                      "classes) side by side: end-to-end inference at batch 1 and 8 on 500x375 "
                                      "images, and a training step at batch 8.")
-    bc.add_argument("--json", help="write the results to this JSON file")
-    bc.add_argument("--repeats", type=int, default=3, help="timed repetitions per case (median reported)")
-    bc.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    bc.add_argument("--json", metavar="FILE", help="write the results to this JSON file")
+    bc.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions per case (median reported)")
+    bc.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
     bc.set_defaults(func=_cmd_bench_core)
     _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo"])

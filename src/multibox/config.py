@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from .limits import LimitError, check_input_size
+from .metrics.registry import list_metrics
 
 __all__ = [
     "ModelConfig", "SynthDataConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig", "EvalConfig",
@@ -182,7 +183,7 @@ class TrainConfig:
             "optim.name": (self.optim.name, ("sgd", "adam", "adamw")),
             "schedule.name": (self.schedule.name, ("multistep", "cosine", "constant")),
             "loss.match": (self.loss.match, ("caffe", "argmax")),
-            "eval.metric": (self.eval.metric, ("voc07", "voc12", "coco")),
+            "eval.metric": (self.eval.metric, tuple(list_metrics())),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:

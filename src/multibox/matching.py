@@ -81,6 +81,13 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     Leading dimensions broadcast; returns ``[..., N, M]``. Boxes with ``x2 < x1`` or ``y2 < y1`` have area 0
     (as Caffe's ``BBoxSize``), and a pair whose union is empty has IoU 0 (never NaN).
+
+    Why not ``torchvision.ops.box_iou``: on proper boxes the numbers are the same to the bit
+    (``tests/test_matching.py::test_pairwise_iou_matches_torchvision_and_batches``), but box_iou takes 2-D inputs
+    only (matching runs ``[1, P, 4]`` against ``[B, G, 4]`` in one broadcast), and it gives NaN for an empty
+    union and negative areas for inverted boxes, where Caffe's matching has 0
+    (``tests/test_matching.py::test_pairwise_iou_degenerate_is_zero_not_nan``,
+    ``tests/test_registries.py::test_torchvision_box_iou_differs_on_degenerate_boxes``).
     """
     lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
     rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])

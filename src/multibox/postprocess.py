@@ -118,6 +118,11 @@ def _box_parts(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
 def _nms_matrix(boxes: Tensor, active: Tensor, threshold: float) -> Tensor:
     """Greedy NMS of ``N`` blocks via their ``[N, m, m]`` IoU matrices and a fixed-point iteration.
 
+    The IoU is computed here, in place and for all blocks at once, with torchvision's formula and operation
+    order (``area_j + area_i - inter``), so that the result equals ``torchvision.ops.nms`` exactly
+    (``tests/test_postprocess.py::test_grouped_nms_matches_torchvision``); ``torchvision.ops.box_iou`` takes one
+    2-D pair of box sets per call and would allocate per block. Long blocks do go to ``torchvision.ops.nms``.
+
     The greedy rule ``keep[i] = active[i] and not any(keep[j] and iou[j, i] > t for j < i)`` has one
     solution; iterating the rule from ``keep = active`` reaches it (each step fixes at least one more position;
     two to four steps are typical). Blocks stop iterating once they stop changing.

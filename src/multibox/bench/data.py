@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..commands.options import check_output_file, positive_int
 from ..fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -129,7 +130,9 @@ def run_data_benchmark(json_path: Path | None = None, images: int = 64, passes: 
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    run_data_benchmark(Path(args.json) if args.json else None, images=args.images, passes=args.passes,
+    if args.json:
+        check_output_file(args.json, "--json")
+    run_data_benchmark(Path(args.json) if args.json else None, images=args.num_images, passes=args.passes,
                        threads=args.threads)
     return 0
 
@@ -140,8 +143,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data", help="SSD training augmentation: multibox vs torchvision.transforms.v2",
         description="Runs our SSD training pipeline and torchvision.transforms.v2's SSD recipe on the same images "
                     "in one process and writes images_per_s, torchvision_images_per_s and speedup.")
-    p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument("--images", type=int, default=64, help="images per pass (default 64)")
-    p.add_argument("--passes", type=int, default=3, help="timed passes per pipeline (median reported)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, like a loader worker)")
+    p.add_argument("--json", metavar="FILE", help="write the results to this JSON file")
+    p.add_argument("--num-images", type=positive_int, default=64, help="images per pass (default 64)")
+    p.add_argument("--passes", type=positive_int, default=3, help="timed passes per pipeline (median reported)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (default 1, like a loader worker)")
     p.set_defaults(func=_cmd)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..commands.options import check_output_file, positive_int
 from ..fileio import atomic_write_bytes
 
 __all__ = ["register", "run_zoo_benchmark", "PEER_SCRIPT", "PEER_PYTHON_ENV", "PERSON_PEER_PYTHON_ENV"]
@@ -117,15 +118,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "end to end from decoded real photos to detections, with the same thread count. The peers "
                     f"run in another Python (--peer-python or ${PEER_PYTHON_ENV}); a missing peer is recorded as "
                     "null with the reason.")
-    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--json", metavar="FILE", help="write the results to this JSON file")
     p.add_argument("--peer-python", default=os.environ.get(PEER_PYTHON_ENV),
                    help=f"Python with opencv-python-headless<5 and/or tensorflow-cpu (default ${PEER_PYTHON_ENV})")
     p.add_argument("--person-peer-python", default=os.environ.get(PERSON_PEER_PYTHON_ENV),
                    help=f"Python with tensorflow-cpu for the person comparison, when not --peer-python (default "
                         f"${PERSON_PEER_PYTHON_ENV})")
-    p.add_argument("--threads", type=int, default=2, help="threads for every side (default 2)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes over the images per round (default 3)")
-    p.add_argument("--rounds", type=int, default=3,
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for every side (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed passes over the images per round (default 3)")
+    p.add_argument("--rounds", type=positive_int, default=3,
                    help="alternating rounds of ours and the peer (default 3); the median of all passes is reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed passes first (default 2)")
     p.add_argument("--models", nargs="+", default=["face", "person"], choices=["face", "person"],
@@ -135,6 +137,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_file(args.json, "--json")
     result = run_zoo_benchmark(json_path=Path(args.json) if args.json else None, peer_python=args.peer_python,
                                person_peer_python=args.person_peer_python,
                                threads=args.threads, repeats=args.repeats, warmup=args.warmup, rounds=args.rounds,

@@ -1,12 +1,14 @@
 """``multibox eval``: score a results file, evaluate a checkpoint, or watch a folder of checkpoints.
 
-* ``multibox eval --metric voc07|voc12|coco --gt PATH --detections PATH [--split test]``: score anyone's
+* ``multibox eval --list-metrics [--json FILE]``: the registered metrics (:mod:`multibox.metrics.registry`);
+* ``multibox eval --metric voc07|voc12|coco|... --gt PATH --detections PATH [--split test]``: score anyone's
   detections (comp4 text files or COCO results JSON) against a VOC root or a COCO instances JSON;
 * ``multibox eval CHECKPOINT --data PATH [--split test] [--metric voc07]``: run a saved model on a dataset;
 * ``multibox eval --watch DIR --data PATH [--pattern '*.safetensors'] [--interval 30] [--timeout S]``: evaluate
   every new checkpoint file in DIR once, appending a JSON line per checkpoint to ``DIR/watch_eval.jsonl``.
 
-All print the per-class table; ``--json FILE`` writes the metrics; ``--out DIR`` writes ``metrics.json``,
+All print the per-class table (AP as fractions in [0, 1], 4 decimals, as in the JSON); ``--json FILE`` writes the
+metrics (``-``: standard output); ``--out DIR`` writes ``metrics.json``,
 ``pr_curves.png``, the detections as ``detections.json`` (COCO results) and ``comp4/comp4_det_<split>_<class>.txt``.
 Imports happen inside the functions so that ``multibox --help`` stays fast.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -22,11 +25,41 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .options import (
+    add_json_option,
+    add_progress_options,
+    check_output_dir,
+    check_output_file,
+    is_quiet,
+    positive_int,
+    show_progress,
+)
+
 __all__ = ["register", "run", "watch_checkpoints", "write_outputs", "WATCH_LOG"]
 
 #: The log that ``--watch`` appends to, inside the watched folder.
 WATCH_LOG = "watch_eval.jsonl"
-_METRICS = ("voc07", "voc12", "coco")
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,23 +75,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "pycocotools'. See docs/evaluation.md.")
     p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
                    help="model weights (.safetensors or .pt) to evaluate on --data")
-    p.add_argument("--metric", choices=_METRICS, default="voc07",
-                   help="voc07 (11-point AP), voc12 (all-point AP) or coco (pycocotools' 12 numbers); default voc07")
+    p.add_argument("--metric", default="voc07", metavar="NAME",
+                   help="a registered metric (see --list-metrics): voc07 (11-point AP), voc12 (all-point AP), coco "
+                        "(pycocotools' 12 numbers), ...; default voc07")
+    p.add_argument("--list-metrics", action="store_true",
+                   help="list the registered metrics (with --json FILE: also as JSON) and exit")
     p.add_argument("--gt", help="ground truth: a VOC root (read with --split) or a COCO instances JSON")
     p.add_argument("--detections", help="detections: a COCO results JSON, or a folder / glob of comp4 files")
     p.add_argument("--data", help="dataset to run the model on (VOC root, COCO JSON or folder, YOLO root, CSV)")
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--classes", help="class list of a VOC root: a file, comma-separated names or 'voc' (default: "
                                      "classes.txt beside the data, else the sorted names found)")
-    p.add_argument("--json", help="write the metrics as JSON to this file")
+    add_json_option(p, "the metrics")
     p.add_argument("--out", help="folder for metrics.json, pr_curves.png, detections.json and comp4/ files")
     p.add_argument("--watch", metavar="DIR", help="evaluate each new checkpoint appearing in DIR (needs --data)")
     p.add_argument("--pattern", default="*.safetensors", help="checkpoint glob for --watch (default *.safetensors)")
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between looks at DIR (default 30)")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--interval", type=_seconds, default=30.0, help="seconds between looks at DIR (default 30)")
+    p.add_argument("--timeout", type=_seconds, default=None,
                    help="stop --watch after this many seconds without a new checkpoint (default: never)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch when running a model (default 8)")
-    p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="images per batch when running a model (default 8)")
+    p.add_argument("--workers", type=_non_negative_int, default=0, help="data loading processes (default 0)")
+    add_progress_options(p)
     p.add_argument("--device", default="cpu", help="device to run a model on (default cpu)")
     p.add_argument("--runtime", default="auto",
                    help="how a CHECKPOINT's network runs, as in multibox detect: auto (default) or one of eager, "
@@ -81,7 +119,16 @@ def _default_loader(path: Path, device: str) -> Any:
 def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None) -> int:
     """Dispatch to the three modes (see the module docstring). ``load(path, device) -> SSD`` replaces
     :func:`multibox.engine.checkpoint.load_model` (tests)."""
+    from ..metrics.registry import get_metric
+
     load = load or _default_loader
+    if getattr(args, "list_metrics", False):
+        return _list_metrics(args)
+    get_metric(args.metric)  # an unknown name is a usage error naming the registered ones, before any work
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.out:
+        check_output_dir(args.out, "--out")
     if args.watch:
         data = args.data or args.gt
         if not data or args.checkpoint or args.detections:
@@ -89,7 +136,7 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
         rows = watch_checkpoints(args.watch, data, metric=args.metric, split=args.split, pattern=args.pattern,
                                  interval=args.interval, timeout=args.timeout, load=load,
                                  classes=_classes(args.classes), batch_size=args.batch_size,
-                                 num_workers=args.workers, device=args.device, progress=sys.stderr.isatty())
+                                 num_workers=args.workers, device=args.device, progress=show_progress(args))
         print(f"evaluated {len(rows)} checkpoint(s); log: {Path(args.watch) / WATCH_LOG}")
         return 0
     if args.checkpoint:
@@ -102,6 +149,31 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
     if not (args.gt and args.detections):
         raise ValueError("give --gt PATH and --detections PATH, or CHECKPOINT --data PATH, or --watch DIR --data PATH")
     return _run_results(args)
+
+
+def _list_metrics(args: argparse.Namespace) -> int:
+    from ..metrics.registry import get_metric, list_metrics, metric_table
+
+    if args.json:
+        check_output_file(args.json, "--json")
+    rows = [get_metric(n).to_json() for n in list_metrics()]
+    if args.json != "-":
+        print(metric_table())
+    if args.json:
+        _write_json(args.json, rows)
+    return 0
+
+
+def _write_json(path: str, data: Any) -> None:
+    """``data`` as indented JSON to ``path`` (atomically) or to standard output for ``-``."""
+    from ..fileio import atomic_write_bytes
+
+    text = json.dumps(data, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_bytes(path, text.encode())
 
 
 def _run_results(args: argparse.Namespace) -> int:
@@ -150,8 +222,8 @@ def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Call
     ds = open_dataset(data, split=args.split, classes=_classes(args.classes))
     model = load(checkpoint, args.device)
     result = evaluate_model(model, ds, metric=args.metric, batch_size=args.batch_size, num_workers=args.workers,
-                            device=args.device, progress=sys.stderr.isatty(),
-                            runtime=getattr(args, "runtime", "auto"))
+                            device=args.device, progress=show_progress(args),
+                            runtime=args.runtime)
     gt = _dataset_gt(ds) if args.out else None
     _report(result, args, gt, _table_of(result, gt) if gt is not None else None, title=checkpoint.name)
     return 0
@@ -167,12 +239,14 @@ def write_outputs(result: Any, out: str | os.PathLike, gt: Any, table: Any, spli
     """
     from ..fileio import atomic_write_bytes
     from ..metrics.plots import plot_pr_curves
+    from ..metrics.registry import get_metric
     from ..metrics.results import write_coco_results, write_comp4
 
     folder = Path(out)
     files = [atomic_write_bytes(folder / "metrics.json", (json.dumps(result.to_json(), indent=2) + "\n").encode())]
-    name = {"voc07": "VOC07 11-point", "voc12": "VOC12 all-point", "coco": "COCO, IoU 0.5"}[result.metric]
-    files.append(plot_pr_curves(result.classes, folder / "pr_curves.png", step=result.metric == "voc12",
+    metric = get_metric(result.metric)
+    name = metric.curve
+    files.append(plot_pr_curves(result.classes, folder / "pr_curves.png", step=metric.step_curve,
                                 title=f"{title + ': ' if title else ''}precision-recall ({name})"))
     files.append(write_coco_results(table, gt, folder / "detections.json"))
     files += write_comp4(table, gt, folder / "comp4", split=split)
@@ -180,15 +254,18 @@ def write_outputs(result: Any, out: str | os.PathLike, gt: Any, table: Any, spli
 
 
 def _report(result: Any, args: argparse.Namespace, gt: Any, table: Any, title: str = "") -> None:
-    from ..fileio import atomic_write_bytes
-
-    print(result.format_table())
+    to_stdout = args.json == "-"
+    if not to_stdout:
+        print(result.format_table())
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps(result.to_json(), indent=2) + "\n").encode())
-        print(f"wrote {args.json}")
+        _write_json(args.json, result.to_json())
+        if not to_stdout and not is_quiet(args):
+            print(f"wrote {args.json}")
     if args.out:
         files = write_outputs(result, args.out, gt, table, split=args.split, title=title)
-        print(f"wrote {len(files)} files to {args.out} (metrics.json, pr_curves.png, detections.json, comp4/)")
+        if not to_stdout and not is_quiet(args):
+            print(f"wrote {len(files)} files to {args.out} (metrics.json, pr_curves.png, detections.json, "
+                  "comp4/)")
 
 
 # ----------------------------------------------------------------------------------------------- watch
@@ -272,7 +349,7 @@ def watch_checkpoints(
                     result = evaluate_model(model, ds, metric=metric, batch_size=batch_size,
                                             num_workers=num_workers, device=device, progress=progress)
                     row.update(seconds=round(time.perf_counter() - t0, 3), **result.to_json())
-                    shown = "n/a" if row["mAP"] is None else f"{100 * row['mAP']:.2f}"
+                    shown = "n/a" if row["mAP"] is None else f"{row['mAP']:.4f}"
                     print(f"{name}: {metric} mAP {shown} ({row['seconds']:.1f} s)")
                 except (OSError, ValueError, KeyError, RuntimeError) as e:
                     row.update(seconds=round(time.perf_counter() - t0, 3), error=f"{type(e).__name__}: {e}")

@@ -1,10 +1,12 @@
-"""``multibox zoo list [--json] | fetch NAME [--force] | info NAME``: the named pretrained models."""
+"""``multibox zoo list [--json FILE] | fetch NAME [--overwrite] | info NAME``: the named pretrained models."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from .options import add_json_option, add_overwrite_option, check_output_file
 
 __all__ = ["register"]
 
@@ -19,11 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "multibox.Detector.from_pretrained(NAME).")
     sub = p.add_subparsers(dest="zoo_command", required=True, metavar="ZOO")
     ls = sub.add_parser("list", help="the models, their kind, license and whether they are cached")
-    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_option(ls, "the list ('-': instead of the table)")
     ls.set_defaults(func=_cmd_list)
     f = sub.add_parser("fetch", help="fetch a model's original files and convert it (once)")
     f.add_argument("name", help="zoo model name (see `multibox zoo list`)")
-    f.add_argument("--force", action="store_true", help="convert again even when a cached bundle exists")
+    add_overwrite_option(f, "the cached bundle: convert again even when one exists")
     f.set_defaults(func=_cmd_fetch)
     i = sub.add_parser("info", help="sources, sha256, license and conversion of a model (JSON)")
     i.add_argument("name", help="zoo model name")
@@ -41,12 +43,18 @@ def _status(name: str) -> dict[str, object]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from ..fileio import atomic_write_bytes
     from ..interop.zoo import get_entry, list_zoo
 
+    if args.json:
+        check_output_file(args.json, "--json")
     rows = [{**get_entry(n).to_dict(), **_status(n)} for n in list_zoo()]
     if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
+        text = json.dumps(rows, indent=2) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+            return 0
+        atomic_write_bytes(args.json, text.encode())
     w = max(len("name"), *(len(r["name"]) for r in rows))
     print(f"{'name':<{w}}  {'kind':<8}  {'cached':<6}  {'classes':<18}  license")
     for r in rows:
@@ -60,7 +68,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     from ..interop.zoo import ZooUnavailable, fetch
 
     try:
-        path = fetch(args.name, force=args.force)
+        path = fetch(args.name, force=args.overwrite)
     except ZooUnavailable as e:
         print(f"multibox zoo: error: {e}", file=sys.stderr)
         return 2

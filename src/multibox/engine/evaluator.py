@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..metrics import METRICS
+from ..metrics.registry import get_metric
 from ..metrics.results import DetectionTable, GroundTruth
 from ..metrics.voc import ClassAP
 
@@ -38,10 +38,8 @@ __all__ = ["EvalResult", "evaluate_table", "evaluate_detections", "evaluate_mode
 
 
 def check_metric(metric: str) -> str:
-    """``metric`` if it is one of ``voc07``, ``voc12``, ``coco``; else ValueError."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
-    return metric
+    """``metric`` if it is a registered metric (:func:`multibox.metrics.registry.list_metrics`); else ValueError."""
+    return get_metric(metric).name
 
 
 def _num(v: float) -> float | None:
@@ -96,19 +94,19 @@ class EvalResult:
         return out
 
     def format_table(self) -> str:
-        """The per-class table (class, AP in %, #gt, #det) and the mean, as text."""
+        """The per-class table (class, AP, #gt, #det) and the mean, as text; AP values are fractions in [0, 1]
+        with 4 decimals, as in :meth:`to_json`."""
         width = max([5, *(len(n) for n in self.per_class)])
-        head = "AP" if self.metric != "coco" else "AP@[.5:.95]"
+        head = get_metric(self.metric).column
         lines = [f"{'class':<{width}}  {head:>11}  {'#gt':>7}  {'#det':>8}"]
         for name, ap in self.per_class.items():
-            text = "n/a" if math.isnan(ap) else f"{100 * ap:.2f}"
+            text = "n/a" if math.isnan(ap) else f"{ap:.4f}"
             lines.append(f"{name:<{width}}  {text:>11}  {self.num_gt[name]:>7}  {self.num_det[name]:>8}")
-        m = "n/a" if math.isnan(self.mAP) else f"{100 * self.mAP:.2f}"
-        label = {"voc07": "mAP (VOC07 11-point)", "voc12": "mAP (VOC12 all-point)", "coco": "AP (COCO)"}
-        lines.append(f"{label.get(self.metric, 'mAP')}: {m}  ({len(self.image_ids)} images, "
+        m = "n/a" if math.isnan(self.mAP) else f"{self.mAP:.4f}"
+        lines.append(f"{get_metric(self.metric).headline}: {m}  ({len(self.image_ids)} images, "
                      f"{sum(self.num_det.values())} detections)")
         if self.coco_stats is not None:
-            lines.append("  ".join(f"{k} {100 * v:.2f}" if v >= 0 else f"{k} n/a"
+            lines.append("  ".join(f"{k} {v:.4f}" if v >= 0 else f"{k} n/a"
                                    for k, v in self.coco_stats.items()))
         return "\n".join(lines)
 
@@ -120,28 +118,12 @@ def evaluate_table(gt: GroundTruth, table: DetectionTable, metric: str = "voc07"
     ``detections``: the per-image detections to keep in the result (default: built from ``table``).
     ``difficult_as_crowd``: for ``coco`` on non-COCO ground truth, difficult boxes become ``iscrowd``.
     """
-    check_metric(metric)
+    scorer = get_metric(metric)
     names = gt.class_names
     if len(table) and (table.image.min() < 0 or table.image.max() >= len(gt)):
         raise ValueError(f"detections refer to image {int(table.image.max())} but the ground truth has {len(gt)}")
-    coco_stats = coco_summary = None
-    if metric == "coco":
-        from ..metrics.coco import coco_evaluate
-        from ..metrics.results import coco_results
-
-        _, category_ids = gt.coco_ids()
-        ev = coco_evaluate(gt.coco_dict(difficult_as_crowd), coco_results(table, gt, for_coco_dict=True,
-                                                                          with_names=False),
-                           names, category_ids)
-        classes, mean, coco_stats, coco_summary = ev.per_class, ev.stats["AP"], ev.stats, ev.summary
-    else:
-        from ..metrics.voc import mean_ap, voc_evaluate
-
-        gi, gl, gb, ign = gt.arrays()
-        classes = voc_evaluate(gt_image=gi, gt_label=gl, gt_boxes=gb, gt_ignore=ign, det_image=table.image,
-                               det_label=table.label, det_score=table.score, det_boxes=table.boxes,
-                               class_names=names, metric=metric)
-        mean = mean_ap(classes)
+    score = scorer.evaluate(gt, table, difficult_as_crowd=difficult_as_crowd)
+    classes, mean, coco_stats, coco_summary = score.per_class, score.mean, score.stats, score.summary
     if detections is None:
         detections = table.to_detections(len(gt), names, [t.orig_size for t in gt.targets])
     return EvalResult(

@@ -6,14 +6,21 @@ it as one ``.safetensors`` file (the network's tensors plus ``__priors__``; ever
 **builder** registered in Python (:func:`register_builder`) from the JSON ``spec`` stored in the file.
 
 Builders: ``"multibox"`` (a registered multibox model: spec ``{"name", "kwargs", "num_classes", "class_names"}``)
-is built in; the Caffe importer registers ``"caffe"`` (a graph of layers), the TF importer may use ``"multibox"``.
+is built in; the Caffe importer registers ``"caffe"`` (a graph of layers), the TF importer ``"tf-od"``. Builders
+are found through :mod:`multibox.interop.registry` (which imports the module that registers a builder name).
+
+A bundle is untrusted input. Before anything is built, :func:`load_bundle` checks what its metadata asks for
+against :mod:`multibox.limits` (input side, classes, priors; also nesting of the JSON metadata), then builds the
+network on the ``meta`` device (no memory) and compares every tensor shape of that network with the file's: a
+spec that asks for a layer larger than the weights it carries is an error naming the file, never a big
+allocation.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,30 +28,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..limits import LimitError, check_input_size, check_num_classes, check_num_priors
 from ..models.spec import InputSpec
+from .registry import get_builder, register_builder
 
-__all__ = ["DetectorBundle", "register_builder", "save_bundle", "load_bundle", "BUNDLE_FORMAT"]
+__all__ = ["DetectorBundle", "register_builder", "save_bundle", "load_bundle", "check_bundle_limits",
+           "check_input_dims", "BUNDLE_FORMAT"]
 
 BUNDLE_FORMAT = "multibox-detector-bundle"
 _PRIORS_KEY = "__priors__"
-_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
-
-
-def register_builder(name: str, fn: Callable[[dict[str, Any]], nn.Module]) -> None:
-    """Register ``fn(spec) -> nn.Module`` under ``name`` (the module's ``state_dict`` keys must match the file)."""
-    _BUILDERS[name] = fn
-
-
-def _builder(name: str) -> Callable[[dict[str, Any]], nn.Module]:
-    if name not in _BUILDERS:
-        # importers register on import
-        if name == "caffe":
-            from . import caffe  # noqa: F401
-        elif name == "tf-od":
-            from . import tensorflow  # noqa: F401
-    if name not in _BUILDERS:
-        raise KeyError(f"no bundle builder named {name!r}; known: {', '.join(sorted(_BUILDERS))}")
-    return _BUILDERS[name]
+#: JSON metadata deeper than this is refused (real specs are a few levels deep).
+_MAX_JSON_DEPTH = 32
 
 
 def _build_multibox(spec: dict[str, Any]) -> nn.Module:
@@ -119,34 +113,151 @@ def save_bundle(bundle: DetectorBundle, path: str | os.PathLike) -> Path:
     return atomic_write_with(Path(path), lambda p: save_file(tensors, str(p), metadata=meta))
 
 
+def _json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, stopping past ``limit`` (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _loads(p: Path, meta: dict[str, str], key: str, default: str | None = None) -> Any:  # noqa: ANN401
+    text = meta[key] if default is None else meta.get(key, default)
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{p}: damaged bundle metadata {key!r} ({e})") from None
+    if _json_depth(value, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
+        raise ValueError(f"{p}: bundle metadata {key!r} is nested more than {_MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _walk(value: Any, key: str) -> list[Any]:  # noqa: ANN401
+    """Every value stored under ``key`` anywhere in a parsed JSON value."""
+    found, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            for k, c in v.items():
+                if k == key:
+                    found.append(c)
+                stack.append(c)
+        elif isinstance(v, list):
+            stack.extend(v)
+    return found
+
+
+def check_bundle_limits(spec: dict[str, Any], input_spec: dict[str, Any], class_names: list[Any],
+                        prior_shape: list[int] | tuple[int, ...], source: object) -> None:
+    """Check what a bundle's metadata asks for against :mod:`multibox.limits`, before anything is built.
+
+    ``input_spec["image_size"]`` and every ``image_size`` in ``spec``: :func:`~multibox.limits.check_input_size`;
+    the class names and every ``num_classes`` in ``spec``: :func:`~multibox.limits.check_num_classes`; a Caffe
+    spec's ``inputs`` (``{blob: [N, C, H, W]}``): ``H, W`` bounded, ``N * C`` at most 64; the priors
+    ``[P, 4]``: :func:`~multibox.limits.check_num_priors`. Raises :class:`~multibox.limits.LimitError` (a
+    ``ValueError``) naming ``source``."""
+    if not isinstance(input_spec, dict) or "image_size" not in input_spec:
+        raise LimitError(f"{source}: the bundle's input_spec has no image_size")
+    check_input_size(input_spec["image_size"], source)
+    for size in _walk(spec, "image_size"):
+        check_input_size(size, source)
+    if not isinstance(class_names, list):
+        raise LimitError(f"{source}: class_names is not a list")
+    check_num_classes(len(class_names), source)
+    for n in _walk(spec, "num_classes"):
+        check_num_classes(n, source)
+    for inputs in _walk(spec, "inputs"):
+        if not isinstance(inputs, dict):
+            raise LimitError(f"{source}: the spec's inputs are not a {{blob: shape}} table")
+        for blob, shape in inputs.items():
+            check_input_dims(shape, f"{source}: input {blob!r}")
+    if len(prior_shape) != 2 or prior_shape[1] != 4:
+        raise LimitError(f"{source}: the priors tensor has shape {list(prior_shape)}, expected [P, 4]")
+    check_num_priors(int(prior_shape[0]), source)
+
+
+def check_input_dims(shape: Any, source: object) -> list[int]:  # noqa: ANN401
+    """An input blob shape ``[N, C, H, W]`` (or ``[C, H, W]``) as ints: ``H, W`` within
+    :func:`~multibox.limits.max_input_side` and ``N * C <= 64`` (a batch of images, not a volume); else
+    :class:`~multibox.limits.LimitError` naming ``source``."""
+    if not isinstance(shape, list | tuple) or not 3 <= len(shape) <= 4:
+        raise LimitError(f"{source}: input shape {shape!r} is not [N, C, H, W]")
+    check_input_size(shape[-2:], source)
+    lead = check_input_size(shape[:-2], source)
+    if math.prod(lead) > 64:
+        raise LimitError(f"{source}: input shape {list(shape)!r}: batch x channels = {math.prod(lead)} exceeds 64")
+    return [int(v) for v in shape]
+
+
+def _check_shapes(p: Path, model: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """The state dict of ``model`` (built on the meta device) against the file's tensor shapes."""
+    want = {k: list(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(want) - set(shapes))
+    unexpected = sorted(set(shapes) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{p}: weights do not fit the rebuilt network (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]})")
+    wrong = [(k, shapes[k], want[k]) for k in want if shapes[k] != want[k]]
+    if wrong:
+        k, got, exp = wrong[0]
+        raise ValueError(f"{p}: the spec asks for {k} of shape {exp} but the file holds {got} "
+                         f"({len(wrong)} tensors differ)")
+    priors = getattr(model, "priors", None)
+    if isinstance(priors, Tensor):
+        check_num_priors(int(priors.shape[0]), p)
+
+
 def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DetectorBundle:
-    """Read a bundle written by :func:`save_bundle`; the network is rebuilt by its builder and loaded strictly."""
+    """Read a bundle written by :func:`save_bundle`; the network is rebuilt by its builder and loaded strictly.
+
+    Nothing is built before the metadata passed :func:`check_bundle_limits` and the network, built on the meta
+    device, has exactly the file's tensor names and shapes (``ValueError`` naming the file otherwise)."""
     from safetensors import safe_open
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: detector file not found")
     try:
-        with safe_open(str(p), framework="pt", device=str(map_location)) as f:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{p}: not a readable safetensors file ({e})") from None
     if meta.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{p}: not a multibox detector bundle (format {meta.get('format')!r})")
     try:
-        spec = json.loads(meta["spec"])
-        ispec = json.loads(meta["input_spec"])
-        class_names = json.loads(meta["class_names"])
-        variances = tuple(float(v) for v in json.loads(meta["variances"]))
-        post = json.loads(meta["postprocess"])
-        source = json.loads(meta.get("source", "{}"))
-    except (KeyError, json.JSONDecodeError) as e:
+        spec = _loads(p, meta, "spec")
+        ispec = _loads(p, meta, "input_spec")
+        class_names = _loads(p, meta, "class_names")
+        variances = tuple(float(v) for v in _loads(p, meta, "variances"))
+        post = _loads(p, meta, "postprocess")
+        source = _loads(p, meta, "source", "{}")
+        builder_name = meta["builder"]
+    except (KeyError, TypeError) as e:
         raise ValueError(f"{p}: damaged bundle metadata ({e})") from None
-    priors = tensors.pop(_PRIORS_KEY, None)
-    if priors is None:
+    prior_shape = shapes.pop(_PRIORS_KEY, None)
+    if prior_shape is None:
         raise ValueError(f"{p}: the bundle has no priors tensor")
-    model = _builder(meta["builder"])(spec)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{p}: damaged bundle metadata (spec is not an object)")
+    check_bundle_limits(spec, ispec, class_names, prior_shape, p)
+    build = get_builder(builder_name)
+    with torch.device("meta"):
+        probe = build(spec)
+    _check_shapes(p, probe, shapes)
+    del probe
+    try:
+        with safe_open(str(p), framework="pt", device=str(map_location)) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{p}: not a readable safetensors file ({e})") from None
+    priors = tensors.pop(_PRIORS_KEY)
+    model = build(spec)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ValueError(f"{p}: weights do not fit the rebuilt network (missing {missing[:5]}, unexpected "
@@ -155,5 +266,5 @@ def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu
     input_spec = InputSpec(image_size=tuple(ispec["image_size"]), channel_order=ispec["channel_order"],
                            mean=tuple(ispec["mean"]), std=tuple(ispec["std"]))
     return DetectorBundle(model=model, priors=priors, input_spec=input_spec, class_names=list(class_names),
-                          builder=meta["builder"], spec=spec, variances=variances,  # type: ignore[arg-type]
+                          builder=builder_name, spec=spec, variances=variances,  # type: ignore[arg-type]
                           postprocess=post, source=source)

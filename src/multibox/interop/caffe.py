@@ -43,6 +43,7 @@ OpenCV DNN).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -57,10 +58,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..anchors import PriorBoxGenerator, PriorConfig, PriorLevel
+from ..limits import check_input_size, check_num_classes, check_num_priors
 from ..models.detector import SSDOutput
 from ..models.spec import InputSpec
 from . import caffe_pb
-from .bundle import DetectorBundle, register_builder, save_bundle
+from .bundle import DetectorBundle, check_input_dims, save_bundle
+from .registry import parse_classes, parse_floats, register_builder, register_importer
 
 __all__ = [
     "SUPPORTED_LAYERS",
@@ -124,15 +127,53 @@ def parse_prototxt(path: str | os.PathLike | None = None, text: str | None = Non
         except UnicodeDecodeError as e:
             raise ValueError(f"{p}: not a text prototxt ({e})") from None
     where = str(path) if path is not None else "<prototxt>"
+    depth = prototxt_depth(text)
+    if depth > MAX_PROTOTXT_DEPTH:
+        raise ValueError(f"{where}: messages nested {depth} levels deep (a Caffe net is a few levels deep; at most "
+                         f"{MAX_PROTOTXT_DEPTH} are read)")
     net = caffe_pb.NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True)
     except text_format.ParseError as e:
         raise ValueError(f"{where}: cannot parse the prototxt: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{where}: cannot parse the prototxt: nested too deeply") from None
     if len(net.layers):
         raise ValueError(f"{where}: uses Caffe's deprecated V1 'layers' format; upgrade it with Caffe's "
                          "upgrade_net_proto_text first")
     return net
+
+
+#: Deepest message nesting :func:`parse_prototxt` reads (SSD deploy files nest 3 or 4 levels).
+MAX_PROTOTXT_DEPTH = 32
+
+
+def prototxt_depth(text: str) -> int:
+    """Deepest ``{``/``<`` message nesting of protobuf text, skipping quoted strings and ``#`` comments (a
+    linear scan, so a crafted file cannot make the recursive parser overflow)."""
+    depth = deepest = 0
+    quote = ""
+    comment = escape = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "{<":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "}>":
+            depth -= 1
+    return deepest
 
 
 def read_caffemodel(path: str | os.PathLike) -> Any:
@@ -352,6 +393,8 @@ def graph_spec(deploy: Any, weights: Any | None = None, *, where: str = "<protot
         shapes = shapes * len(names)
     if names and len(shapes) != len(names):
         raise ValueError(f"{where}: {len(names)} inputs but {len(shapes)} input shapes")
+    for n, shape in zip(names, shapes, strict=False):
+        check_input_dims(shape, f"{where}: input {n!r}")
     inputs.update(zip(names, shapes, strict=False))
 
     blobs_by_layer: dict[str, list[Any]] = {}
@@ -375,7 +418,7 @@ def graph_spec(deploy: Any, weights: Any | None = None, *, where: str = "<protot
             for i, top in enumerate(layer.top):
                 if not shp:
                     raise ValueError(f"{lw}: an Input layer needs input_param {{ shape {{ ... }} }}")
-                inputs[top] = shp[i] if len(shp) > 1 else shp[0]
+                inputs[top] = check_input_dims(shp[i] if len(shp) > 1 else shp[0], f"{lw}: input {top!r}")
             continue
         key = _sanitize(layer.name, taken)
         entry = {"name": layer.name, "key": key, "type": layer.type, "bottoms": list(layer.bottom),
@@ -868,8 +911,11 @@ def _blob_shapes(net: CaffeGraphNet, spec: dict[str, Any], ids: Sequence[str]) -
 def caffe_priors(prior_layers: Sequence[dict[str, Any]], shapes: dict[str, list[int]], *,
                  int_sizes: bool = True) -> tuple[Tensor, list[dict[str, Any]]]:
     """Priors ``[P, 4]`` normalized cxcywh of ``PriorBox`` layer entries (in concatenation order) given the shapes
-    of their bottoms (``shapes[entry["_bottom_ids"][k]]``), and one summary dict per layer."""
+    of their bottoms (``shapes[entry["_bottom_ids"][k]]``), and one summary dict per layer.
+
+    The image sizes and the total count are checked against :mod:`multibox.limits` before any prior is made."""
     parts, info = [], []
+    total = 0
     for entry in prior_layers:
         p = entry["params"]
         where = f"PriorBox layer {entry['name']!r}"
@@ -888,6 +934,9 @@ def caffe_priors(prior_layers: Sequence[dict[str, Any]], shapes: dict[str, list[
         maxs = tuple(p["max_size"])
         level = PriorLevel(min_sizes=tuple(p["min_size"]), max_sizes=maxs, aspect_ratios=tuple(p["aspect_ratio"]),
                            flip=p["flip"], step=step, offset=p["offset"])
+        check_input_size((ih, iw), where)
+        total += fh * fw * level.num_priors
+        check_num_priors(total, where)
         cfg = PriorConfig(image_size=(ih, iw), levels=(level,), clip=p["clip"], caffe_int_sizes=int_sizes)
         parts.append(PriorBoxGenerator(cfg)([(fh, fw)]))
         info.append({"layer": entry["name"], "feature_size": [fh, fw], "image_size": [ih, iw],
@@ -995,7 +1044,7 @@ def convert_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
     prior_layers = _prior_sources(prior_id, producers)
     dp = det["params"]
     post = _detection_settings(dp, where)
-    num_classes = int(dp["num_classes"])
+    num_classes = check_num_classes(int(dp["num_classes"]), where)
 
     with torch.device("meta"):  # the whole graph, for its structure and blob shapes only (no weights, no compute)
         full = CaffeGraphNet(spec)
@@ -1005,7 +1054,10 @@ def convert_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
         for b in e["_bottom_ids"]:
             if b not in shapes and b.split("@")[0] in spec["inputs"]:
                 shapes[b] = list(spec["inputs"][b.split("@")[0]])
-    priors, prior_info = caffe_priors(prior_layers, shapes, int_sizes=int_sizes)
+    try:
+        priors, prior_info = caffe_priors(prior_layers, shapes, int_sizes=int_sizes)
+    except ValueError as e:
+        raise type(e)(f"{prototxt}: {e}") from None
     variances = {tuple(i["variance"]) for i in prior_info}
     if len(variances) != 1:
         raise ValueError(f"{prototxt}: the PriorBox layers use different variances {sorted(variances)}")
@@ -1097,3 +1149,42 @@ def import_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, out
     }
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(report, indent=2) + "\n").encode())
     return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `multibox import caffe`
+
+
+def _add_cli_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("prototxt", help="the deploy .prototxt (text)")
+    c.add_argument("caffemodel", help="the trained weights (.caffemodel, binary)")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--name", help="output file stem (default: the caffemodel's stem)")
+    c.add_argument("--classes", help="class names, background first: a file (one per line) or comma-separated "
+                                     "(default: background, class_1, ...)")
+    c.add_argument("--mean", default="104,117,123",
+                   help="per-channel mean on the 0-255 scale, in --channel-order (default 104,117,123)")
+    c.add_argument("--std", default="1,1,1", help="per-channel std, in --channel-order (default 1,1,1)")
+    c.add_argument("--channel-order", choices=("BGR", "RGB"), default="BGR",
+                   help="channel order of the network input (default BGR, Caffe's)")
+    c.add_argument("--float-sizes", action="store_true",
+                   help="keep PriorBox min/max sizes as floats (OpenCV) instead of Caffe's int cast")
+
+
+def _run_cli(args: argparse.Namespace) -> Path:
+    from ..commands.options import check_output_dir
+
+    mean, std = parse_floats(args.mean, 3, "--mean"), parse_floats(args.std, 3, "--std")
+    classes = parse_classes(args.classes)
+    check_output_dir(args.out, "--out")
+    return import_caffe(args.prototxt, args.caffemodel, args.out, name=args.name, class_names=classes, mean=mean,
+                        std=std, channel_order=args.channel_order, int_sizes=not args.float_sizes)
+
+
+register_importer(
+    "caffe", help="a Caffe SSD: deploy .prototxt + .caffemodel", builders=("caffe",),
+    description="Rebuild a Caffe SSD from its deploy prototxt and caffemodel: the layer graph becomes the network, "
+                "PriorBox layers the priors, DetectionOutput the post-processing settings. The pre-processing "
+                "cannot be read from a deploy file: give it with --mean/--std/--channel-order (default: Caffe's BGR, "
+                "mean 104,117,123; OpenCV's face detector uses --mean 104,177,123).",
+    add_arguments=_add_cli_arguments, run=_run_cli)

@@ -49,6 +49,7 @@ Class names: ``["background", "person"]`` for a one-class graph unless ``class_n
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -63,8 +64,10 @@ import torch
 from torch import nn
 
 from ..fileio import atomic_write_bytes
+from ..limits import LimitError, check_input_size, check_num_classes, check_num_priors, max_priors
 from . import tf_pb
-from .bundle import DetectorBundle, register_builder, save_bundle
+from .bundle import DetectorBundle, save_bundle
+from .registry import parse_classes, register_builder, register_importer
 
 __all__ = [
     "TFImportError",
@@ -328,6 +331,34 @@ def _multi_input_op(node: Any, args: list[np.ndarray]) -> Any:
     return None
 
 
+def _elements(op: str, args: list[Any]) -> int:
+    """Elements that ``Fill``, ``Tile``, ``Range`` or ``Reshape`` would make from ``args`` (0 for other ops)."""
+    if op == "Fill":
+        return math.prod(int(d) for d in np.atleast_1d(args[0]))
+    if op == "Tile":
+        return int(np.asarray(args[0]).size) * math.prod(int(m) for m in np.atleast_1d(args[1]))
+    if op == "Range":
+        s, lim, d = (float(np.asarray(a).reshape(-1)[0]) for a in args[:3])
+        return int(abs((lim - s) / d)) + 1 if d and math.isfinite((lim - s) / d) else 0
+    if op == "Reshape":
+        return math.prod(abs(int(d)) for d in np.atleast_1d(args[1]))
+    return 0
+
+
+def _check_output_size(graph: TFGraph, name: str, op: str, args: list[Any]) -> None:
+    """Refuse ops of a crafted graph that would allocate more than 16 values per allowed prior coordinate."""
+    if op not in ("Fill", "Tile", "Range", "Reshape") or len(args) < 2:
+        return
+    bound = 16 * 4 * max_priors()
+    try:
+        n = _elements(op, args)
+    except (ValueError, TypeError, OverflowError, IndexError):
+        return  # malformed arguments: the op itself reports them
+    if n > bound:
+        raise graph.error(f"node {name!r} ({op}) would make {n} values (more than {bound}, 16 per allowed prior "
+                          "coordinate; MULTIBOX_MAX_PRIORS raises it)")
+
+
 def evaluate(graph: TFGraph, refs: Sequence[str], feeds: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
     """Evaluate tensors ``refs`` (``"node"`` or ``"node:k"``) of a graph with NumPy, float32 as TF does.
 
@@ -371,6 +402,7 @@ def evaluate(graph: TFGraph, refs: Sequence[str], feeds: Mapping[str, np.ndarray
                 values[cur] = tensor_to_numpy(node.attr["value"].tensor)
                 continue
             args = [value(r) for r in inputs]
+            _check_output_size(graph, cur, node.op, args)
             out = _multi_input_op(node, args)
             if out is None:
                 fn = _OPS.get(node.op)
@@ -889,6 +921,10 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
     if size_name is None:
         raise graph.error("no Preprocessor resize (.../ResizeImage/stack): cannot tell the input size")
     image_size = tuple(int(v) for v in graph.const(size_name).reshape(-1)[:2])
+    try:
+        check_input_size(image_size, source)
+    except LimitError as e:
+        raise TFImportError(str(e)) from None
     mul, mul_src = _read_float(graph, ["Preprocessor/mul/x"], 2.0 / 255.0)
     sub, sub_src = _read_float(graph, ["Preprocessor/sub/y"], 1.0)
     # x * mul - sub = (x - sub / mul) / (1 / mul); rounded: the graph stores mul in float32 (2/255 -> 127.499996)
@@ -906,6 +942,10 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
                 for k in range(n_levels)]
     per_loc = [int(b.size) // 4 for b in box_bias]
     num_classes = int(cls_bias[0].size) // per_loc[0]
+    try:
+        check_num_classes(num_classes, source)
+    except LimitError as e:
+        raise TFImportError(str(e)) from None
     for k in range(n_levels):
         if int(cls_bias[k].size) != per_loc[k] * num_classes:
             raise graph.error(f"BoxPredictor_{k}: {cls_bias[k].size} class outputs for {per_loc[k]} anchors "
@@ -927,6 +967,10 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
         anchor_ref = graph.data_inputs(expand)[0]
     (tf_anchors,) = evaluate(graph, [anchor_ref])
     tf_anchors = np.asarray(tf_anchors, dtype=np.float32).reshape(-1, 4)
+    try:
+        check_num_priors(int(tf_anchors.shape[0]), source)
+    except LimitError as e:
+        raise TFImportError(str(e)) from None
 
     # the architecture: what the graph says about layers and channels, and how to copy its weights
     if extractor == "MobilenetV2":
@@ -1046,3 +1090,29 @@ def import_tf_od(pb_path: str | os.PathLike, out_dir: str | os.PathLike, *, name
               "num_parameters": int(sum(t.numel() for t in model.parameters()))}
     atomic_write_bytes(path.with_suffix(".json"), (json.dumps(report, indent=2) + "\n").encode())
     return path
+
+
+# ------------------------------------------------------------------------------------ `multibox import tf-od`
+def _add_cli_arguments(t: argparse.ArgumentParser) -> None:
+    t.add_argument("graph", help="the frozen GraphDef (.pb)")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--name", help="output file stem (default: the graph's stem)")
+    t.add_argument("--classes", help="class names, background first: a file (one per line) or comma-separated")
+
+
+def _run_cli(args: argparse.Namespace) -> Path:
+    from ..commands.options import check_output_dir
+
+    options: dict[str, Any] = {"name": args.name}
+    classes = parse_classes(args.classes)
+    if classes is not None:
+        options["class_names"] = classes
+    check_output_dir(args.out, "--out")
+    return Path(import_tf_od(args.graph, args.out, **options))
+
+
+register_importer(
+    "tf-od", help="a TensorFlow Object Detection API SSD: frozen_inference_graph.pb", builders=("tf-od",),
+    description="Convert an SSD (MobileNet v1/v2, SSDLite) frozen GraphDef of the TensorFlow Object Detection API "
+                "into a detector bundle.",
+    add_arguments=_add_cli_arguments, run=_run_cli)

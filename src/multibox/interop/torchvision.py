@@ -14,9 +14,13 @@ The networks are the same layer for layer; only the parameter names differ (see 
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,6 +29,7 @@ from ..anchors import PriorConfig, config_from_scales
 from ..models.detector import SSD
 from ..models.spec import InputSpec
 from ..models.ssd_vgg import ssd300_vgg16
+from .registry import parse_classes, register_builder, register_importer
 
 __all__ = [
     "TORCHVISION_SSD300_PRIORS",
@@ -33,6 +38,7 @@ __all__ = [
     "ssd300_from_torchvision_state_dict",
     "load_torchvision_weights",
     "to_torchvision_state_dict",
+    "import_torchvision",
 ]
 
 #: torchvision ``DefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]], scales=[0.07, ..., 1.05],
@@ -171,3 +177,73 @@ def to_torchvision_state_dict(model: SSD) -> dict[str, Tensor]:
     sd = model.state_dict()
     _check_keys(list(sd), list(inverse), "the model's state_dict (as our SSD300 VGG16)")
     return {inverse[k]: v.detach().clone() for k, v in sd.items()}
+
+
+# ------------------------------------------------------------------------------ `multibox import torchvision`
+
+
+def _build_bundle_model(spec: dict[str, Any]) -> SSD:
+    """The bundle builder ``"torchvision"``: an untrained SSD300 with torchvision's priors and input spec;
+    ``spec = {"num_classes", "class_names"}``."""
+    return ssd300_vgg16(num_classes=int(spec["num_classes"]), class_names=spec.get("class_names"),
+                        priors=TORCHVISION_SSD300_PRIORS, input_spec=TORCHVISION_SSD300_INPUT_SPEC)
+
+
+register_builder("torchvision", _build_bundle_model)
+
+
+def import_torchvision(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, name: str | None = None,
+                       class_names: Sequence[str] | None = None) -> Path:
+    """Convert a torchvision ``ssd300_vgg16`` ``.pth`` state dict into a detector bundle
+    ``out_dir/<name>.safetensors`` (builder ``"torchvision"``; torchvision's post-processing settings, which are
+    :class:`~multibox.postprocess.PostProcess`'s defaults) and a JSON report ``out_dir/<name>.json``. ``name``
+    defaults to the file's stem. Returns the bundle's path."""
+    from ..fileio import atomic_write_bytes
+    from ..limits import check_num_classes
+    from .bundle import DetectorBundle, save_bundle
+
+    src = Path(path)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: torchvision weights not found")
+    stem = name or src.stem
+    if not stem or "/" in stem or "\\" in stem:
+        raise ValueError(f"bad output name {stem!r}")
+    try:
+        model = load_torchvision_weights(src, class_names=class_names).eval()
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{src}: {e.args[0] if e.args else e}") from None
+    check_num_classes(model.num_classes, src)
+    spec = {"num_classes": model.num_classes, "class_names": list(model.class_names)}
+    bundle = DetectorBundle(model=model, priors=model.priors, input_spec=model.input_spec,
+                            class_names=list(model.class_names), builder="torchvision", spec=spec,
+                            variances=tuple(model.prior_config.variances),  # type: ignore[arg-type]
+                            source={"importer": "torchvision", "file": src.name})
+    out = Path(out_dir)
+    bundle_path = save_bundle(bundle, out / f"{stem}.safetensors")
+    report = {"name": stem, "bundle": bundle_path.name, "importer": "torchvision", "num_priors": model.num_priors,
+              "class_names": list(model.class_names)}
+    atomic_write_bytes(out / f"{stem}.json", (json.dumps(report, indent=2) + "\n").encode())
+    return bundle_path
+
+
+def _add_cli_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("weights", help="a torchvision ssd300_vgg16 state dict (.pth)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--name", help="output file stem (default: the weights file's stem)")
+    p.add_argument("--classes", help="class names, background first: a file (one per line) or comma-separated "
+                                     "(default: torchvision's COCO names for 91 classes, else class_1, ...)")
+
+
+def _run_cli(args: argparse.Namespace) -> Path:
+    from ..commands.options import check_output_dir
+
+    classes = parse_classes(args.classes)
+    check_output_dir(args.out, "--out")
+    return import_torchvision(args.weights, args.out, name=args.name, class_names=classes)
+
+
+register_importer(
+    "torchvision", help="torchvision's ssd300_vgg16 weights (.pth state dict)", builders=("torchvision",),
+    description="Convert a torchvision ssd300_vgg16 state dict into a detector bundle: the same network layer for "
+                "layer, torchvision's priors, input normalization and post-processing settings.",
+    add_arguments=_add_cli_arguments, run=_run_cli)

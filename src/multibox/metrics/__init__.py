@@ -7,7 +7,10 @@ Names are imported on first use (NumPy only; pycocotools and matplotlib load whe
 * :func:`coco_evaluate`, :func:`coco_ground_truth`, ``COCO_STAT_NAMES`` (``metrics.coco``);
 * :class:`GroundTruth`, :class:`DetectionTable`, :func:`load_ground_truth`, :func:`read_detections`,
   :func:`write_comp4`, :func:`write_coco_results` (``metrics.results``);
-* :func:`plot_pr_curves` (``metrics.plots``).
+* :func:`plot_pr_curves` (``metrics.plots``);
+* the registry of metrics by name: :func:`register_metric`, :func:`list_metrics`, :func:`get_metric`,
+  :class:`Metric`, :class:`MetricScore` (``metrics.registry``; ``voc07`` and ``voc12`` register in ``metrics.voc``,
+  ``coco`` in ``metrics.coco``).
 
 Model evaluation (:func:`multibox.engine.evaluator.evaluate_model`) builds on these.
 """
@@ -15,8 +18,6 @@ Model evaluation (:func:`multibox.engine.evaluator.evaluate_model`) builds on th
 from __future__ import annotations
 
 from .._lazy import lazy_exports
-
-METRICS = ("voc07", "voc12", "coco")
 
 _EXPORTS = {
     "ClassAP": "voc",
@@ -42,8 +43,13 @@ _EXPORTS = {
     "write_coco_results": "results",
     "coco_results": "results",
     "plot_pr_curves": "plots",
+    "Metric": "registry",
+    "MetricScore": "registry",
+    "register_metric": "registry",
+    "list_metrics": "registry",
+    "get_metric": "registry",
 }
 
-__all__ = sorted([*_EXPORTS, "METRICS"])
+__all__ = sorted(_EXPORTS)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -26,9 +26,11 @@ from typing import Any
 import numpy as np
 
 from ..data.types import Target
+from .registry import MetricScore, register_metric
+from .results import DetectionTable, GroundTruth, coco_results
 from .voc import ClassAP
 
-__all__ = ["COCO_STAT_NAMES", "COCOEvaluation", "coco_evaluate", "coco_ground_truth"]
+__all__ = ["COCO_STAT_NAMES", "COCOEvaluation", "coco_evaluate", "coco_ground_truth", "evaluate_coco"]
 
 #: Names of ``COCOeval.stats``, in its order.
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -150,3 +152,18 @@ def _complete(gt: dict[str, Any]) -> dict[str, Any]:
             a["iscrowd"] = 0
         fixed.append(a)
     return {**gt, "annotations": fixed}
+
+
+def evaluate_coco(gt: GroundTruth, table: DetectionTable, *, difficult_as_crowd: bool = True) -> MetricScore:
+    """The ``coco`` metric: pycocotools' 12 numbers (``stats``), per-class AP@[.5:.95], headline ``AP``.
+
+    ``table`` rows index ``gt.targets`` (boxes xyxy pixels); non-COCO ground truth is converted by
+    :meth:`GroundTruth.coco_dict` (difficult boxes become crowd regions when ``difficult_as_crowd``)."""
+    _, category_ids = gt.coco_ids()
+    ev = coco_evaluate(gt.coco_dict(difficult_as_crowd),
+                       coco_results(table, gt, for_coco_dict=True, with_names=False), gt.class_names, category_ids)
+    return MetricScore(per_class=ev.per_class, mean=ev.stats["AP"], stats=ev.stats, summary=ev.summary)
+
+
+register_metric("coco", evaluate_coco, description="COCO AP@[.5:.95] and the other 11 numbers of pycocotools",
+                headline="AP (COCO)", column="AP@[.5:.95]", curve="COCO, IoU 0.5")

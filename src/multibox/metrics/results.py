@@ -18,7 +18,10 @@ original image) come from and go to:
   image id string and ``category_id`` the label (1..C-1); for COCO ground truth both are COCO's own ids.
   ``category_name``, when present, decides the class. Records grouped per image as
   :meth:`multibox.detections.Detections.to_dict` writes them (``{"image_id", "detections": [...]}``) are read
-  too.
+  too, and so is ``multibox detect``'s ``detections.json`` (``{"images": [{"id", "file_name", "source"}],
+  "annotations": [...]}``): its images are numbered 1..N in the order detect saw them, so they are matched to the
+  ground truth by **file stem** (``file_name``, else ``source``) against the image ids (for COCO ground truth,
+  against the stems of its images' ``file_name``), never by number.
 
 Bad input raises :class:`DetectionsFileError` (a ``ValueError``) naming the file and the line or record.
 """
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GroundTruth", "DetectionTable", "DetectionsFileError", "load_ground_truth", "read_coco_ground_truth",
     "read_detections", "read_comp4", "read_coco_results", "write_comp4", "write_coco_results", "coco_results",
-    "comp4_file_name",
+    "comp4_file_name", "load_json",
 ]
 
 
@@ -89,6 +92,7 @@ class GroundTruth:
     category_ids: list[int] | None = None
     coco_image_ids: list[Any] | None = None
     _index: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _file_index: dict[str, int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.class_names = [str(n) for n in self.class_names]
@@ -120,6 +124,26 @@ class GroundTruth:
                 index[key] = i
             self._index = index
         return self._index.get(str(image_id))
+
+    def index_of_file(self, file_name: str) -> int | None:
+        """Position of the image whose file is ``file_name`` (a name or path): its stem (or the name without
+        suffix) compared with the image ids, and for COCO ground truth with the stems of the ``file_name`` of
+        its images; ``None`` when no image matches."""
+        name = Path(str(file_name).replace("\\", "/"))
+        for key in (name.stem, str(name.with_suffix("")), name.name):
+            k = self.index_of(key)
+            if k is not None:
+                return k
+        if self.coco is not None:
+            if self._file_index is None:
+                index: dict[str, int] = {}
+                pos = {cid: i for i, cid in enumerate(self.coco_image_ids or [])}
+                for im in self.coco.get("images", []):
+                    if isinstance(im, dict) and isinstance(im.get("file_name"), str) and im.get("id") in pos:
+                        index.setdefault(Path(im["file_name"]).stem, pos[im["id"]])
+                self._file_index = index
+            return self._file_index.get(name.stem)
+        return None
 
     def label_of_name(self) -> dict[str, int]:
         """Class name -> label (1..C-1)."""
@@ -190,6 +214,20 @@ def _number(value: object) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def load_json(path: str | os.PathLike) -> Any:  # noqa: ANN401 (any JSON value)
+    """The JSON value in ``path``; :class:`DetectionsFileError` naming the file for invalid or too deeply nested
+    JSON (Python's parser recurses per nesting level: a file of ``[[[[...`` would otherwise overflow it)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DetectionsFileError(p, f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise DetectionsFileError(p, "JSON nested too deeply to read (results and ground truth are a few levels "
+                                     "deep)") from None
+
+
 def read_coco_ground_truth(path: str | os.PathLike) -> GroundTruth:
     """A COCO instances JSON as :class:`GroundTruth` (the dict is kept for pycocotools).
 
@@ -199,11 +237,7 @@ def read_coco_ground_truth(path: str | os.PathLike) -> GroundTruth:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such COCO ground-truth file")
-    try:
-        with open(p, "rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DetectionsFileError(p, f"not valid JSON ({e})") from None
+    data = load_json(p)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations", []), list) or not isinstance(data.get("categories"), list):
         raise DetectionsFileError(p, "not a COCO ground-truth file (needs 'images', 'annotations' and "
@@ -505,12 +539,12 @@ def read_coco_results(path: str | os.PathLike, gt: GroundTruth) -> DetectionTabl
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such detections file")
-    try:
-        with open(p, "rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DetectionsFileError(p, f"not valid JSON ({e})") from None
+    data = load_json(p)
+    image_of: dict[Any, int] | None = None
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        if isinstance(data.get("images"), list) and any(isinstance(im, dict) and ("file_name" in im or "source" in im)
+                                                        for im in data["images"]):
+            image_of = _images_by_file(p, data["images"], gt)
         data = data["annotations"]
     if not isinstance(data, list):
         raise DetectionsFileError(p, "a COCO results file is a JSON list of {image_id, category_id or "
@@ -538,7 +572,13 @@ def read_coco_results(path: str | os.PathLike, gt: GroundTruth) -> DetectionTabl
             raise DetectionsFileError(p, "not an object", record=i)
         if "image_id" not in r:
             raise DetectionsFileError(p, "missing 'image_id'", record=i)
-        k = gt.index_of(r["image_id"]) if isinstance(r["image_id"], str | int) else None
+        if image_of is not None:
+            k = image_of.get(r["image_id"]) if isinstance(r["image_id"], str | int) else None
+            if k is None:
+                raise DetectionsFileError(p, f"image_id {r['image_id']!r} is not one of the file's 'images'",
+                                          record=i)
+        else:
+            k = gt.index_of(r["image_id"]) if isinstance(r["image_id"], str | int) else None
         if k is None:
             hint = (" (VOC image ids are strings such as '000005')"
                     if isinstance(r["image_id"], int) and not gt.is_coco else "")
@@ -571,6 +611,26 @@ def read_coco_results(path: str | os.PathLike, gt: GroundTruth) -> DetectionTabl
         xywh[j] = nums
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     return DetectionTable(image, label, score, boxes, xywh)
+
+
+def _images_by_file(p: Path, images: list[Any], gt: GroundTruth) -> dict[Any, int]:
+    """``multibox detect``'s ``images`` list -> {its image id: ground-truth position}, matched by file stem."""
+    out: dict[Any, int] = {}
+    for i, im in enumerate(images):
+        if not isinstance(im, dict) or not isinstance(im.get("id"), str | int) or isinstance(im.get("id"), bool):
+            raise DetectionsFileError(p, "an entry of 'images' needs an 'id' and a 'file_name'", record=i)
+        names = [im[k] for k in ("file_name", "source") if isinstance(im.get(k), str) and im[k]]
+        if not names:
+            raise DetectionsFileError(p, f"image {im['id']!r} has no 'file_name' or 'source' to match it to the "
+                                         "ground truth by", record=i)
+        k = next((j for j in (gt.index_of_file(n) for n in names) if j is not None), None)
+        if k is None:
+            raise DetectionsFileError(p, f"image {names[0]!r} (id {im['id']!r}) matches no image of the ground truth "
+                                         f"({gt.source}) by file stem", record=i)
+        if im["id"] in out:
+            raise DetectionsFileError(p, f"duplicate image id {im['id']!r} in 'images'", record=i)
+        out[im["id"]] = k
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -38,11 +38,17 @@ the 0.3 threshold, as in the devkit. (``np.arange(0, 1.1, 0.1)``, used by some P
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .registry import MetricScore, register_metric
+
+if TYPE_CHECKING:
+    from .results import DetectionTable, GroundTruth
+
 __all__ = ["ClassAP", "VOC_METRICS", "VOC07_RECALL_THRESHOLDS", "voc07_ap", "voc12_ap", "match_detections",
-           "voc_evaluate", "mean_ap"]
+           "voc_evaluate", "mean_ap", "evaluate_voc07", "evaluate_voc12"]
 
 #: Metric names handled here: VOC2007 11-point and VOC2010+ all-point AP.
 VOC_METRICS = ("voc07", "voc12")
@@ -140,6 +146,10 @@ def match_detections(gt_group: np.ndarray, gt_boxes: np.ndarray, det_group: np.n
     pair_gt = order[np.repeat(start - seg_start, count) + np.arange(total)]
     db = np.asarray(det_boxes, dtype=np.float64)[dets][pair_det]
     gb = np.asarray(gt_boxes, dtype=np.float64)[pair_gt]
+    # Our own overlap, not torchvision.ops.box_iou: the pairs are ragged (each detection against the boxes of its
+    # own image and class, no full matrix), NumPy float64 as the devkit's MATLAB doubles, and "no overlap" is the
+    # devkit's iw > 0 and ih > 0 test (tests/test_metrics_voc.py::test_fast_equals_devkit_reference and
+    # ::test_continuous_iou_equals_devkit_iou_on_random_boxes pin these numbers).
     iw = np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0])
     ih = np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1])
     overlap = (iw > 0) & (ih > 0)
@@ -237,3 +247,31 @@ def mean_ap(per_class: list[ClassAP]) -> float:
     aps = np.array([r.ap for r in per_class], dtype=np.float64)
     aps = aps[~np.isnan(aps)]
     return float(aps.mean()) if aps.size else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+def _evaluate(gt: GroundTruth, table: DetectionTable, metric: str) -> MetricScore:
+    gi, gl, gb, ign = gt.arrays()
+    classes = voc_evaluate(gt_image=gi, gt_label=gl, gt_boxes=gb, gt_ignore=ign, det_image=table.image,
+                           det_label=table.label, det_score=table.score, det_boxes=table.boxes,
+                           class_names=gt.class_names, metric=metric)
+    return MetricScore(per_class=classes, mean=mean_ap(classes))
+
+
+def evaluate_voc07(gt: GroundTruth, table: DetectionTable, *, difficult_as_crowd: bool = True) -> MetricScore:
+    """The ``voc07`` metric: devkit 11-point AP per class (difficult boxes ignored), mean over classes with
+    ground truth. ``table`` rows index ``gt.targets`` (boxes xyxy pixels); ``difficult_as_crowd`` is unused."""
+    return _evaluate(gt, table, "voc07")
+
+
+def evaluate_voc12(gt: GroundTruth, table: DetectionTable, *, difficult_as_crowd: bool = True) -> MetricScore:
+    """The ``voc12`` metric: devkit all-point AP (VOC2010+), otherwise as :func:`evaluate_voc07`."""
+    return _evaluate(gt, table, "voc12")
+
+
+register_metric("voc07", evaluate_voc07, description="Pascal VOC2007 11-point AP at IoU > 0.5 (devkit exact)",
+                headline="mAP (VOC07 11-point)", curve="VOC07 11-point")
+register_metric("voc12", evaluate_voc12, description="Pascal VOC2010+ all-point AP at IoU > 0.5 (devkit exact)",
+                headline="mAP (VOC12 all-point)", curve="VOC12 all-point", step_curve=True)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..anchors import PriorConfig, get_prior_preset
+from .backbones.registry import backbone_name
 from .detector import SSD
 
 __all__ = ["register_model", "list_models", "build_model", "model_info", "resolve_priors"]
@@ -75,7 +76,9 @@ def model_info(name: str, **kwargs: Any) -> dict[str, Any]:
     """Facts about a registered model, built on the meta device (no weights allocated).
 
     Keys: ``name``, ``num_parameters``, ``num_priors``, ``image_size``, ``num_feature_maps``,
-    ``feature_sizes``, ``num_classes``. ``kwargs`` go to :func:`build_model`.
+    ``feature_sizes``, ``num_classes``, ``backbone`` (its registered name, see
+    :func:`~multibox.models.backbones.registry.list_backbones`; ``None`` if unregistered). ``kwargs`` go to
+    :func:`build_model`.
     """
     with torch.device("meta"):
         model = build_model(name, **kwargs)
@@ -87,4 +90,5 @@ def model_info(name: str, **kwargs: Any) -> dict[str, Any]:
         "num_feature_maps": model.num_feature_maps,
         "feature_sizes": model.feature_sizes(),
         "num_classes": model.num_classes,
+        "backbone": backbone_name(model.backbone),
     }

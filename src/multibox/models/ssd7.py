@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..anchors import PriorConfig, config_from_scales
 from .backbones.base import Backbone
+from .backbones.registry import build_backbone, register_backbone
 from .detector import SSD
 from .registry import register_model
 from .spec import InputSpec
@@ -40,6 +41,7 @@ class ConvBNELU(nn.Module):
         return F.elu(self.bn(self.conv(x)), inplace=True)
 
 
+@register_backbone("ssd7", "SSD7: seven conv+BN+ELU blocks (ssd_keras), maps at strides 8..64")
 class SSD7Backbone(Backbone):
     """``images [B, 3, H, W] -> [conv4, conv5, conv6, conv7]`` with ``out_channels [64, 48, 48, 32]``,
     ``strides [8, 16, 32, 64]`` (sizes ``floor``: 37, 18, 9, 4 at 300x300).
@@ -92,7 +94,7 @@ def ssd7(
     input_spec: InputSpec | None = None,
 ) -> SSD:
     """SSD7 at ``image_size`` (ignored when ``priors`` is given; then the priors' size is used)."""
-    backbone = SSD7Backbone()
+    backbone = build_backbone("ssd7")
     if priors is None:
         priors = ssd7_priors(image_size, backbone.strides)
     if input_spec is None:

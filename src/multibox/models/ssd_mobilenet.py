@@ -24,7 +24,8 @@ from typing import Any
 from torch import nn
 
 from ..anchors import PriorConfig
-from .backbones.mobilenet import ConvBNReLU6, MobileNetV1Backbone, MobileNetV2Backbone
+from .backbones.mobilenet import ConvBNReLU6
+from .backbones.registry import build_backbone
 from .detector import SSD
 from .heads import SSDHead
 from .registry import register_model
@@ -112,7 +113,8 @@ def ssd300_mobilenetv1(
     ``backbone_channels`` (14 counts) and ``extra_blocks`` (``(1x1, 3x3)`` channels per block) override the
     channels derived from ``depth_multiplier`` / ``min_depth`` (an importer reads them from the weights).
     """
-    backbone = MobileNetV1Backbone(depth_multiplier, min_depth, tf_same_padding, channels=backbone_channels, **_TF_BN)
+    backbone = build_backbone("mobilenet_v1", depth_multiplier=depth_multiplier, min_depth=min_depth,
+                              tf_same_padding=tf_same_padding, channels=backbone_channels, **_TF_BN)
     if extra_blocks is None:
         extra_blocks = tf_extra_blocks(depth_multiplier, min_depth)
     extras = SSDConvExtras(backbone.out_channels[-1], extra_blocks, tf_same_padding=tf_same_padding, **_TF_BN)
@@ -136,7 +138,8 @@ def ssd_mobilenetv2_conv(
     (``last_channels`` overrides the width of its final 1x1 conv), :class:`SSDConvExtras` and
     :class:`~multibox.models.heads.SSDHead`; default priors :func:`~multibox.models.ssdlite.ssdlite_priors` at
     300x300."""
-    backbone = MobileNetV2Backbone(width_mult, tf_same_padding, last_channels=last_channels)
+    backbone = build_backbone("mobilenet_v2", width_mult=width_mult, tf_same_padding=tf_same_padding,
+                              last_channels=last_channels)
     if extra_blocks is None:
         extra_blocks = tf_extra_blocks(1.0, 16)
     extras = SSDConvExtras(backbone.out_channels[-1], extra_blocks, tf_same_padding=tf_same_padding, **_TF_BN)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..anchors import PriorConfig, get_prior_preset
-from .backbones.vgg import VGG16Backbone
+from .backbones.registry import build_backbone
 from .detector import SSD
 from .extras import SSD300_EXTRAS, SSD512_EXTRAS, ExtraLayerSpec, Extras
 from .registry import register_model
@@ -23,7 +23,7 @@ def ssd_vgg16(
     l2norm_scale: float = 20.0,
 ) -> SSD:
     """A VGG16 SSD with the given extra blocks; the input spec defaults to VGG's at ``priors.image_size``."""
-    backbone = VGG16Backbone(l2norm_scale=l2norm_scale)
+    backbone = build_backbone("vgg16", l2norm_scale=l2norm_scale)
     if input_spec is None:
         input_spec = VGG_INPUT_SPEC.with_image_size(priors.image_size)
     return SSD(

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..anchors import PriorConfig, PriorLevel, config_from_scales
 from .backbones.mobilenet import ConvBNReLU6, MobileNetV2Backbone
+from .backbones.registry import build_backbone
 from .detector import SSD
 from .heads import check_head_args, run_predictors
 from .registry import register_model
@@ -265,7 +266,7 @@ class SSDLiteHead(nn.Module):
 def _backbone(
     width_mult: float, tf_same_padding: bool, pretrained_backbone: str | os.PathLike | None
 ) -> MobileNetV2Backbone:
-    backbone = MobileNetV2Backbone(width_mult, tf_same_padding)
+    backbone = build_backbone("mobilenet_v2", width_mult=width_mult, tf_same_padding=tf_same_padding)
     if pretrained_backbone is not None:
         backbone.load_pretrained_file(pretrained_backbone)
     return backbone

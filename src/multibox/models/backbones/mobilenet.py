@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
+from .registry import register_backbone
 
 __all__ = [
     "MobileNetV2Backbone",
@@ -207,6 +208,7 @@ class InvertedResidual(nn.Module):
         return expansion, (x + y if self.use_residual else y)
 
 
+@register_backbone("mobilenet_v2", "MobileNetV2 (expansion of block 14 and the last 1x1 conv): SSDLite, TF OD API")
 class MobileNetV2Backbone(Backbone):
     """MobileNetV2 features for SSD: ``images [B, 3, H, W] -> [c4 [B, 576, H/16, W/16], c5 [B, 1280, H/32, W/32]]``.
 
@@ -387,6 +389,7 @@ class DepthwiseSeparableConv(nn.Sequential):
         self.stride = int(stride)
 
 
+@register_backbone("mobilenet_v1", "MobileNetV1 (Conv2d_11 and Conv2d_13 pointwise): TF OD API ssd_mobilenet_v1")
 class MobileNetV1Backbone(Backbone):
     """MobileNetV1 features for SSD: ``images [B, 3, H, W] -> [c4 [B, C11, H/16, W/16], c5 [B, C13, H/32, W/32]]``.
 

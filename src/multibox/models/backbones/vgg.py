@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..layers import L2Norm
 from .base import Backbone
+from .registry import register_backbone
 
 __all__ = ["VGG16Backbone", "VGG16_CONV_NAMES", "TORCHVISION_VGG16_FEATURE_INDEX"]
 
@@ -37,6 +38,7 @@ TORCHVISION_VGG16_FEATURE_INDEX: dict[str, int] = dict(
 _CONV_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 
 
+@register_backbone("vgg16", "VGG16 (conv4_3 L2-normed, fc6/fc7 as dilated convs): Caffe SSD300/SSD512")
 class VGG16Backbone(Backbone):
     """VGG16 for SSD: ``images [B, 3, H, W] -> [conv4_3 (L2-normed) [B, 512, H/8, W/8], fc7 [B, 1024, H/16, W/16]]``.
 

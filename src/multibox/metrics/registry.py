@@ -1,0 +1,138 @@
+"""The metrics registry: every evaluation metric by name, with what callers need to run and show it.
+
+A metric registers itself in its own module (``voc07`` and ``voc12`` in :mod:`multibox.metrics.voc`, ``coco`` in
+:mod:`multibox.metrics.coco`) with :func:`register_metric`; everything that names metrics (``multibox eval
+--metric`` and ``--list-metrics``, the evaluator, config validation) reads :func:`list_metrics` /
+:func:`get_metric`. Every module of the :mod:`multibox.metrics` package is imported on the first look-up, so a new
+metric is one new module (plus its test); a metric registered from anywhere else (a plugin, a test) is usable
+the moment its ``register_metric`` call has run.
+
+An evaluation function is ``evaluate(gt, table, *, difficult_as_crowd) -> MetricScore`` where ``gt`` is a
+:class:`~multibox.metrics.results.GroundTruth`, ``table`` a :class:`~multibox.metrics.results.DetectionTable`
+(rows index ``gt.targets``; boxes xyxy absolute pixels of the original image; labels index ``gt.class_names``)
+and ``difficult_as_crowd`` says whether difficult boxes become crowd regions where the metric knows crowds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .voc import ClassAP
+
+__all__ = ["Metric", "MetricScore", "register_metric", "list_metrics", "get_metric", "metric_table"]
+
+
+@dataclass
+class MetricScore:
+    """What a metric's evaluation returns.
+
+    Attributes:
+        per_class: one :class:`~multibox.metrics.voc.ClassAP` per foreground class, in label order (AP as a
+            fraction in [0, 1], NaN for a class without ground truth; curves for plots).
+        mean: the headline number (a fraction; NaN when undefined).
+        stats: further named numbers (e.g. pycocotools' 12), or ``None``.
+        summary: a printed summary of the metric's own tool, or ``None``.
+    """
+
+    per_class: list[ClassAP]
+    mean: float
+    stats: dict[str, float] | None = None
+    summary: str | None = None
+
+
+EvaluateFn = Callable[..., MetricScore]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric.
+
+    Attributes:
+        name: what ``--metric`` takes (``voc07``).
+        description: one line for ``--list-metrics``.
+        evaluate: ``evaluate(gt, table, *, difficult_as_crowd) -> MetricScore`` (module docstring).
+        headline: the headline number's label in tables (``mAP (VOC07 11-point)``).
+        column: the per-class column header (``AP``).
+        curve: what the precision-recall plot shows (``VOC07 11-point``).
+        step_curve: draw the monotone envelope of the PR curves (all-point AP).
+        module: where it was registered.
+    """
+
+    name: str
+    description: str
+    evaluate: EvaluateFn = field(repr=False)
+    headline: str = "mAP"
+    column: str = "AP"
+    curve: str = ""
+    step_curve: bool = False
+    module: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"name", "description", "headline", "column", "module"}``."""
+        return {"name": self.name, "description": self.description, "headline": self.headline,
+                "column": self.column, "module": self.module}
+
+
+_METRICS: dict[str, Metric] = {}
+_discovered = False
+
+
+def register_metric(name: str, evaluate: EvaluateFn, *, description: str, headline: str = "mAP",
+                    column: str = "AP", curve: str = "", step_curve: bool = False) -> Metric:
+    """Register ``evaluate`` as metric ``name`` (see :class:`Metric`); returns the :class:`Metric`.
+
+    Registering the same name again from the same module replaces it (a module reloaded); from another module it
+    is a ``ValueError``."""
+    if not name or not isinstance(name, str) or any(c.isspace() for c in name):
+        raise ValueError(f"a metric name is a non-empty word, got {name!r}")
+    module = getattr(evaluate, "__module__", "") or ""
+    old = _METRICS.get(name)
+    if old is not None and old.module != module:
+        raise ValueError(f"a metric named {name!r} is already registered (by {old.module})")
+    metric = Metric(name=name, description=description, evaluate=evaluate, headline=headline, column=column,
+                    curve=curve or name, step_curve=step_curve, module=module)
+    _METRICS[name] = metric
+    return metric
+
+
+def _discover() -> None:
+    """Import every module of this package once, so that built-in metrics have registered themselves."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = __name__.rpartition(".")[0]
+    path = importlib.import_module(package).__path__
+    for info in pkgutil.iter_modules(path):
+        if info.name != "registry":
+            importlib.import_module(f"{package}.{info.name}")
+
+
+def list_metrics() -> list[str]:
+    """The registered metric names, sorted."""
+    _discover()
+    return sorted(_METRICS)
+
+
+def get_metric(name: str) -> Metric:
+    """The :class:`Metric` named ``name``; ``ValueError`` naming the known ones otherwise."""
+    _discover()
+    metric = _METRICS.get(name) if isinstance(name, str) else None
+    if metric is None:
+        raise ValueError(f"unknown metric {name!r} (one of {', '.join(sorted(_METRICS))})")
+    return metric
+
+
+def metric_table() -> str:
+    """The registered metrics as a text table (name, headline, description)."""
+    metrics = [get_metric(n) for n in list_metrics()]
+    w = max([len("name"), *(len(m.name) for m in metrics)])
+    h = max([len("headline"), *(len(m.headline) for m in metrics)])
+    lines = [f"{'name':<{w}}  {'headline':<{h}}  description"]
+    lines += [f"{m.name:<{w}}  {m.headline:<{h}}  {m.description}" for m in metrics]
+    return "\n".join(lines)
