@@ -101,7 +101,7 @@ def test_eval_scores_detects_detections_json_by_file_stem(voc_root, tmp_path, ca
     # images given in reverse order, so that detect's ids 1..N do not follow the split's order
     images = sorted((voc_root / "JPEGImages").iterdir(), reverse=True)
     assert main(["detect", *map(str, images), "--model", str(model), "--out", str(out), "--conf", "0.01",
-                 "--no-draw", "--backend", "torch", "--no-progress"]) == 0
+                 "--no-draw", "--runtime", "eager", "--no-progress"]) == 0
     doc = json.loads((out / "detections.json").read_text())
     assert [im["id"] for im in doc["images"]] == [1, 2, 3] and doc["annotations"]
     assert main(["eval", "--metric", "voc07", "--gt", str(voc_root), "--detections", str(out / "detections.json"),

@@ -60,7 +60,7 @@ def test_crafted_bundle_is_refused_before_building(tmp_path, image, case, comman
     model = hostile_bundle(tmp_path / "evil.safetensors", **kw)
     if command == "detect":
         r = multibox("detect", str(image), "--model", str(model), "--out", str(tmp_path / "o"), "--no-draw",
-                     "--backend", "torch")
+                     "--runtime", "eager")
     else:
         r = multibox("export", "onnx", str(model), "--out", str(tmp_path / "m.onnx"))
     assert r.returncode == 2, r.stderr[-2000:]
