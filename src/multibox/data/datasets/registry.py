@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,20 @@ def unregister_format(name: str) -> None:
     _FORMATS.pop(name, None)
 
 
+_DISCOVERED: list[bool] = []
+
+
 def _load_builtin() -> None:
-    # The built-in formats register when the datasets package is imported; a caller may have imported only this
-    # module (a real import cycle otherwise: the format modules import this one).
-    importlib.import_module("multibox.data.datasets")
+    """Import every module of the ``multibox.data.datasets`` package once (alphabetically, which is also the order
+    of registration), so that a format module registers itself by merely being there: adding a format touches its
+    module and its test, no list. Done lazily: the format modules import this one (a cycle at import time)."""
+    if _DISCOVERED:
+        return
+    _DISCOVERED.append(True)
+    package = importlib.import_module("multibox.data.datasets")
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def list_formats() -> list[DatasetFormat]:
