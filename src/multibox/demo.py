@@ -17,13 +17,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import numpy as np
+
+from .config import load_config
+from .data.image_io import load_image
+from .data.real import RealDataUnavailable, quokka
+from .detector import Detector
+from .engine.trainer import Trainer, open_split, sparkline
+from .fileio import atomic_write_bytes
+from .viz import annotated_suffix, draw_detections
+
 __all__ = ["run_demo", "default_photo"]
 
 
 def default_photo() -> Path:
     """A real photo that ships with an installed dependency: matplotlib's ``grace_hopper.jpg``."""
-    import matplotlib
-
     path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: matplotlib's sample photo is missing")
@@ -34,13 +43,6 @@ def run_pretrained_detectors(out: Path, models: tuple[str, ...] = ("face-res10-3
                              conf: float = 0.5) -> list[Path]:
     """Run the zoo detectors on the demo photos, drawing ``out/<model>_<photo>.png``. A model whose files cannot
     be fetched (offline, nothing cached) is reported and skipped."""
-    import numpy as np
-
-    from .data.image_io import load_image
-    from .data.real import RealDataUnavailable, quokka
-    from .detector import Detector
-    from .viz import annotated_suffix, draw_detections
-
     photos = [default_photo()]
     try:
         photos.append(quokka()[0])
@@ -76,10 +78,6 @@ def run_demo(out: Path, overrides: list[str] | None = None, num_images: int = 4,
     ``out/detections.json`` (COCO-style records with the image ids, boxes in image pixels),
     ``out/<id>_detections.png`` and ``out/summary.json``. Returns the summary.
     """
-    from .config import load_config
-    from .engine.trainer import Trainer, open_split, sparkline
-    from .fileio import atomic_write_bytes
-
     t0 = time.perf_counter()
     out = Path(out)
     cfg = load_config("synthetic", list(overrides or []))
@@ -115,10 +113,6 @@ def run_demo(out: Path, overrides: list[str] | None = None, num_images: int = 4,
 
 
 def _draw_test_detections(out: Path, checkpoint: str, dataset: Any, num_images: int) -> list[Path]:
-    from .detector import Detector
-    from .fileio import atomic_write_bytes
-    from .viz import draw_detections
-
     detector = Detector.from_file(checkpoint, runtime="eager")
     records: list[dict[str, Any]] = []
     drawn = []

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .viz import draw_boxes, save_image
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -164,8 +166,6 @@ class Detections:
         ``image``: a path, a PIL image or an ``[H, W, 3]`` uint8 RGB array; default: the :attr:`source` file.
         Boxes in normalized coordinates are scaled to the image.
         """
-        from .viz import draw_boxes  # viz imports PIL's drawing modules: only plotting needs them
-
         if image is None:
             if self.source is None:
                 raise ValueError("these detections know no source image file: give plot / save the image")
@@ -175,8 +175,6 @@ class Detections:
 
     def save(self, path: str | os.PathLike, image: Any = None) -> Path:  # noqa: ANN401
         """Write :meth:`plot`'s image to ``path`` atomically: JPEG for ``.jpg`` / ``.jpeg``, else PNG."""
-        from .viz import save_image
-
         return save_image(self.plot(image), Path(path))
 
     def names(self) -> list[str]:

@@ -45,15 +45,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from .data.image_io import load_image, to_rgb
 from .data.transforms import preprocess
 from .detections import Detections
 from .interop.bundle import BUNDLE_FORMAT, DetectorBundle, load_bundle
+from .interop.zoo import load_zoo_bundle
 from .postprocess import PaddedDetections, PostProcess, split_padded
 from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, get_runtime, network_outputs, outputs_close
 from .sources import Source, SourceItem, expand_sources, iter_source_images
+from .weights_io import load_model
 
 if TYPE_CHECKING:
     from .models.spec import InputSpec
@@ -107,11 +111,7 @@ def to_rgb_array(image: Any, bgr: bool = False) -> np.ndarray | Tensor:  # noqa:
         elif t.dtype != torch.uint8:
             raise ValueError(f"expected a uint8 (0-255) or float ([0, 1]) [3, H, W] tensor, got dtype {t.dtype}")
         return t.flip(0) if bgr else t
-    try:
-        from PIL import Image as PILImage
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        PILImage = None  # noqa: N806
-    if PILImage is not None and isinstance(image, PILImage.Image):
+    if isinstance(image, PILImage.Image):
         return np.asarray(to_rgb(image), dtype=np.uint8)
     raise ValueError(f"unsupported image input of type {type(image).__name__}: give a path, a PIL image, an "
                      "[H, W, 3] array or a [3, H, W] tensor (uint8 0-255 or float in [0, 1])")
@@ -173,14 +173,12 @@ class Detector:
         Raises :class:`~multibox.interop.zoo.ZooUnavailable` saying what to fetch when the original files are
         neither cached nor downloadable.
         """
-        from .interop.zoo import load_zoo_bundle  # the zoo's converters are heavy: only zoo loading needs them
-
         return cls(load_zoo_bundle(name), device, name=name, **kwargs)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> Detector:
         """A detector bundle (``.safetensors`` written by ``save_bundle``) or a multibox training checkpoint
-        (``.safetensors`` weights or ``.pt``, read with :func:`multibox.engine.checkpoint.load_model`)."""
+        (``.safetensors`` weights or ``.pt``, read with :func:`multibox.weights_io.load_model`)."""
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such detector file")
@@ -446,8 +444,6 @@ def load_detector_bundle(path: str | os.PathLike, map_location: str = "cpu") -> 
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such detector file")
     if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(p), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -457,6 +453,4 @@ def load_detector_bundle(path: str | os.PathLike, map_location: str = "cpu") -> 
             return load_bundle(p, map_location)
     elif p.suffix != ".pt":
         raise ValueError(f"{p}: expected a detector bundle or checkpoint (.safetensors or .pt)")
-    from .weights_io import load_model
-
     return bundle_from_ssd(load_model(p, map_location=map_location))

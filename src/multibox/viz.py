@@ -96,6 +96,8 @@ def save_image(image: Image.Image, out: Path, quality: int = 92) -> Path:
 
 
 def _figure(width_px: int, height_px: int, dpi: int = 100):  # noqa: ANN202
+    # matplotlib imports stay in the plotting functions: heavy (pyplot about 0.5 s) and only the prior plots need
+    # it; drawing detections must work without it (Detections.plot, detect); pyplot must load after use("Agg")
     import matplotlib
 
     matplotlib.use("Agg", force=True)

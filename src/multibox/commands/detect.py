@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..fileio import atomic_write_bytes
+from ..interop.zoo import ZOO, ZooUnavailable
 from .options import (
     UsageError,
     add_json_option,
@@ -92,7 +93,6 @@ def load_detector(spec: str, device: str = "cpu", batch_size: int = 8, runtime: 
     """A :class:`~multibox.detector.Detector` from a detector file or a zoo name (``KeyError`` /
     ``FileNotFoundError`` naming ``spec`` otherwise)."""
     from ..detector import Detector  # torch and the model code: imported when a command runs, not for --help
-    from ..interop.zoo import ZOO
 
     p = Path(spec)
     if p.is_file():
@@ -188,8 +188,7 @@ def detect_sources(sources: list[Source], detector: Any, out: Path, *, conf: flo
 
 def run(args: argparse.Namespace) -> int:
     """``multibox detect`` (see the module docstring)."""
-    from ..interop.zoo import ZooUnavailable  # command modules load for --help: heavy imports wait for a run
-    from ..sources import expand_sources
+    from ..sources import expand_sources  # numpy: command modules load for --help, heavy imports wait for a run
 
     out = check_output_dir(args.out, create=False)
     if (out / RESULTS_FILE).exists() and not args.overwrite:

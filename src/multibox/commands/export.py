@@ -15,11 +15,13 @@ is only replaced with ``--overwrite``; ``--json FILE`` also writes the export's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 from pathlib import Path
 
 from ..fileio import atomic_write_bytes
+from .detect import load_detector
 from .options import (
     UsageError,
     add_json_option,
@@ -59,12 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``multibox export onnx`` (see the module docstring)."""
-    import dataclasses
-
+    # numpy and the exporter (torch) load when the command runs: every command module is imported for --help
     import numpy as np
 
     from ..export.onnx import export_onnx
-    from .detect import load_detector
 
     out = check_output_file(args.out)
     if out.suffix != ".onnx":

@@ -21,16 +21,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from ..data.loader import build_loader
+from ..detections import Detections
 from ..metrics.registry import get_metric
-from ..metrics.results import DetectionTable, GroundTruth
+from ..metrics.results import DetectionTable, GroundTruth, read_coco_ground_truth
 from ..metrics.voc import ClassAP
+from ..models.detector import default_class_names
 
 if TYPE_CHECKING:
-    import torch
-
     from ..data.types import DetectionDataset, Target
-    from ..detections import Detections
     from ..models.detector import SSD
     from ..postprocess import PostProcess
 
@@ -164,8 +166,6 @@ def label_map(source: Sequence[str], target: Sequence[str]) -> np.ndarray | None
     Equal lists, and lists of equal length where ``source`` holds the default names ``class_1, ...``, map
     one to one; otherwise classes are matched by name (at least one must match).
     """
-    from ..models.detector import default_class_names
-
     src, dst = list(source), list(target)
     if src == dst or (len(src) == len(dst) and src == default_class_names(len(src))):
         return None
@@ -178,15 +178,11 @@ def label_map(source: Sequence[str], target: Sequence[str]) -> np.ndarray | None
 
 
 def _remap(dets: Detections, mapping: np.ndarray | None, names: list[str]) -> Detections:
-    from ..detections import Detections as D
-
     if mapping is None:
-        return D(dets.boxes, dets.scores, dets.labels, names, dets.image_size)
-    import torch
-
+        return Detections(dets.boxes, dets.scores, dets.labels, names, dets.image_size)
     lab = torch.from_numpy(mapping)[dets.labels]
     keep = lab > 0
-    return D(dets.boxes[keep], dets.scores[keep], lab[keep], names, dets.image_size)
+    return Detections(dets.boxes[keep], dets.scores[keep], lab[keep], names, dets.image_size)
 
 
 def _decode_only(image: Any, target: Target, rng: Any = None) -> tuple[Any, Target]:  # noqa: ANN401
@@ -229,11 +225,9 @@ def evaluate_model(
     classes by name); by default, the ``coco`` metric on a COCO dataset scores against its annotation file
     itself (COCO's own areas and crowd regions), every other case against the dataset's targets.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..data.loader import build_loader
-    from ..detector import Detector  # detector -> interop -> models: a cycle at module level
+    # heavy: Detector and PostProcess import torchvision (about 1.3 s), which scoring a detection table
+    # (evaluate_table: 'multibox eval --gt --detections') does not need
+    from ..detector import Detector
     from ..postprocess import PostProcess
 
     check_metric(metric)
@@ -262,8 +256,6 @@ def evaluate_model(
         model.train(was_training)
     if ground_truth is None and metric == "coco" and getattr(dataset, "format", None) == "coco" \
             and getattr(dataset, "annotation_file", None) is not None:
-        from ..metrics.results import read_coco_ground_truth
-
         ground_truth = read_coco_ground_truth(dataset.annotation_file)
     if ground_truth is None:
         return evaluate_detections(targets, dets, data_names, metric)
@@ -273,8 +265,6 @@ def evaluate_model(
 def _score_against(gt: GroundTruth, targets: list[Target], dets: list[Detections], names: list[str],
                    metric: str) -> EvalResult:
     """Score per-image detections (labels in ``names``) against ``gt``, matching images by id, classes by name."""
-    from ..detections import Detections as D
-
     mapping = label_map(names, gt.class_names)
     table = DetectionTable.from_detections(dets, [tuple(t.orig_size) for t in targets])
     index = np.array([gt.index_of(t.image_id) if gt.index_of(t.image_id) is not None else -1 for t in targets],
@@ -285,9 +275,9 @@ def _score_against(gt: GroundTruth, targets: list[Target], dets: list[Detections
     label = table.label if mapping is None else mapping[table.label]
     keep = label > 0
     table = DetectionTable(index[table.image][keep], label[keep], table.score[keep], table.boxes[keep])
-    by_image: list[Detections] = [D.empty(gt.class_names, tuple(t.orig_size) if all(t.orig_size) else None)
+    by_image: list[Detections] = [Detections.empty(gt.class_names, tuple(t.orig_size) if all(t.orig_size) else None)
                                   for t in gt.targets]
     for i, d in zip(index.tolist(), dets, strict=True):
         by_image[i] = _remap(d, mapping, gt.class_names) if mapping is not None else \
-            D(d.boxes, d.scores, d.labels, gt.class_names, d.image_size)
+            Detections(d.boxes, d.scores, d.labels, gt.class_names, d.image_size)
     return evaluate_table(gt, table, metric, detections=by_image)

@@ -12,6 +12,8 @@ The export uses PyTorch's TorchScript-based ONNX exporter (``torch.onnx.export(d
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import io
 import math
 import os
@@ -26,6 +28,10 @@ from torch import Tensor, nn
 
 from ..fileio import atomic_write_bytes
 from ..runtime.base import TupleOutput
+from .onnx_postprocess import POSTPROCESS_OUTPUTS, append_postprocess, postprocess_graph_from
+
+# onnx (about 0.6 s to import) stays inside the functions that build graphs: this module loads with every Detector
+# (the runtime registry imports multibox.runtime.ort), and the eager / jit runtimes need no onnx
 
 __all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "fold_zero_pads",
            "onnxruntime_available", "ort_session", "INPUT_NAME", "OUTPUT_NAMES", "require"]
@@ -41,14 +47,10 @@ class OnnxUnavailable(ImportError):
 
 def onnxruntime_available() -> bool:
     """Whether both ``onnx`` (for the export) and ``onnxruntime`` (to run it) can be imported."""
-    import importlib.util
-
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
 def require(module: str) -> Any:  # noqa: ANN401
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -224,8 +226,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
     data = export_onnx_bytes(model, example, dynamic_batch=dynamic_batch, opset=opset)
     outputs = list(OUTPUT_NAMES)
     if postprocess is not None:
-        from .onnx_postprocess import POSTPROCESS_OUTPUTS, append_postprocess, postprocess_graph_from
-
         onnx = require("onnx")
         if num_classes is None:
             raise ValueError("num_classes is needed to export the post-processing")

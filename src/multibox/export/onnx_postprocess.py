@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+# onnx (about 0.6 s to import) stays inside the graph builders: multibox.runtime.ort imports this module with every
+# Detector, and only the onnxruntime path and 'multibox export onnx --postprocess' build these graphs
+
 __all__ = ["postprocess_graph", "postprocess_graph_from", "append_postprocess", "POSTPROCESS_OUTPUTS"]
 
 POSTPROCESS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
