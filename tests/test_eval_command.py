@@ -320,7 +320,7 @@ def test_eval_checkpoint_command(voc_root, tmp_path, monkeypatch, capsys):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"fake")
     model = FakeSSD(["background", *CLASSES])
-    monkeypatch.setattr(eval_cmd, "_default_loader", lambda path, device: model)
+    monkeypatch.setattr(eval_cmd, "_default_loader", lambda path, device, **kw: model)
     out = tmp_path / "out"
     assert main(["eval", str(ckpt), "--data", str(voc_root), "--metric", "voc07", "--out", str(out)]) == 0
     assert "mAP (VOC07 11-point)" in capsys.readouterr().out
@@ -386,7 +386,7 @@ def test_watch_command_line(voc_root, tmp_path, monkeypatch, capsys):
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     (ckpts / "a.pt").write_bytes(b"1")
-    monkeypatch.setattr(eval_cmd, "_default_loader", lambda path, device: FakeSSD(["background", *CLASSES]))
+    monkeypatch.setattr(eval_cmd, "_default_loader", lambda path, device, **kw: FakeSSD(["background", *CLASSES]))
     assert main(["eval", "--watch", str(ckpts), "--data", str(voc_root), "--pattern", "*.pt", "--interval", "0.01",
                  "--timeout", "0.05"]) == 0
     assert "evaluated 1 checkpoint(s)" in capsys.readouterr().out

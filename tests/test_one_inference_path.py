@@ -5,6 +5,7 @@ transform), the same runtime choice and post-processing, hence identical detecti
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -15,6 +16,8 @@ from multibox.data.transforms import preprocess
 from multibox.data.types import Target
 from multibox.detector import Detector
 from multibox.engine.checkpoint import save_weights
+from multibox.engine.evaluator import EVAL_POSTPROCESS
+from multibox.interop.bundle import save_bundle
 from test_detect import NAMES, SIZE, SPEC, make_bundle, photo, reference
 
 
@@ -55,10 +58,17 @@ def _voc_root(tmp_path, arrays):
     return root
 
 
-def test_detect_and_eval_of_one_checkpoint_give_identical_detections(tmp_path):
+@pytest.mark.parametrize("kind", ["checkpoint", "bundle"])
+def test_detect_and_eval_of_one_checkpoint_give_identical_detections(tmp_path, kind):
+    """For a training checkpoint and for a detector bundle (what `multibox import` writes; `eval` could not load
+    one before): `detect --conf 0.01` and `eval` (0.01, keep 200: EVAL_POSTPROCESS) find the same boxes."""
     bundle = make_bundle()
-    ck = save_weights(tmp_path / "best.safetensors", bundle.model, model_name="ssd7", class_names=NAMES,
-                      model_kwargs={"image_size": list(SIZE)}, config=None, step=1)
+    if kind == "checkpoint":
+        ck = save_weights(tmp_path / "best.safetensors", bundle.model, model_name="ssd7", class_names=NAMES,
+                          model_kwargs={"image_size": list(SIZE)}, config=None, step=1)
+    else:
+        bundle.postprocess = {**bundle.postprocess, **EVAL_POSTPROCESS}
+        ck = save_bundle(bundle, tmp_path / "imported.safetensors")
     arrays = {"a1": photo(seed=1), "b2": photo(120, 90, seed=2), "c3": photo(80, 100, seed=3)}
     root = _voc_root(tmp_path, arrays)
     assert main(["detect", str(root / "JPEGImages"), "--model", str(ck), "--conf", "0.01", "--out",

@@ -74,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "without a new one. VOC metrics follow the official devkit exactly; COCO numbers are "
                     "pycocotools'. See docs/evaluation.md.")
     p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
-                   help="model weights (.safetensors or .pt) to evaluate on --data")
+                   help="a detector file to evaluate on --data: a multibox checkpoint (.safetensors or .pt) or a "
+                        "detector bundle (multibox import ...)")
     p.add_argument("--metric", default="voc07", metavar="NAME",
                    help="a registered metric (see --list-metrics): voc07 (11-point AP), voc12 (all-point AP), coco "
                         "(pycocotools' 12 numbers), ...; default voc07")
@@ -110,18 +111,27 @@ def _classes(spec: str | None) -> Any:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def _default_loader(path: Path, device: str) -> Any:
-    from ..weights_io import load_model
+def _default_loader(path: Path, device: str, runtime: str = "auto", batch_size: int = 8) -> Any:  # noqa: ANN401
+    """The detector in ``path`` (a multibox checkpoint or any detector bundle, e.g. an imported Caffe or TF SSD),
+    loaded exactly as ``multibox detect --model PATH`` loads it, with the evaluation's post-processing settings
+    (:data:`multibox.engine.evaluator.EVAL_POSTPROCESS`)."""
+    # heavy: the Detector imports torch and torchvision; `multibox --help` imports this module
+    from ..detector import Detector
+    from ..engine.evaluator import EVAL_POSTPROCESS
 
-    return load_model(path, map_location=device)
+    return Detector.from_file(path, device, runtime=runtime, batch_size=batch_size, postprocess=EVAL_POSTPROCESS)
 
 
 def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None) -> int:
-    """Dispatch to the three modes (see the module docstring). ``load(path, device) -> SSD`` replaces
-    :func:`multibox.engine.checkpoint.load_model` (tests)."""
+    """Dispatch to the three modes (see the module docstring). ``load(path, device) -> SSD | Detector``
+    replaces the default loading of a detector file (tests)."""
     from ..metrics.registry import get_metric
 
-    load = load or _default_loader
+    if load is None:
+        load = _default_loader
+    else:  # an injected load(path, device) (tests)
+        inject = load
+        load = lambda path, device, **_: inject(path, device)  # noqa: E731
     if getattr(args, "list_metrics", False):
         return _list_metrics(args)
     get_metric(args.metric)  # an unknown name is a usage error naming the registered ones, before any work
@@ -213,14 +223,14 @@ def _table_of(result: Any, gt: Any) -> Any:
     return DetectionTable(image[keep], label[keep], table.score[keep], table.boxes[keep])
 
 
-def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Callable[[Path, str], Any]) -> int:
+def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Callable[..., Any]) -> int:
     from ..data.datasets import open_dataset
     from ..engine.evaluator import evaluate_model
 
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
     ds = open_dataset(data, split=args.split, classes=_classes(args.classes))
-    model = load(checkpoint, args.device)
+    model = load(checkpoint, args.device, runtime=args.runtime, batch_size=args.batch_size)
     result = evaluate_model(model, ds, metric=args.metric, batch_size=args.batch_size, num_workers=args.workers,
                             device=args.device, progress=show_progress(args),
                             runtime=args.runtime)
@@ -310,8 +320,8 @@ def watch_checkpoints(
     evaluation appends a line ``{"checkpoint", "mtime_ns", "size", "time", "seconds", "metric", "mAP",
     "per_class", "num_images"}`` (or ``"error"`` when loading or evaluating failed) to that file, rewritten
     atomically. Looks every ``interval`` seconds; returns after ``timeout`` seconds without a new checkpoint
-    (never when ``None``) or on Ctrl-C. ``load(path, device)`` builds the model (default
-    :func:`multibox.engine.checkpoint.load_model`); ``sleep`` and ``clock`` are injectable for tests.
+    (never when ``None``) or on Ctrl-C. ``load(path, device)`` builds the model (default: the
+    detector file loaded as ``multibox detect`` does); ``sleep`` and ``clock`` are injectable for tests.
 
     Returns the rows written by this call.
     """

@@ -33,10 +33,16 @@ from ..models.detector import default_class_names
 
 if TYPE_CHECKING:
     from ..data.types import DetectionDataset, Target
+    from ..detector import Detector
     from ..models.detector import SSD
     from ..postprocess import PostProcess
 
-__all__ = ["EvalResult", "evaluate_table", "evaluate_detections", "evaluate_model", "check_metric", "label_map"]
+__all__ = ["EVAL_POSTPROCESS", "EvalResult", "evaluate_table", "evaluate_detections", "evaluate_model", "check_metric",
+           "label_map"]
+
+# the post-processing settings of an evaluation (the Caffe SSD scripts' test settings): keep every detection scoring
+# above 0.01, at most 200 per image; the rest of a detector's settings (NMS threshold, mode, top-k) are its own
+EVAL_POSTPROCESS: dict[str, Any] = {"conf_threshold": 0.01, "keep_top_k": 200}
 
 
 def check_metric(metric: str) -> str:
@@ -195,7 +201,7 @@ def _collate_images(batch: list[tuple[Any, Target]]) -> tuple[list[Any], list[Ta
 
 
 def evaluate_model(
-    model: SSD,
+    model: SSD | Detector,
     dataset: DetectionDataset,
     *,
     metric: str = "voc07",
@@ -217,7 +223,10 @@ def evaluate_model(
     original image, clipped to it), exactly as ``multibox detect --model CHECKPOINT`` runs it. ``runtime``:
     ``"eager"`` by default (a model being trained changes between evaluations; nothing to trace), ``"auto"`` or
     any registered name for a fixed checkpoint (``multibox eval`` uses ``"auto"``, as ``detect`` does). The
-    model's device and train/eval mode are restored afterwards.
+    model's device and train/eval mode are restored afterwards. ``model`` may also be a ready
+    :class:`~multibox.detector.Detector` (any detector file, e.g. an imported Caffe or TensorFlow bundle, as
+    ``multibox eval`` loads it): it is used as it is (its runtime, post-processing and class names; ``device``,
+    ``runtime`` and ``postprocess`` do not apply).
 
     Classes: ``class_names`` names the model's labels (default ``model.class_names``). When they differ from
     ``dataset.class_names`` detections are mapped by name (see :func:`label_map`); the result uses the dataset's
@@ -234,8 +243,12 @@ def evaluate_model(
     data_names = list(dataset.class_names)
     model_names = list(class_names or getattr(model, "class_names", None) or data_names)
     mapping = label_map(model_names, data_names)
-    post = postprocess if postprocess is not None else PostProcess.from_model(model, conf_threshold=0.01,
-                                                                                keep_top_k=200)
+    if isinstance(model, Detector):
+        detector: Detector | None = model
+        model = detector.model
+    else:
+        detector = None
+        post = postprocess if postprocess is not None else PostProcess.from_model(model, **EVAL_POSTPROCESS)
     device = torch.device(device)
     param = next(model.parameters(), None)
     home = param.device if param is not None else device
@@ -245,7 +258,9 @@ def evaluate_model(
     targets: list[Target] = []
     dets: list[Detections] = []
     try:
-        detector = Detector.from_model(model, device, batch_size=batch_size, runtime=runtime, postprocess=post)
+        if detector is None:
+            detector = Detector.from_model(model, device, batch_size=batch_size, runtime=runtime,
+                                           postprocess=post)
         for images, batch_targets in tqdm(loader, total=len(loader), desc="eval", unit="batch",
                                           disable=not progress, leave=False):
             batch_dets = detector.detect_arrays(images)
