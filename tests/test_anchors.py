@@ -162,3 +162,25 @@ def test_bad_configs_raise():
     with pytest.raises(KeyError, match="known"):
         get_prior_preset("nope")
     assert set(PRIOR_PRESETS) >= {"ssd300-voc", "ssd300-coco", "ssd512-voc", "ssd512-coco"}
+
+
+def test_anchors_module_does_not_import_torchvision():
+    """Why multibox.anchors keeps its own two box conversions instead of torchvision.ops.box_convert (which the
+    rest of multibox uses, bit-identical): prior generation and `multibox anchors` stay free of torchvision's 1.2 s
+    import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, multibox.anchors as a; a.PriorBoxGenerator(a.get_prior_preset('ssd300-voc'))"
+            "(a.get_prior_preset('ssd300-voc').default_feature_sizes()); print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_box_convert_equals_our_conversions_bitwise():
+    """The box coder and matching use torchvision.ops.box_convert; it gives the same bits as ours."""
+    from torchvision.ops import box_convert
+
+    b = torch.rand(2, 500, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float()
+    assert torch.equal(box_convert(b, "cxcywh", "xyxy"), cxcywh_to_xyxy(b))
+    assert torch.equal(box_convert(b, "xyxy", "cxcywh"), xyxy_to_cxcywh(b))

@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 
+# The box conversions of the rest of multibox are torchvision.ops.box_convert (bit-identical to these two). This
+# module keeps its own so that prior generation (`multibox anchors`, PriorBoxGenerator) does not import torchvision
+# (1.2 s): tests/test_anchors.py::test_anchors_module_does_not_import_torchvision.
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """``[..., 4]`` (cx, cy, w, h) -> ``[..., 4]`` (x1, y1, x2, y2), same units."""
     cx, cy, w, h = boxes.unbind(-1)

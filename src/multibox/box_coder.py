@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from .anchors import cxcywh_to_xyxy, xyxy_to_cxcywh
+from torchvision.ops import box_convert
 
 __all__ = ["BoxCoder"]
 
@@ -42,7 +41,7 @@ class BoxCoder:
         Degenerate boxes (zero width or height) are floored at ``eps`` so that the log stays finite.
         """
         v = boxes_xyxy.new_tensor(self.variances)
-        b = xyxy_to_cxcywh(boxes_xyxy)
+        b = box_convert(boxes_xyxy, "xyxy", "cxcywh")
         p = priors_cxcywh
         dxy = (b[..., :2] - p[..., :2]) / p[..., 2:] / v[:2]
         dwh = torch.log(b[..., 2:].clamp_min(eps) / p[..., 2:]) / v[2:]
@@ -59,4 +58,4 @@ class BoxCoder:
 
     def decode(self, deltas: Tensor, priors_cxcywh: Tensor) -> Tensor:
         """Boxes ``[..., P, 4]`` normalized xyxy from offsets ``[..., P, 4]`` (always finite for finite input)."""
-        return cxcywh_to_xyxy(self.decode_cxcywh(deltas, priors_cxcywh))
+        return box_convert(self.decode_cxcywh(deltas, priors_cxcywh), "cxcywh", "xyxy")

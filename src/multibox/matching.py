@@ -26,8 +26,8 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_convert
 
-from .anchors import cxcywh_to_xyxy
 from .box_coder import BoxCoder
 
 __all__ = [
@@ -111,7 +111,7 @@ def _check_inputs(priors: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> None:
 def _prior_gt_iou(priors: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Tensor:
     """``[B, P, G]`` IoU of every prior with every box; ``-1`` in the columns of invalid boxes."""
     dtype = torch.promote_types(priors.dtype, gt_boxes.dtype)
-    priors_xyxy = cxcywh_to_xyxy(priors.to(dtype))
+    priors_xyxy = box_convert(priors.to(dtype), "cxcywh", "xyxy")
     iou = pairwise_iou(priors_xyxy.unsqueeze(0), gt_boxes.to(dtype))  # [B, P, G]
     return iou.masked_fill(~gt_valid.bool().unsqueeze(1), -1.0)
 
