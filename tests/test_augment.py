@@ -344,3 +344,20 @@ def test_loader_is_independent_of_worker_count():
     img, tg = ds[2]
     ref, _ = tf(img, tg, sample_rng(7, 1, 2))
     assert torch.equal(second["000002"], ref)
+
+
+def test_crop_iou_of_a_degenerate_box_is_zero():
+    """The min-IoU crop's overlap (hand values) stays finite for a zero-area box, where torchvision's box_iou
+    gives NaN: why augment keeps its own IoU."""
+    import torch
+    from torchvision.ops import box_iou
+
+    from multibox.data.augment import _iou_rects_boxes
+
+    rects = np.array([[0.0, 0.0, 0.5, 0.5]])
+    boxes = np.array([[0.25, 0.25, 0.75, 0.75], [0.3, 0.3, 0.3, 0.3]])
+    got = _iou_rects_boxes(rects, boxes)
+    np.testing.assert_allclose(got, [[0.0625 / (0.25 + 0.25 - 0.0625), 0.0]])
+    zero_rect = np.array([[0.3, 0.3, 0.3, 0.3]])
+    assert _iou_rects_boxes(zero_rect, boxes[1:])[0, 0] == 0.0
+    assert torch.isnan(box_iou(torch.tensor(zero_rect), torch.tensor(boxes[1:])))[0, 0]

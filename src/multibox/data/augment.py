@@ -397,7 +397,12 @@ CAFFE_SSD_SAMPLERS: tuple[CropSampler, ...] = (
 
 
 def _iou_rects_boxes(rects: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """``[T, N]`` Jaccard overlap of crop rectangles ``[T, 4]`` with boxes ``[N, 4]`` (xyxy)."""
+    """``[T, N]`` Jaccard overlap of crop rectangles ``[T, 4]`` with boxes ``[N, 4]`` (xyxy).
+
+    Our own rather than ``torchvision.ops.box_iou``: it works on the NumPy arrays the sampler draws (a few
+    candidates per image, no tensor round trip) and gives 0, not NaN, where a rectangle and a box both have zero
+    area (tests/test_augment.py::test_crop_iou_of_a_degenerate_box_is_zero,
+    tests/test_registries.py::test_torchvision_box_iou_differs_on_degenerate_boxes)."""
     ix0 = np.maximum(rects[:, None, 0], boxes[None, :, 0])
     iy0 = np.maximum(rects[:, None, 1], boxes[None, :, 1])
     ix1 = np.minimum(rects[:, None, 2], boxes[None, :, 2])
