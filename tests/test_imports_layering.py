@@ -58,3 +58,46 @@ def test_export_does_not_import_the_detector():
            if target == "multibox.detector" or (target == "multibox" and "detector" in names)
            or (target == "multibox" and "Detector" in names)]
     assert not bad, "\n".join(bad)
+
+
+# docs/design.md, "Module map": the layers, bottom up. A module imports from its own layer or below.
+LAYERS = {
+    0: {"fileio", "limits", "classes", "_lazy", "wheels"},
+    1: {"anchors", "box_coder", "matching", "loss", "detections", "postprocess", "data", "data.datasets", "viz"},
+    2: {"models", "metrics"},
+    3: {"weights_io", "interop", "export"},
+    4: {"runtime"},
+    5: {"detector", "sources"},
+    6: {"config", "engine"},
+    7: {"commands", "data.commands", "bench", "demo", "cli", "__main__", ""},
+}
+LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
+
+
+def _unit(module: str) -> str:
+    """``multibox.data.datasets.voc`` -> ``data.datasets``; ``multibox.models.ssd7`` -> ``models``."""
+    parts = module.split(".")[1:]
+    if parts[:1] == ["data"] and len(parts) > 1 and parts[1] in ("datasets", "commands"):
+        return ".".join(parts[:2])
+    return parts[0] if parts else ""
+
+
+def test_every_module_is_in_a_layer_of_the_design_page():
+    missing = sorted({_unit(_module_name(p)) for p in PACKAGE.rglob("*.py")} - set(LAYER_OF))
+    assert not missing, f"modules missing from docs/design.md's module map (and LAYERS here): {missing}"
+
+
+def test_modules_import_only_from_their_layer_or_below():
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        me = _unit(_module_name(path))
+        for line, target, names in _imports(path):
+            if not target.startswith("multibox."):
+                continue
+            # `from multibox.data import commands` names a sub-package: judge by the imported module
+            units = {_unit(f"{target}.{n}") for n in names} if target.count(".") == 1 and names else {_unit(target)}
+            for unit in units:
+                if unit in LAYER_OF and LAYER_OF[unit] > LAYER_OF.get(me, 99):
+                    bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {me} (layer {LAYER_OF[me]}) imports "
+                               f"{unit} (layer {LAYER_OF[unit]})")
+    assert not bad, "imports that run up the layers of docs/design.md:\n" + "\n".join(bad)

@@ -55,8 +55,9 @@ def test_a_new_runtime_is_one_registration_and_is_checked_against_eager(monkeypa
     import torch
 
     from multibox.detector import Detector
+    from multibox.models.outputs import TupleOutput
     from multibox.runtime import base
-    from multibox.runtime.base import Runtime, TupleOutput, register_runtime
+    from multibox.runtime.base import Runtime, register_runtime
     from test_detect import assert_same, photo
 
     class Doubled(Runtime):  # a broken runtime: outputs twice the logits

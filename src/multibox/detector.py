@@ -54,8 +54,9 @@ from .data.transforms import preprocess
 from .detections import Detections
 from .interop.bundle import BUNDLE_FORMAT, DetectorBundle, load_bundle
 from .interop.zoo import load_zoo_bundle
+from .models.outputs import network_outputs
 from .postprocess import PaddedDetections, PostProcess, split_padded
-from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, get_runtime, network_outputs, outputs_close
+from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, get_runtime, outputs_close
 from .sources import Source, SourceItem, expand_sources, iter_source_images
 from .weights_io import load_model
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..fileio import atomic_write_bytes
-from ..runtime.base import TupleOutput
+from ..models.outputs import TupleOutput
 from .onnx_postprocess import POSTPROCESS_OUTPUTS, append_postprocess, postprocess_graph_from
 
 # onnx (about 0.6 s to import) stays inside the functions that build graphs: this module loads with every Detector

@@ -17,8 +17,8 @@ from .._lazy import lazy_exports
 from .memory import ALLOCATOR_ENV, keep_freed_memory
 
 __all__ = ["keep_freed_memory", "ALLOCATOR_ENV", "Runtime", "register_runtime", "list_runtimes", "get_runtime",
-           "auto_runtimes", "TupleOutput", "network_outputs"]
+           "auto_runtimes"]
 
 _EXPORTS = {name: "base" for name in ("Runtime", "register_runtime", "list_runtimes", "get_runtime",
-                                      "auto_runtimes", "TupleOutput", "network_outputs")}
+                                      "auto_runtimes")}
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

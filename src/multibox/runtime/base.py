@@ -27,13 +27,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["Runtime", "NetworkCallable", "register_runtime", "list_runtimes", "get_runtime", "auto_runtimes",
-           "TupleOutput", "network_outputs", "outputs_close", "EAGER", "AUTO"]
+           "outputs_close", "EAGER", "AUTO"]
 
 # a network callable: input [B, 3, H, W] -> (cls_logits [B, P, C], box_deltas [B, P, 4])
 NetworkCallable = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -43,28 +43,6 @@ AUTO = "auto"
 _NOT_RUNTIMES = {"base", "memory"}
 _REGISTRY: dict[str, Runtime] = {}
 _DISCOVERED = False
-
-
-def network_outputs(out: Any) -> tuple[Tensor, Tensor]:  # noqa: ANN401
-    """``(cls_logits [B, P, C], box_deltas [B, P, 4])`` from a network's output (an object with those two
-    attributes, as :class:`~multibox.models.detector.SSDOutput`, or a 2-tuple / list)."""
-    if hasattr(out, "cls_logits"):
-        return out.cls_logits, out.box_deltas
-    if isinstance(out, tuple | list) and len(out) == 2:
-        return out[0], out[1]
-    raise TypeError(f"the network must return (cls_logits, box_deltas), got {type(out).__name__}")
-
-
-class TupleOutput(nn.Module):
-    """Wraps a network so that it returns a plain ``(cls_logits [B, P, C], box_deltas [B, P, 4])`` tuple (what
-    tracing and ONNX export need)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return network_outputs(self.model(x))
 
 
 def outputs_close(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], rtol: float = 1e-4) -> bool:

@@ -14,7 +14,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .base import EAGER, NetworkCallable, Runtime, TupleOutput, network_outputs, register_runtime
+from ..models.outputs import TupleOutput, network_outputs
+from .base import EAGER, NetworkCallable, Runtime, register_runtime
 
 __all__ = ["TorchRuntime", "ChannelsLastOutput"]
 
