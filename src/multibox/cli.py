@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -12,24 +14,29 @@ from pathlib import Path
 
 from . import __version__
 from .commands.options import (
+    UsageError,
     add_overwrite_option,
     add_progress_options,
     check_output_dir,
+    check_output_file,
     is_quiet,
     positive_int,
     show_progress,
 )
 from .commands.train import allow_intermixed
+from .fileio import atomic_save_npy, atomic_write_bytes
+from .runtime import keep_freed_memory
+
+# Imports inside the command functions below are heavy (numpy, torch, matplotlib and the multibox modules built on
+# them): `multibox --help` builds every parser and must stay at ~0.1 s without them.
 
 __all__ = ["main", "build_parser"]
 
 
 def _cmd_anchors(args: argparse.Namespace) -> int:
-    import numpy as np
+    import numpy as np  # heavy: see the note at the top
 
     from .anchors import PriorBoxGenerator, get_prior_preset
-    from .commands.options import UsageError, check_output_file
-    from .fileio import atomic_save_npy
 
     cfg = get_prior_preset(args.preset)
     if args.feature_sizes:
@@ -71,7 +78,7 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
     if args.json:
         _write_json_output(args.json, {"preset": args.preset, "total": int(priors.shape[0]), "levels": rows})
     if args.plot:
-        from .viz import plot_priors
+        from .viz import plot_priors  # heavy (matplotlib), and only --plot needs it
 
         plot_priors(priors, sizes, cfg, level=args.level, out=Path(args.plot))
         print(f"wrote {args.plot}")
@@ -80,8 +87,6 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
 
 def _write_json_output(path: str, data: object) -> None:
     """``data`` as indented JSON to ``path`` (atomically) or standard output for ``-``."""
-    from .fileio import atomic_write_bytes
-
     text = json.dumps(data, indent=2) + "\n"
     if path == "-":
         sys.stdout.write(text)
@@ -92,8 +97,6 @@ def _write_json_output(path: str, data: object) -> None:
 
 def _feature_size(text: str) -> tuple[int, int]:
     """``"38x38"`` or ``"38"`` -> ``(38, 38)``; a :class:`~multibox.commands.options.UsageError` otherwise."""
-    from .commands.options import UsageError
-
     parts = text.lower().split("x") if "x" in text.lower() else [text, text]
     try:
         h, w = (int(v) for v in parts)
@@ -105,8 +108,7 @@ def _feature_size(text: str) -> tuple[int, int]:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .commands.options import check_output_file
-    from .models import list_models, model_info
+    from .models import list_models, model_info  # heavy (torch): see the note at the top
     from .models.backbones import backbone_info, list_backbones
 
     if args.json:
@@ -136,7 +138,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo  # heavy (torch): see the note at the top
 
     out = check_output_dir(args.out, "--out", create=False)
     run_demo(out, overrides=list(args.overrides), num_images=args.num_images, progress=show_progress(args),
@@ -145,8 +147,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_core(args: argparse.Namespace) -> int:
-    from .bench.core import run_core_benchmark
-    from .commands.options import check_output_file
+    from .bench.core import run_core_benchmark  # heavy (torch, torchvision): see the note at the top
 
     if args.json:
         check_output_file(args.json, "--json")
@@ -224,9 +225,6 @@ TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "zoo"]  # "impo
 
 
 def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, names: list[str]) -> None:
-    import importlib
-    import importlib.util
-
     for name in names:
         module_name = f"{package}.{name}"
         try:
@@ -241,8 +239,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multibox`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .runtime import keep_freed_memory
-
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in again (see multibox.runtime)
     try:
         return int(args.func(args) or 0)

@@ -28,8 +28,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
+from PIL import Image
+from torchvision.models.detection import ssd300_vgg16
+from torchvision.ops import box_iou
 
+from ..data import EvalTransform, load_image
+from ..demo import default_photo
 from ..fileio import atomic_write_bytes
+from ..interop.torchvision import ssd300_from_torchvision_state_dict
+from ..loss import MultiBoxLoss
+from ..matching import build_targets
+from ..postprocess import PostProcess
+from ..runtime import keep_freed_memory
+from .roofline import conv_peak_gflops, forward_gflop, rate_summary, train_step_gflop
 
 __all__ = ["run_core_benchmark"]
 
@@ -48,10 +60,6 @@ def _median_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[
 
 def _photo_batch(batch: int, height: int = 375, width: int = 500) -> list[np.ndarray]:
     """``batch`` real-photo crops of ``height x width`` (matplotlib's grace_hopper.jpg, shifted crops)."""
-    from PIL import Image
-
-    from ..data import load_image
-    from ..demo import default_photo
 
     base = load_image(default_photo())
     big = np.asarray(Image.fromarray(base).resize((width + 64, height + 64), Image.BILINEAR))
@@ -71,14 +79,6 @@ def _random_targets(batch: int, size: int, gen: torch.Generator, per_image: int 
 def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads: int = 2,
                        quick: bool = False) -> dict:
     """Run the benchmark, print a table, write JSON to ``json_path`` (atomically) and return the results."""
-    import torchvision
-    from torchvision.models.detection import ssd300_vgg16
-
-    from ..data import EvalTransform
-    from ..interop.torchvision import ssd300_from_torchvision_state_dict
-    from ..loss import MultiBoxLoss
-    from ..matching import build_targets
-    from ..postprocess import PostProcess
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -118,8 +118,6 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
         "inference": {},
     }
     print(f"multibox bench core: {threads} threads, median of {repeats} after 1 warm-up")
-    from .roofline import conv_peak_gflops, forward_gflop, rate_summary, train_step_gflop
-
     gflop_image = forward_gflop(ours, (1, 3, 300, 300))
     peak = conv_peak_gflops()
     results["roofline"] = {"gflop_per_image": gflop_image, "conv_peak_gflops": peak, "inference": {}}
@@ -302,8 +300,6 @@ def _agreement(ref: list, ours: list, iou: float = 0.99) -> dict:
 
     ``ref`` is torchvision-style dicts or ``Detections``; ``ours`` is ``Detections``.
     """
-    from torchvision.ops import box_iou
-
     total = matched = 0
     max_score_diff = 0.0
     for r, o in zip(ref, ours, strict=True):
@@ -327,7 +323,5 @@ def _agreement(ref: list, ours: list, iou: float = 0.99) -> dict:
 
 def _allocator() -> str:
     """How this process's malloc treats freed memory (see :mod:`multibox.runtime`)."""
-    from ..runtime import keep_freed_memory
-
     applied = keep_freed_memory()
     return "glibc default" if applied is None else f"glibc, freed blocks kept (mallopt {applied})"

@@ -23,6 +23,9 @@ from ..fileio import atomic_write_bytes
 if TYPE_CHECKING:
     import numpy as np
 
+# Imports inside functions below are heavy (numpy, torch, torchvision and the data pipeline): `multibox --help`
+# imports this module (it registers `multibox bench data`) and must stay at ~0.1 s.
+
 __all__ = ["register", "run_data_benchmark"]
 
 

@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["forward_gflop", "train_step_gflop", "conv_peak_gflops", "rate_summary"]
 
 
 def forward_gflop(model: nn.Module | Callable[[Tensor], object], input_shape: Sequence[int]) -> float:
     """GFLOP of one call of ``model`` on a zero input of ``input_shape`` (``[B, 3, H, W]``), multiply-add = 2."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = torch.zeros(*input_shape)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x)
@@ -36,8 +36,6 @@ def forward_gflop(model: nn.Module | Callable[[Tensor], object], input_shape: Se
 def train_step_gflop(model: nn.Module, input_shape: Sequence[int]) -> float:
     """GFLOP of a forward and backward pass of ``model`` (an SSD returning ``cls_logits`` and ``box_deltas``) on a
     zero input of ``input_shape``, weight and input gradients counted; the model is left unchanged (no step)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.train()
     try:
@@ -55,8 +53,6 @@ def conv_peak_gflops(repeats: int = 5, dtype: torch.dtype = torch.float32) -> fl
     """Best GFLOP/s of 3x3 convolutions (``[4, 256, 38, 38] -> 256`` and ``[1, 512, 38, 38] -> 512``,
     ``channels_last``, oneDNN) in ``dtype`` with the current ``torch.get_num_threads()``: the machine's practical
     peak for that precision (``torch.bfloat16``: the bound of bf16 autocast paths)."""
-    import torch.nn.functional as F
-
     best = 0.0
     gen = torch.Generator().manual_seed(0)
     for b, c, s in ((4, 256, 38), (1, 512, 38)):

@@ -33,6 +33,11 @@ from typing import Any
 
 from ..commands.options import check_output_file, positive_int
 from ..fileio import atomic_write_bytes
+from ..interop import zoo
+from ..runtime import keep_freed_memory
+
+# Imports inside functions below are heavy (numpy, torch, matplotlib, the Detector): `multibox --help` imports this
+# module (it registers `multibox bench zoo`) and must stay at ~0.1 s.
 
 __all__ = ["register", "run_zoo_benchmark", "PEER_SCRIPT", "PEER_PYTHON_ENV", "PERSON_PEER_PYTHON_ENV"]
 
@@ -260,7 +265,6 @@ def _bench_model(key: str, images: list[Any], npz: Path, peer_python: str | None
                  warmup: int, rounds: int, variants: bool) -> dict[str, Any]:
     """Ours and the peer in alternating rounds (so that changing machine load hits both alike)."""
     from ..detector import Detector
-    from ..interop import zoo
 
     name = "face-res10-300" if key == "face" else "person-ssdlite-mbv2"
     out: dict[str, Any] = {"model": name, "peer_name": "opencv-dnn" if key == "face" else "tensorflow",
@@ -403,7 +407,5 @@ def run_zoo_benchmark(json_path: Path | None = None, peer_python: str | None = N
 
 def _allocator() -> str:
     """How this process's malloc treats freed memory (see :mod:`multibox.runtime`)."""
-    from ..runtime import keep_freed_memory
-
     applied = keep_freed_memory()
     return "glibc default" if applied is None else f"glibc, freed blocks kept (mallopt {applied})"

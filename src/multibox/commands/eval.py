@@ -10,7 +10,8 @@
 All print the per-class table (AP as fractions in [0, 1], 4 decimals, as in the JSON); ``--json FILE`` writes the
 metrics (``-``: standard output); ``--out DIR`` writes ``metrics.json``,
 ``pr_curves.png``, the detections as ``detections.json`` (COCO results) and ``comp4/comp4_det_<split>_<class>.txt``.
-Imports happen inside the functions so that ``multibox --help`` stays fast.
+The heavy imports (numpy, torch and the modules built on them) happen inside the functions so that
+``multibox --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..fileio import atomic_write_bytes
+from ..metrics.registry import get_metric, list_metrics, metric_table
 from .options import (
     add_json_option,
     add_progress_options,
@@ -34,6 +37,9 @@ from .options import (
     positive_int,
     show_progress,
 )
+
+# Imports inside functions below are heavy (numpy, torch, matplotlib and the multibox modules built on them): this
+# module is imported by `multibox --help`, which must stay at ~0.1 s.
 
 __all__ = ["register", "run", "watch_checkpoints", "write_outputs", "WATCH_LOG"]
 
@@ -125,8 +131,6 @@ def _default_loader(path: Path, device: str, runtime: str = "auto", batch_size: 
 def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None) -> int:
     """Dispatch to the three modes (see the module docstring). ``load(path, device) -> SSD | Detector``
     replaces the default loading of a detector file (tests)."""
-    from ..metrics.registry import get_metric
-
     if load is None:
         load = _default_loader
     else:  # an injected load(path, device) (tests)
@@ -162,8 +166,6 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
 
 
 def _list_metrics(args: argparse.Namespace) -> int:
-    from ..metrics.registry import get_metric, list_metrics, metric_table
-
     if args.json:
         check_output_file(args.json, "--json")
     rows = [get_metric(n).to_json() for n in list_metrics()]
@@ -176,8 +178,6 @@ def _list_metrics(args: argparse.Namespace) -> int:
 
 def _write_json(path: str, data: Any) -> None:
     """``data`` as indented JSON to ``path`` (atomically) or to standard output for ``-``."""
-    from ..fileio import atomic_write_bytes
-
     text = json.dumps(data, indent=2) + "\n"
     if path == "-":
         sys.stdout.write(text)
@@ -247,9 +247,7 @@ def write_outputs(result: Any, out: str | os.PathLike, gt: Any, table: Any, spli
     :class:`~multibox.metrics.results.GroundTruth` and :class:`~multibox.metrics.results.DetectionTable` the
     results files are written from. Every file is written atomically.
     """
-    from ..fileio import atomic_write_bytes
     from ..metrics.plots import plot_pr_curves
-    from ..metrics.registry import get_metric
     from ..metrics.results import write_coco_results, write_comp4
 
     folder = Path(out)
@@ -327,7 +325,6 @@ def watch_checkpoints(
     """
     from ..data.datasets import open_dataset
     from ..engine.evaluator import evaluate_model
-    from ..fileio import atomic_write_bytes
 
     load = load or _default_loader
     folder = Path(folder)

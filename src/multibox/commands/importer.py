@@ -17,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..interop.registry import IMPORTER_MODULES, parse_classes, parse_floats
+from ..fileio import atomic_write_bytes
+from ..interop.registry import IMPORTER_MODULES, get_importer, list_importers, parse_classes, parse_floats
 from .options import add_json_option, check_output_file
 
 __all__ = ["register", "run", "parse_floats", "parse_classes"]
@@ -35,9 +36,6 @@ def _print_summary(path: Path) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..fileio import atomic_write_bytes
-    from ..interop.registry import get_importer, list_importers
-
     if args.json:
         check_output_file(args.json, "--json")
     rows = [get_importer(n).to_json() for n in list_importers()]
@@ -55,8 +53,6 @@ def _list(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``multibox import --list`` or ``multibox import FORMAT ARGS...`` (the format's own parser reads ARGS)."""
-    from ..interop.registry import get_importer
-
     if args.list:
         return _list(args)
     if not args.format:

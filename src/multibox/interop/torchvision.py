@@ -26,9 +26,13 @@ import torch
 from torch import Tensor
 
 from ..anchors import PriorConfig, config_from_scales
+from ..commands.options import check_output_dir
+from ..fileio import atomic_write_bytes
+from ..limits import check_num_classes
 from ..models.detector import SSD
 from ..models.spec import InputSpec
 from ..models.ssd_vgg import ssd300_vgg16
+from .bundle import DetectorBundle, save_bundle
 from .registry import parse_classes, register_builder, register_importer
 
 __all__ = [
@@ -97,6 +101,8 @@ def torchvision_key_map() -> dict[str, str]:
 
 
 def _coco_class_names() -> list[str]:
+    # heavy (~1.8 s: every torchvision detection model) and only the default COCO names need it; this module is
+    # imported whenever the importers are listed
     from torchvision.models.detection import SSD300_VGG16_Weights
 
     names = list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])
@@ -198,10 +204,6 @@ def import_torchvision(path: str | os.PathLike[str], out_dir: str | os.PathLike[
     ``out_dir/<name>.safetensors`` (builder ``"torchvision"``; torchvision's post-processing settings, which are
     :class:`~multibox.postprocess.PostProcess`'s defaults) and a JSON report ``out_dir/<name>.json``. ``name``
     defaults to the file's stem. Returns the bundle's path."""
-    from ..fileio import atomic_write_bytes
-    from ..limits import check_num_classes
-    from .bundle import DetectorBundle, save_bundle
-
     src = Path(path)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: torchvision weights not found")
@@ -235,8 +237,6 @@ def _add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> Path:
-    from ..commands.options import check_output_dir
-
     classes = parse_classes(args.classes)
     check_output_dir(args.out, "--out")
     return import_torchvision(args.weights, args.out, name=args.name, class_names=classes)

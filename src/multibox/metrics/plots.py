@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..fileio import atomic_write_with
 from .voc import ClassAP
 
@@ -22,11 +24,11 @@ def plot_pr_curves(per_class: Sequence[ClassAP], path: str | os.PathLike, *, tit
     are listed in the legend with their AP (or ``n/a``). ``step``: draw the monotone envelope (VOC2010+ style)
     instead of the raw points.
     """
+    # heavy (matplotlib, ~0.5 s) and only a drawing needs it; the Agg backend is chosen right before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
     cmap = plt.get_cmap("tab20")

@@ -162,7 +162,7 @@ class GroundTruth:
         :func:`~multibox.metrics.coco.coco_ground_truth` (image ids ``1..N``, category id = label)."""
         if self.coco is not None:
             return self.coco
-        from .coco import coco_ground_truth
+        from .coco import coco_ground_truth  # import cycle: metrics.coco imports this module
 
         return coco_ground_truth(self.targets, self.class_names, difficult_as_crowd=difficult_as_crowd)
 
@@ -199,7 +199,7 @@ def load_ground_truth(path: str | os.PathLike, split: str | None = "test", class
         return read_coco_ground_truth(p)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such ground-truth file or folder")
-    from ..data.datasets import open_dataset
+    from ..data.datasets import open_dataset  # heavy (PIL, every dataset reader): only a dataset path needs it
 
     ds = open_dataset(p, split=split, classes=classes, image_sizes="annotation")
     if getattr(ds, "format", None) == "coco":
@@ -367,7 +367,7 @@ class DetectionTable:
         A diverged model's non-finite output cannot be ranked or matched: detections with a non-finite score are
         left out, and a non-finite box becomes the empty box ``(0, 0, 0, 0)`` (a false positive).
         """
-        import torch
+        import torch  # heavy: results files are read and scored with numpy alone, without torch
 
         images, labels, scores, boxes = [], [], [], []
         for i, d in enumerate(detections):
@@ -398,7 +398,7 @@ class DetectionTable:
                       sizes: Sequence[tuple[int, int]] | None = None) -> list[Detections]:
         """One :class:`~multibox.detections.Detections` per image (``num_images``), each sorted by score
         (descending, ties in row order); boxes float32 pixels, ``image_size`` from ``sizes`` when given."""
-        import torch
+        import torch  # heavy: see from_detections
 
         from ..detections import Detections
 
