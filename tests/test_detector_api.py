@@ -274,12 +274,12 @@ def test_detect_out_is_checked_before_any_work(tmp_path, image_dir, capsys):
 
 
 def test_unwritable_out_is_a_usage_error_before_any_work(tmp_path, image_dir, bundle_file, monkeypatch, capsys):
-    from multibox.commands import options
+    from multibox import fileio
 
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_access = options.os.access
-    monkeypatch.setattr(options.os, "access", lambda p, mode: False if str(p).startswith(str(locked)) else
+    real_access = fileio.os.access
+    monkeypatch.setattr(fileio.os, "access", lambda p, mode: False if str(p).startswith(str(locked)) else
                         real_access(p, mode))  # as root, chmod would not stop anything
     assert main(["detect", str(image_dir), "--model", "no-such-model", "--out", str(locked / "o")]) == 2
     assert "not writable" in capsys.readouterr().err and not (locked / "o").exists()

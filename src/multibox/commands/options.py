@@ -9,7 +9,7 @@ One meaning per flag across commands (see docs/design.md, "Command line"):
 * ``--out``: an output folder (or file, where the command says so) that is checked before any work starts;
 * thresholds in ``[0, 1]`` (``--conf``, ...) are range-checked: ``nan``, ``-1`` and ``2`` are usage errors.
 
-Errors raised here are :class:`UsageError` (a ``ValueError``): ``multibox`` prints them as
+Errors raised here are :class:`~multibox.fileio.UsageError` (a ``ValueError``): ``multibox`` prints them as
 ``multibox CMD: error: ...`` and exits with status 2.
 """
 
@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-from pathlib import Path
+
+from ..fileio import UsageError, check_output_dir, check_output_file
 
 __all__ = [
     "UsageError", "add_json_option", "add_overwrite_option", "add_progress_options", "show_progress", "is_quiet",
     "probability", "positive_int", "check_output_dir", "check_output_file",
 ]
-
-
-class UsageError(ValueError):
-    """A command-line value that cannot be used (the message names the option or path and the problem)."""
 
 
 def add_json_option(p: argparse.ArgumentParser, what: str = "the results") -> None:
@@ -86,53 +82,3 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return v
-
-
-def _writable_dir(d: Path) -> bool:
-    return os.access(d, os.W_OK | os.X_OK)
-
-
-def _existing_parent(p: Path) -> Path:
-    q = p.absolute()
-    while not q.exists():
-        if q.parent == q:
-            break
-        q = q.parent
-    return q
-
-
-def check_output_dir(path: str | os.PathLike, option: str = "--out", create: bool = True) -> Path:
-    """Check (and by default create) an output folder before any work: it must not be a file, and it (or the
-    nearest existing folder above it) must be writable. Raises :class:`UsageError` naming ``option`` and the path."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{option} {p}: exists and is not a folder")
-    anchor = _existing_parent(p)
-    if not anchor.is_dir():
-        raise UsageError(f"{option} {p}: {anchor} is not a folder")
-    if not _writable_dir(anchor):
-        raise UsageError(f"{option} {p}: {anchor} is not writable")
-    if create:
-        try:
-            p.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"{option} {p}: cannot create the folder ({e.strerror or e})") from None
-    return p
-
-
-def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Check an output file path before any work: not a folder, and its folder (or the nearest existing one above)
-    writable. ``-`` (standard output) passes. Raises :class:`UsageError` naming ``option`` and the path."""
-    p = Path(path)
-    if str(path) == "-":
-        return p
-    if p.is_dir():
-        raise UsageError(f"{option} {p}: is a folder, expected a file")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise UsageError(f"{option} {p}: is not writable")
-    anchor = _existing_parent(p.parent)
-    if not anchor.is_dir():
-        raise UsageError(f"{option} {p}: {anchor} is not a folder")
-    if not _writable_dir(anchor):
-        raise UsageError(f"{option} {p}: {anchor} is not writable")
-    return p

@@ -61,8 +61,7 @@ from google.protobuf.message import DecodeError
 from torch import Tensor, nn
 
 from ..anchors import PriorBoxGenerator, PriorConfig, PriorLevel
-from ..commands.options import check_output_dir
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, check_output_dir
 from ..limits import check_input_size, check_num_classes, check_num_priors
 from ..models.detector import SSDOutput
 from ..models.spec import InputSpec

@@ -63,8 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..commands.options import check_output_dir
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, check_output_dir
 from ..limits import LimitError, check_input_size, check_num_classes, check_num_priors, max_priors
 from ..models import build_model
 from ..models.backbones.mobilenet import (

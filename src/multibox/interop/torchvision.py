@@ -26,8 +26,7 @@ import torch
 from torch import Tensor
 
 from ..anchors import PriorConfig, config_from_scales
-from ..commands.options import check_output_dir
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, check_output_dir
 from ..limits import check_num_classes
 from ..models.detector import SSD
 from ..models.spec import InputSpec
