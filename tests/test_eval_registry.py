@@ -13,8 +13,7 @@ import torch
 
 from multibox.cli import main
 from multibox.interop.bundle import DetectorBundle, save_bundle
-from multibox.metrics.registry import MetricScore, get_metric, list_metrics, register_metric
-from multibox.metrics.voc import ClassAP
+from multibox.metrics.registry import ClassAP, MetricScore, get_metric, list_metrics, register_metric
 from multibox.models import build_model
 from test_eval_command import CAT_AP07, CAT_AP12, DOG_AP07, DOG_AP12, coco_json, voc_root  # noqa: F401
 

@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 
 from ..data.loader import build_loader
 from ..detections import Detections
-from ..metrics.registry import get_metric
+from ..metrics.registry import ClassAP, get_metric
 from ..metrics.results import DetectionTable, GroundTruth, read_coco_ground_truth
-from ..metrics.voc import ClassAP
 from ..models.detector import default_class_names
 
 if TYPE_CHECKING:

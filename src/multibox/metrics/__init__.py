@@ -4,7 +4,7 @@ formats (devkit comp4 text files, COCO results JSON) and precision-recall plots.
 Names are imported on first use (NumPy only; pycocotools and matplotlib load when a function needs them):
 
 * :func:`voc_evaluate`, :func:`voc07_ap`, :func:`voc12_ap`, :class:`ClassAP` (``metrics.voc``);
-* :func:`coco_evaluate`, :func:`coco_ground_truth`, ``COCO_STAT_NAMES`` (``metrics.coco``);
+* :func:`coco_evaluate`, ``COCO_STAT_NAMES`` (``metrics.coco``);
 * :class:`GroundTruth`, :class:`DetectionTable`, :func:`load_ground_truth`, :func:`read_detections`,
   :func:`write_comp4`, :func:`write_coco_results` (``metrics.results``);
 * :func:`plot_pr_curves` (``metrics.plots``);
@@ -20,7 +20,7 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "ClassAP": "voc",
+    "ClassAP": "registry",
     "VOC_METRICS": "voc",
     "voc07_ap": "voc",
     "voc12_ap": "voc",
@@ -30,7 +30,7 @@ _EXPORTS = {
     "COCO_STAT_NAMES": "coco",
     "COCOEvaluation": "coco",
     "coco_evaluate": "coco",
-    "coco_ground_truth": "coco",
+    "coco_ground_truth": "results",
     "GroundTruth": "results",
     "DetectionTable": "results",
     "DetectionsFileError": "results",

@@ -6,10 +6,10 @@ pycocotools' on the same data. Per-class AP is the mean of ``eval["precision"]``
 recall thresholds at area "all" and 100 detections (the usual per-category AP; NaN for a category without
 ground truth). pycocotools' own conventions are kept: a stat that has no ground truth to measure is ``-1``.
 
-Ground truth from other formats (:func:`coco_ground_truth`): images get ids ``1..N`` in dataset order,
-categories are the labels (``category_id = label``), ``bbox`` is ``[x, y, w, h]`` of the xyxy box and ``area``
-its box area (no segmentations here). ``difficult`` boxes (VOC) become ``iscrowd = 1``, COCO's way of saying
-"ignore", unless ``difficult_as_crowd=False``. pycocotools matches crowd boxes by intersection over the
+Ground truth from other formats (:func:`multibox.metrics.results.coco_ground_truth`): images get ids ``1..N``
+in dataset order, categories are the labels (``category_id = label``), ``bbox`` is ``[x, y, w, h]`` of the xyxy
+box and ``area`` its box area (no segmentations here). ``difficult`` boxes (VOC) become ``iscrowd = 1``, COCO's
+way of saying "ignore", unless ``difficult_as_crowd=False``. pycocotools matches crowd boxes by intersection over the
 *detection's* area and lets any number of detections match one, which is close to, but not exactly, VOC's
 "difficult: neither TP nor FP".
 """
@@ -25,12 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data.types import Target
-from .registry import MetricScore, register_metric
+from .registry import ClassAP, MetricScore, register_metric
 from .results import DetectionTable, GroundTruth, coco_results
-from .voc import ClassAP
 
-__all__ = ["COCO_STAT_NAMES", "COCOEvaluation", "coco_evaluate", "coco_ground_truth", "evaluate_coco"]
+__all__ = ["COCO_STAT_NAMES", "COCOEvaluation", "coco_evaluate", "evaluate_coco"]
 
 #: Names of ``COCOeval.stats``, in its order.
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -46,28 +44,6 @@ class COCOEvaluation:
     summary: str
 
 
-def coco_ground_truth(targets: Sequence[Target], class_names: Sequence[str], *,
-                      difficult_as_crowd: bool = True) -> dict[str, Any]:
-    """A COCO ground-truth dict (``images``, ``annotations``, ``categories``) for ``targets``.
-
-    Image ``i`` of ``targets`` gets id ``i + 1`` (``file_name`` is its ``image_id``); label ``k`` is category
-    ``k`` named ``class_names[k]``; boxes (xyxy pixels) become ``[x, y, w, h]`` with ``area = w * h``;
-    ``iscrowd`` is the target's iscrowd, or'ed with difficult when ``difficult_as_crowd``.
-    """
-    images, annotations = [], []
-    for i, t in enumerate(targets):
-        h, w = (int(v) for v in t.orig_size)
-        images.append({"id": i + 1, "file_name": str(t.image_id), "height": h, "width": w})
-        crowd = t.iscrowd | t.difficult if difficult_as_crowd else t.iscrowd
-        for (x1, y1, x2, y2), label, c in zip(t.boxes.astype(np.float64).tolist(), t.labels.tolist(),
-                                              crowd.tolist(), strict=True):
-            bw, bh = x2 - x1, y2 - y1
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(label),
-                                "bbox": [x1, y1, bw, bh], "area": bw * bh, "iscrowd": int(c)})
-    categories = [{"id": k, "name": str(n), "supercategory": ""} for k, n in enumerate(class_names) if k > 0]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
 def _quiet() -> contextlib.AbstractContextManager:
     return contextlib.redirect_stdout(io.StringIO())
 
@@ -77,7 +53,8 @@ def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]], class_names
     """Run pycocotools' bbox evaluation.
 
     Args:
-        gt: a COCO ground-truth dict (as read from an instances JSON, or from :func:`coco_ground_truth`). It is
+        gt: a COCO ground-truth dict (as read from an instances JSON, or from
+            :func:`~multibox.metrics.results.coco_ground_truth`). It is
             not modified; annotations lacking ``area`` (box area is used), ``iscrowd`` (0) or ``id`` get them in a
             copy, since pycocotools needs them.
         results: COCO results records ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` with the

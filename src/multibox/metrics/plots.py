@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write_with
-from .voc import ClassAP
+from .registry import ClassAP
 
 __all__ = ["plot_pr_curves"]
 

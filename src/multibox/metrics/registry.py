@@ -19,12 +19,27 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .voc import ClassAP
+import numpy as np
 
-__all__ = ["Metric", "MetricScore", "register_metric", "list_metrics", "get_metric", "metric_table"]
+__all__ = ["ClassAP", "Metric", "MetricScore", "register_metric", "list_metrics", "get_metric", "metric_table"]
+
+
+@dataclass
+class ClassAP:
+    """The result of one class.
+
+    ``ap`` is NaN when the class has no (non-difficult, non-crowd) ground truth. ``recall`` and ``precision`` are
+    the curve points (one per counted detection, in score order; for COCO, precision at the 101 recall thresholds).
+    """
+
+    name: str
+    ap: float
+    num_gt: int
+    num_det: int
+    recall: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    precision: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass
@@ -32,7 +47,7 @@ class MetricScore:
     """What a metric's evaluation returns.
 
     Attributes:
-        per_class: one :class:`~multibox.metrics.voc.ClassAP` per foreground class, in label order (AP as a
+        per_class: one :class:`ClassAP` per foreground class, in label order (AP as a
             fraction in [0, 1], NaN for a class without ground truth; curves for plots).
         mean: the headline number (a fraction; NaN when undefined).
         stats: further named numbers (e.g. pycocotools' 12), or ``None``.

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GroundTruth", "DetectionTable", "DetectionsFileError", "load_ground_truth", "read_coco_ground_truth",
+    "coco_ground_truth",
     "read_detections", "read_comp4", "read_coco_results", "write_comp4", "write_coco_results", "coco_results",
     "comp4_file_name", "load_json",
 ]
@@ -159,10 +160,9 @@ class GroundTruth:
 
     def coco_dict(self, difficult_as_crowd: bool = True) -> dict[str, Any]:
         """The COCO ground-truth dict: the file's own for COCO, else built by
-        :func:`~multibox.metrics.coco.coco_ground_truth` (image ids ``1..N``, category id = label)."""
+        :func:`coco_ground_truth` (image ids ``1..N``, category id = label)."""
         if self.coco is not None:
             return self.coco
-        from .coco import coco_ground_truth  # import cycle: metrics.coco imports this module
 
         return coco_ground_truth(self.targets, self.class_names, difficult_as_crowd=difficult_as_crowd)
 
@@ -226,6 +226,28 @@ def load_json(path: str | os.PathLike) -> Any:  # noqa: ANN401 (any JSON value)
     except RecursionError:
         raise DetectionsFileError(p, "JSON nested too deeply to read (results and ground truth are a few levels "
                                      "deep)") from None
+
+
+def coco_ground_truth(targets: Sequence[Target], class_names: Sequence[str], *,
+                      difficult_as_crowd: bool = True) -> dict[str, Any]:
+    """A COCO ground-truth dict (``images``, ``annotations``, ``categories``) for ``targets``.
+
+    Image ``i`` of ``targets`` gets id ``i + 1`` (``file_name`` is its ``image_id``); label ``k`` is category
+    ``k`` named ``class_names[k]``; boxes (xyxy pixels) become ``[x, y, w, h]`` with ``area = w * h``;
+    ``iscrowd`` is the target's iscrowd, or'ed with difficult when ``difficult_as_crowd``.
+    """
+    images, annotations = [], []
+    for i, t in enumerate(targets):
+        h, w = (int(v) for v in t.orig_size)
+        images.append({"id": i + 1, "file_name": str(t.image_id), "height": h, "width": w})
+        crowd = t.iscrowd | t.difficult if difficult_as_crowd else t.iscrowd
+        for (x1, y1, x2, y2), label, c in zip(t.boxes.astype(np.float64).tolist(), t.labels.tolist(),
+                                              crowd.tolist(), strict=True):
+            bw, bh = x2 - x1, y2 - y1
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(label),
+                                "bbox": [x1, y1, bw, bh], "area": bw * bh, "iscrowd": int(c)})
+    categories = [{"id": k, "name": str(n), "supercategory": ""} for k, n in enumerate(class_names) if k > 0]
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def read_coco_ground_truth(path: str | os.PathLike) -> GroundTruth:

@@ -37,17 +37,16 @@ the 0.3 threshold, as in the devkit. (``np.arange(0, 1.1, 0.1)``, used by some P
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .registry import MetricScore, register_metric
+from .registry import ClassAP, MetricScore, register_metric
 
 if TYPE_CHECKING:
     from .results import DetectionTable, GroundTruth
 
-__all__ = ["ClassAP", "VOC_METRICS", "VOC07_RECALL_THRESHOLDS", "voc07_ap", "voc12_ap", "match_detections",
+__all__ = ["VOC_METRICS", "VOC07_RECALL_THRESHOLDS", "voc07_ap", "voc12_ap", "match_detections",
            "voc_evaluate", "mean_ap", "evaluate_voc07", "evaluate_voc12"]
 
 #: Metric names handled here: VOC2007 11-point and VOC2010+ all-point AP.
@@ -68,22 +67,6 @@ def _matlab_colon(a: float, step: float, b: float) -> np.ndarray:
 
 #: The 11 recall thresholds of VOC2007 AP, exactly as MATLAB's ``0:0.1:1`` (see the module docstring).
 VOC07_RECALL_THRESHOLDS = _matlab_colon(0.0, 0.1, 1.0)
-
-
-@dataclass
-class ClassAP:
-    """The result of one class.
-
-    ``ap`` is NaN when the class has no (non-difficult, non-crowd) ground truth. ``recall`` and ``precision`` are
-    the curve points (one per counted detection, in score order; for COCO, precision at the 101 recall thresholds).
-    """
-
-    name: str
-    ap: float
-    num_gt: int
-    num_det: int
-    recall: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    precision: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
