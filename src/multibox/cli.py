@@ -17,10 +17,12 @@ from .commands.options import (
     UsageError,
     add_overwrite_option,
     add_progress_options,
+    add_quiet_option,
     check_output_dir,
     check_output_file,
     is_quiet,
     positive_int,
+    quiet_output,
     show_progress,
 )
 from .commands.train import allow_intermixed
@@ -151,8 +153,9 @@ def _cmd_bench_core(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json, "--json")
-    run_core_benchmark(json_path=Path(args.json) if args.json else None, repeats=args.repeats,
-                       threads=args.threads, quick=args.quick)
+    with quiet_output(args):
+        run_core_benchmark(json_path=Path(args.json) if args.json else None, repeats=args.repeats,
+                           threads=args.threads, quick=args.quick)
     return 0
 
 
@@ -207,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions per case (median reported)")
     bc.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
+    add_quiet_option(bc)
     bc.set_defaults(func=_cmd_bench_core)
     _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo"])
 

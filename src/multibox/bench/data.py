@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..commands.options import check_output_file, positive_int
+from ..commands.options import add_quiet_option, check_output_file, positive_int, quiet_output
 from ..fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -135,8 +135,9 @@ def run_data_benchmark(json_path: Path | None = None, images: int = 64, passes: 
 def _cmd(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
-    run_data_benchmark(Path(args.json) if args.json else None, images=args.num_images, passes=args.passes,
-                       threads=args.threads)
+    with quiet_output(args):
+        run_data_benchmark(Path(args.json) if args.json else None, images=args.num_images, passes=args.passes,
+                           threads=args.threads)
     return 0
 
 
@@ -151,4 +152,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=positive_int, default=3, help="timed passes per pipeline (median reported)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1, like a loader worker)")
+    add_quiet_option(p)
     p.set_defaults(func=_cmd)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..commands.options import check_output_file, positive_int
+from ..commands.options import add_quiet_option, check_output_file, positive_int, quiet_output
 from ..fileio import atomic_write_bytes
 from ..interop import zoo
 from ..runtime import keep_freed_memory
@@ -138,37 +138,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=["face", "person"], choices=["face", "person"],
                    help="which comparisons to run (default both)")
     p.add_argument("--no-variants", action="store_true", help="time only our default path")
+    add_quiet_option(p)
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
-    result = run_zoo_benchmark(json_path=Path(args.json) if args.json else None, peer_python=args.peer_python,
-                               person_peer_python=args.person_peer_python,
-                               threads=args.threads, repeats=args.repeats, warmup=args.warmup, rounds=args.rounds,
-                               models=tuple(args.models), variants=not args.no_variants)
-    if result.get("roofline"):
-        print(f"fp32 convolution peak here: {result['roofline']['conv_peak_gflops']:.0f} GFLOP/s")
-    for key in ("face", "person"):
-        r = result.get(key)
-        if r is None:
-            continue
-        roof = (result.get("roofline") or {}).get(key)
-        if roof:
-            print(f"{key}: {roof['gflop_per_image']:.2f} GFLOP per image; ours {roof['ours_gflops']:.0f}, peer "
-                  f"{roof['peer_gflops']:.0f} GFLOP/s end to end; speedup bound at that peak "
-                  f"{roof['speedup_bound']:.2f}x")
-        ours = r.get("ours") or {}
-        peer = r.get("peer") or {}
-        print(f"{key}: ours {ours.get('per_image_ms', float('nan')):.2f} ms/img ({ours.get('strategy')}, first call "
-              f"{ours.get('first_call_ms', float('nan')):.0f} ms), {r['peer_name']} "
-              f"{peer.get('per_image_ms', float('nan')):.2f} ms/img -> speedup {result.get('speedup_' + key)}"
-              + (f" [ours: {r['ours_error']}]" if r.get("ours_error") else "")
-              + (f" [peer: {r['peer_error']}]" if r.get("peer_error") else ""))
-    if args.json:
-        print(f"wrote {args.json}")
-    return 0
+    with quiet_output(args):
+        result = run_zoo_benchmark(json_path=Path(args.json) if args.json else None, peer_python=args.peer_python,
+                                   person_peer_python=args.person_peer_python,
+                                   threads=args.threads, repeats=args.repeats, warmup=args.warmup, rounds=args.rounds,
+                                   models=tuple(args.models), variants=not args.no_variants)
+        if result.get("roofline"):
+            print(f"fp32 convolution peak here: {result['roofline']['conv_peak_gflops']:.0f} GFLOP/s")
+        for key in ("face", "person"):
+            r = result.get(key)
+            if r is None:
+                continue
+            roof = (result.get("roofline") or {}).get(key)
+            if roof:
+                print(f"{key}: {roof['gflop_per_image']:.2f} GFLOP per image; ours {roof['ours_gflops']:.0f}, peer "
+                      f"{roof['peer_gflops']:.0f} GFLOP/s end to end; speedup bound at that peak "
+                      f"{roof['speedup_bound']:.2f}x")
+            ours = r.get("ours") or {}
+            peer = r.get("peer") or {}
+            print(f"{key}: ours {ours.get('per_image_ms', float('nan')):.2f} ms/img ({ours.get('strategy')}, "
+                  f"first call {ours.get('first_call_ms', float('nan')):.0f} ms), {r['peer_name']} "
+                  f"{peer.get('per_image_ms', float('nan')):.2f} ms/img -> speedup {result.get('speedup_' + key)}"
+                  + (f" [ours: {r['ours_error']}]" if r.get("ours_error") else "")
+                  + (f" [peer: {r['peer_error']}]" if r.get("peer_error") else ""))
+        if args.json:
+            print(f"wrote {args.json}")
+        return 0
 
 
 def _photos() -> list[tuple[str, Any]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write_bytes
 from ..interop.registry import IMPORTER_MODULES, get_importer, list_importers, parse_classes, parse_floats
-from .options import add_json_option, check_output_file
+from .options import add_json_option, check_output_file, quiet_output
 
 __all__ = ["register", "run", "parse_floats", "parse_classes"]
 
@@ -62,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
     importer = get_importer(args.format)
     parser = argparse.ArgumentParser(prog=f"multibox import {importer.name}", description=importer.description)
     importer.add_arguments(parser)
-    path = importer.run(parser.parse_args(args.args))
-    _print_summary(Path(path))
+    if not any("--quiet" in a.option_strings for a in parser._actions):
+        parser.add_argument("-q", "--quiet", action="store_true", help="no informational lines")
+    format_args = parser.parse_args(args.args)
+    with quiet_output(format_args):
+        path = importer.run(format_args)
+        _print_summary(Path(path))
     return 0
 
 

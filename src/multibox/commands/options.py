@@ -16,14 +16,17 @@ Errors raised here are :class:`~multibox.fileio.UsageError` (a ``ValueError``): 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import sys
+from collections.abc import Iterator
 
 from ..fileio import UsageError, check_output_dir, check_output_file
 
 __all__ = [
     "UsageError", "add_json_option", "add_overwrite_option", "add_progress_options", "show_progress", "is_quiet",
-    "probability", "positive_int", "check_output_dir", "check_output_file",
+    "probability", "positive_int", "check_output_dir", "check_output_file", "quiet_output", "add_quiet_option",
 ]
 
 
@@ -42,6 +45,11 @@ def add_progress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (also off when standard error is not a terminal)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no informational lines")
+
+
+def add_quiet_option(p: argparse.ArgumentParser) -> None:
+    """``--quiet``/``-q`` alone, for long commands without a progress bar (benchmarks, zoo fetch)."""
+    p.add_argument("-q", "--quiet", action="store_true", help="no informational lines (results go to the files)")
 
 
 def is_quiet(args: argparse.Namespace) -> bool:
@@ -82,3 +90,15 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return v
+
+
+@contextlib.contextmanager
+def quiet_output(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--quiet``: the informational lines a command prints on standard output are dropped (errors and
+    warnings still reach standard error; ``--json -`` output is written outside this block). For commands whose
+    output is a file (benchmarks, importers, zoo fetch)."""
+    if not is_quiet(args):
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

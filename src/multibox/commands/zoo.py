@@ -8,7 +8,7 @@ import sys
 
 from ..fileio import atomic_write_bytes
 from ..interop.zoo import ZooUnavailable, bundle_path, fetch, get_entry, list_zoo
-from .options import add_json_option, add_overwrite_option, check_output_file
+from .options import add_json_option, add_overwrite_option, add_quiet_option, check_output_file, quiet_output
 
 __all__ = ["register"]
 
@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f = sub.add_parser("fetch", help="fetch a model's original files and convert it (once)")
     f.add_argument("name", help="zoo model name (see `multibox zoo list`)")
     add_overwrite_option(f, "the cached bundle: convert again even when one exists")
+    add_quiet_option(f)
     f.set_defaults(func=_cmd_fetch)
     i = sub.add_parser("info", help="sources, sha256, license and conversion of a model (JSON)")
     i.add_argument("name", help="zoo model name")
@@ -63,11 +64,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     try:
-        path = fetch(args.name, force=args.overwrite)
+        with quiet_output(args):
+            path = fetch(args.name, force=args.overwrite)
+            print(f"{args.name}: {path}")
     except ZooUnavailable as e:
         print(f"multibox zoo: error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.name}: {path}")
     return 0
 
 
