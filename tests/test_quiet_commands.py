@@ -25,11 +25,12 @@ def test_import_quiet_writes_the_bundle_and_prints_nothing(tmp_path, capsys):
     weights = tmp_path / "tv.pth"
     torch.save(ssd300_vgg16(weights=None, weights_backbone=None, num_classes=3).state_dict(), weights)
     out = tmp_path / "out"
-    assert main(["import", "torchvision", str(weights), "--out", str(out), "--classes", "background,cat,dog", "-q"]) == 0
+    classes = ["--classes", "background,cat,dog"]
+    assert main(["import", "torchvision", str(weights), "--out", str(out), *classes, "-q"]) == 0
     assert capsys.readouterr().out == ""
     bundles = list(out.glob("*.safetensors"))
     assert len(bundles) == 1
-    assert main(["import", "torchvision", str(weights), "--out", str(tmp_path / "loud"), "--classes", "background,cat,dog"]) == 0
+    assert main(["import", "torchvision", str(weights), "--out", str(tmp_path / "loud"), *classes]) == 0
     assert "wrote" in capsys.readouterr().out
 
 

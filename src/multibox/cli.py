@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -24,9 +23,10 @@ from .commands.options import (
     positive_int,
     quiet_output,
     show_progress,
+    write_json_output,
 )
 from .commands.train import allow_intermixed
-from .fileio import atomic_save_npy, atomic_write_bytes
+from .fileio import atomic_save_npy
 from .runtime import keep_freed_memory
 
 # Imports inside the command functions below are heavy (numpy, torch, matplotlib and the multibox modules built on
@@ -78,23 +78,13 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
         atomic_save_npy(Path(args.out), priors.numpy().astype(np.float32))
         print(f"wrote {args.out}: ({priors.shape[0]}, 4) float32 normalized cxcywh, Caffe order")
     if args.json:
-        _write_json_output(args.json, {"preset": args.preset, "total": int(priors.shape[0]), "levels": rows})
+        write_json_output(args.json, {"preset": args.preset, "total": int(priors.shape[0]), "levels": rows})
     if args.plot:
         from .viz import plot_priors  # heavy (matplotlib), and only --plot needs it
 
         plot_priors(priors, sizes, cfg, level=args.level, out=Path(args.plot))
         print(f"wrote {args.plot}")
     return 0
-
-
-def _write_json_output(path: str, data: object) -> None:
-    """``data`` as indented JSON to ``path`` (atomically) or standard output for ``-``."""
-    text = json.dumps(data, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        atomic_write_bytes(Path(path), text.encode())
 
 
 def _feature_size(text: str) -> tuple[int, int]:
@@ -135,7 +125,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             chans = ",".join(str(c) for c in i["out_channels"])
             print(f"{i['name']:<{w}} {strides:>10} {chans:>14} {i['num_parameters']:>12,}  {i['description']}")
     if args.json:
-        _write_json_output(args.json, {"models": infos, "backbones": backbones})
+        write_json_output(args.json, {"models": infos, "backbones": backbones})
     return 0
 
 

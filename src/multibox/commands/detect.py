@@ -46,6 +46,7 @@ from .options import (
     positive_int,
     probability,
     show_progress,
+    write_json_output,
 )
 
 if TYPE_CHECKING:
@@ -207,11 +208,7 @@ def run(args: argparse.Namespace) -> int:
                              model_name=args.model)
     summary = {**summary, "model": args.model, "conf": args.conf, "out": str(out)}
     if args.json:
-        text = json.dumps(summary, indent=2) + "\n"
-        if args.json == "-":
-            sys.stdout.write(text)
-        else:
-            atomic_write_bytes(Path(args.json), text.encode())
+        write_json_output(args.json, summary)
     if not is_quiet(args) and args.json != "-":
         print(f"{summary['images']} images, {summary['detections']} detections (conf >= {args.conf}, "
               f"{summary['runtime']}) in {summary['seconds']:.1f} s; wrote {out}")

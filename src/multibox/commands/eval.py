@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -34,8 +33,11 @@ from .options import (
     check_output_dir,
     check_output_file,
     is_quiet,
+    non_negative_int,
     positive_int,
+    positive_seconds,
     show_progress,
+    write_json_output,
 )
 
 # Imports inside functions below are heavy (numpy, torch, matplotlib and the multibox modules built on them): this
@@ -45,27 +47,6 @@ __all__ = ["register", "run", "watch_checkpoints", "write_outputs", "WATCH_LOG"]
 
 #: The log that ``--watch`` appends to, inside the watched folder.
 WATCH_LOG = "watch_eval.jsonl"
-
-
-def _seconds(text: str) -> float:
-    """argparse type: a finite number of seconds > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return v
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -97,12 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for metrics.json, pr_curves.png, detections.json and comp4/ files")
     p.add_argument("--watch", metavar="DIR", help="evaluate each new checkpoint appearing in DIR (needs --data)")
     p.add_argument("--pattern", default="*.safetensors", help="checkpoint glob for --watch (default *.safetensors)")
-    p.add_argument("--interval", type=_seconds, default=30.0, help="seconds between looks at DIR (default 30)")
-    p.add_argument("--timeout", type=_seconds, default=None,
+    p.add_argument("--interval", type=positive_seconds, default=30.0, help="seconds between looks at DIR (default 30)")
+    p.add_argument("--timeout", type=positive_seconds, default=None,
                    help="stop --watch after this many seconds without a new checkpoint (default: never)")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="images per batch when running a model (default 8)")
-    p.add_argument("--workers", type=_non_negative_int, default=0, help="data loading processes (default 0)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data loading processes (default 0)")
     add_progress_options(p)
     p.add_argument("--device", default="cpu", help="device to run a model on (default cpu)")
     p.add_argument("--runtime", default="auto",
@@ -172,18 +153,8 @@ def _list_metrics(args: argparse.Namespace) -> int:
     if args.json != "-":
         print(metric_table())
     if args.json:
-        _write_json(args.json, rows)
+        write_json_output(args.json, rows)
     return 0
-
-
-def _write_json(path: str, data: Any) -> None:
-    """``data`` as indented JSON to ``path`` (atomically) or to standard output for ``-``."""
-    text = json.dumps(data, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        atomic_write_bytes(path, text.encode())
 
 
 def _run_results(args: argparse.Namespace) -> int:
@@ -266,7 +237,7 @@ def _report(result: Any, args: argparse.Namespace, gt: Any, table: Any, title: s
     if not to_stdout:
         print(result.format_table())
     if args.json:
-        _write_json(args.json, result.to_json())
+        write_json_output(args.json, result.to_json())
         if not to_stdout and not is_quiet(args):
             print(f"wrote {args.json}")
     if args.out:

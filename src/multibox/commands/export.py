@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import io
 import json
-from pathlib import Path
 
 from ..fileio import atomic_write_bytes
 from .detect import load_detector
@@ -31,6 +30,7 @@ from .options import (
     is_quiet,
     positive_int,
     probability,
+    write_json_output,
 )
 
 __all__ = ["register", "run"]
@@ -95,10 +95,8 @@ def run(args: argparse.Namespace) -> int:
     check = "not checked (onnxruntime missing)" if info["max_abs_diff"] is None else \
         f"max |onnxruntime - torch| = {info['max_abs_diff']:.2e}"
     check += f"; outputs {', '.join(info['outputs'])}"
-    if args.json == "-":
-        print(json.dumps(meta, indent=2, default=str))
-    elif args.json:
-        atomic_write_bytes(Path(args.json), (json.dumps(meta, indent=2, default=str) + "\n").encode())
+    if args.json:
+        write_json_output(args.json, meta)
     if is_quiet(args) or args.json == "-":
         return 0
     h, w = det.input_spec.image_size

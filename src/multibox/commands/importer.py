@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from ..fileio import atomic_write_bytes
 from ..interop.registry import IMPORTER_MODULES, get_importer, list_importers, parse_classes, parse_floats
-from .options import add_json_option, check_output_file, quiet_output
+from .options import add_json_option, check_output_file, quiet_output, write_json_output
 
 __all__ = ["register", "run", "parse_floats", "parse_classes"]
 
@@ -44,10 +42,8 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{'format':<{w}}  {'builders':<10}  description")
         for r in rows:
             print(f"{r['name']:<{w}}  {','.join(r['builders']) or '-':<10}  {r['help']}")
-    if args.json == "-":
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-    elif args.json:
-        atomic_write_bytes(args.json, (json.dumps(rows, indent=2) + "\n").encode())
+    if args.json:
+        write_json_output(args.json, rows)
     return 0
 
 

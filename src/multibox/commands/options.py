@@ -18,15 +18,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import sys
 from collections.abc import Iterator
 
-from ..fileio import UsageError, check_output_dir, check_output_file
+from ..fileio import UsageError, atomic_write_bytes, check_output_dir, check_output_file
 
 __all__ = [
     "UsageError", "add_json_option", "add_overwrite_option", "add_progress_options", "show_progress", "is_quiet",
     "probability", "positive_int", "check_output_dir", "check_output_file", "quiet_output", "add_quiet_option",
+    "non_negative_int", "positive_seconds", "write_json_output",
 ]
 
 
@@ -81,15 +83,46 @@ def probability(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int(text: str, minimum: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    if v < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int(text, 0)
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    return v
+
+
+def write_json_output(path: str, data: object) -> None:
+    """What ``--json FILE`` writes: ``data`` as indented JSON to ``FILE`` (atomically), or to standard output for
+    ``-``. Values JSON cannot hold are written with ``str``."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_bytes(path, text.encode())
 
 
 @contextlib.contextmanager

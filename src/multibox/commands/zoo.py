@@ -6,9 +6,15 @@ import argparse
 import json
 import sys
 
-from ..fileio import atomic_write_bytes
 from ..interop.zoo import ZooUnavailable, bundle_path, fetch, get_entry, list_zoo
-from .options import add_json_option, add_overwrite_option, add_quiet_option, check_output_file, quiet_output
+from .options import (
+    add_json_option,
+    add_overwrite_option,
+    add_quiet_option,
+    check_output_file,
+    quiet_output,
+    write_json_output,
+)
 
 __all__ = ["register"]
 
@@ -48,11 +54,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     rows = [{**get_entry(n).to_dict(), **_status(n)} for n in list_zoo()]
     if args.json:
-        text = json.dumps(rows, indent=2) + "\n"
+        write_json_output(args.json, rows)
         if args.json == "-":
-            sys.stdout.write(text)
             return 0
-        atomic_write_bytes(args.json, text.encode())
     w = max(len("name"), *(len(r["name"]) for r in rows))
     print(f"{'name':<{w}}  {'kind':<8}  {'cached':<6}  {'classes':<18}  license")
     for r in rows:

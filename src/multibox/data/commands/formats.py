@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
-from ...commands.options import add_json_option, check_output_file
-from ...fileio import atomic_write_bytes
+from ...commands.options import add_json_option, check_output_file, write_json_output
 
 __all__ = ["register", "run"]
 
@@ -40,9 +36,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r['name']:<{w}} {yes[r['readable']]:>4} {yes[r['writable']]:>5} {yes[r['detectable']]:>6}  "
                   f"{r['description']}")
     if args.json:
-        text = json.dumps(rows, indent=2) + "\n"
-        if args.json == "-":
-            sys.stdout.write(text)
-        else:
-            atomic_write_bytes(Path(args.json), text.encode())
+        write_json_output(args.json, rows)
     return 0

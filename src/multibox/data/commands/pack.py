@@ -15,8 +15,8 @@ from ...commands.options import (
     check_output_file,
     is_quiet,
     show_progress,
+    write_json_output,
 )
-from ...fileio import atomic_write_bytes
 from . import format_argument
 from .convert import check_outside_source
 
@@ -49,13 +49,10 @@ def _run(args: argparse.Namespace) -> int:
     except FileExistsError as e:
         print(f"multibox data pack: error: {e} (use --overwrite)", file=sys.stderr)
         return 2
-    text = json.dumps(summary.to_dict(), indent=2)
-    if args.json == "-":
-        print(text)
-    elif args.json:
-        atomic_write_bytes(Path(args.json), (text + "\n").encode())
+    if args.json:
+        write_json_output(args.json, summary.to_dict())
     if not is_quiet(args) and args.json != "-":
-        print(text)
+        print(json.dumps(summary.to_dict(), indent=2))
     return 0
 
 
