@@ -38,6 +38,7 @@ from .models import build_model
 from .models.detector import SSD
 
 __all__ = [
+    "torch_load_checked",
     "FORMAT_VERSION",
     "WEIGHTS_FORMAT",
     "REQUIRED_KEYS",
@@ -135,7 +136,9 @@ def read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[di
     return tensors, metadata
 
 
-def _torch_load(path: Path, map_location: str | torch.device, what: str, mmap: bool = False) -> Any:
+def torch_load_checked(path: Path, map_location: str | torch.device, what: str, mmap: bool = False) -> Any:  # noqa: ANN401
+    """``torch.load(path, weights_only=True)`` with :class:`CheckpointError` naming the file (``what`` says which
+    kind) when the loader refuses its objects or the file is truncated or corrupt: no code from a file runs."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
@@ -150,7 +153,7 @@ def _torch_load(path: Path, map_location: str | torch.device, what: str, mmap: b
 def pt_step(path: str | os.PathLike) -> int | None:
     """The ``step`` recorded in a multibox ``.pt`` checkpoint, read without loading its tensors (memory-mapped);
     ``None`` when the file has none."""
-    obj = _torch_load(Path(path), "cpu", "checkpoint", mmap=True)
+    obj = torch_load_checked(Path(path), "cpu", "checkpoint", mmap=True)
     if isinstance(obj, Mapping) and "step" in obj:
         return int(obj["step"])
     return None
@@ -196,7 +199,7 @@ def load_weights_file(
         check_pair_consistent(p, info.get("step"))
         tensors, _ = read_safetensors(p, map_location)
         return strip_wrapper_prefixes(tensors), info
-    obj = _torch_load(p, map_location, "weights file")
+    obj = torch_load_checked(p, map_location, "weights file")
     info = {}
     if isinstance(obj, Mapping) and "format_version" in obj:
         check_checkpoint_dict(obj, p)

@@ -36,11 +36,9 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import random
 import re
 import shutil
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,6 +60,7 @@ from ..weights_io import (
     load_weights_file,
     pt_step,
     strip_wrapper_prefixes,
+    torch_load_checked,
 )
 
 __all__ = [
@@ -362,15 +361,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{p} holds model weights only; resuming needs the .pt training checkpoint next to it "
             "(use load_model or multibox.engine.weights.load_weights for the weights)"
         )
-    try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{p} is not a multibox checkpoint: it holds objects that torch.load(weights_only=True) refuses "
-            f"({err})"
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read checkpoint {p}: the file is truncated or corrupt ({err})") from err
+    obj = torch_load_checked(p, map_location, "checkpoint")
     check_checkpoint_dict(obj, p)
     return obj
 
