@@ -190,7 +190,7 @@ def test_a_format_module_in_the_package_registers_without_any_list(tmp_path, mon
         "register_format('dropin', open=lambda *a, **k: None, write=None, detect=None,\n"
         "                description='a format that only exists as a module file')\n")
     monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
-    monkeypatch.setattr(registry, "_DISCOVERED", [])
+    monkeypatch.setattr(registry, "_DISCOVERED", set())
     try:
         assert "dropin" in [f.name for f in list_formats()]
         assert get_format("dropin").description.startswith("a format that only")

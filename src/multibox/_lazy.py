@@ -1,8 +1,10 @@
-"""Lazy module attributes (PEP 562), so that importing a package does not import torch or torchvision."""
+"""Lazy loading: module attributes on first use (PEP 562), so that importing a package does not import torch or
+torchvision, and the discovery of a registry's plugin modules (every module of a package, imported once)."""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -23,3 +25,17 @@ def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any
         return sorted([*namespace, *exports])
 
     return __getattr__, __dir__
+
+
+def import_package_modules(package: str, exclude: frozenset[str] | set[str] = frozenset(),
+                           done: set[str] | None = None) -> None:
+    """Import every module of ``package`` (alphabetically; not those named in ``exclude`` nor ``_private`` ones):
+    how the registries (dataset formats, metrics, runtimes) find built-in entries that register themselves, so that
+    adding one is its module and its test. ``done`` (a set kept by the caller) makes it run once per package."""
+    if done is not None:
+        if package in done:
+            return
+        done.add(package)
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if info.name not in exclude and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

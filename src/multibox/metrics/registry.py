@@ -15,13 +15,13 @@ and ``difficult_as_crowd`` says whether difficult boxes become crowd regions whe
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .._lazy import import_package_modules
 
 __all__ = ["ClassAP", "Metric", "MetricScore", "register_metric", "list_metrics", "get_metric", "metric_table"]
 
@@ -94,7 +94,7 @@ class Metric:
 
 
 _METRICS: dict[str, Metric] = {}
-_discovered = False
+_DISCOVERED: set[str] = set()
 
 
 def register_metric(name: str, evaluate: EvaluateFn, *, description: str, headline: str = "mAP",
@@ -117,15 +117,7 @@ def register_metric(name: str, evaluate: EvaluateFn, *, description: str, headli
 
 def _discover() -> None:
     """Import every module of this package once, so that built-in metrics have registered themselves."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    package = __name__.rpartition(".")[0]
-    path = importlib.import_module(package).__path__
-    for info in pkgutil.iter_modules(path):
-        if info.name != "registry":
-            importlib.import_module(f"{package}.{info.name}")
+    import_package_modules(__name__.rpartition(".")[0], exclude={"registry"}, done=_DISCOVERED)
 
 
 def list_metrics() -> list[str]:

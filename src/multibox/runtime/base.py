@@ -24,13 +24,13 @@ first), then ``eager``; the :class:`~multibox.detector.Detector` uses the first 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from .._lazy import import_package_modules
 
 __all__ = ["Runtime", "NetworkCallable", "register_runtime", "list_runtimes", "get_runtime", "auto_runtimes",
            "outputs_close", "EAGER", "AUTO"]
@@ -42,7 +42,7 @@ AUTO = "auto"
 # modules of this package that hold no runtime
 _NOT_RUNTIMES = {"base", "memory"}
 _REGISTRY: dict[str, Runtime] = {}
-_DISCOVERED = False
+_DISCOVERED: set[str] = set()
 
 
 def outputs_close(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], rtol: float = 1e-4) -> bool:
@@ -107,14 +107,7 @@ def register_runtime(runtime: Runtime, *, replace: bool = False) -> Runtime:
 
 def _discover() -> None:
     """Import every runtime module of this package once (each registers its own runtimes)."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    package = __name__.rpartition(".")[0]
-    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        if info.name not in _NOT_RUNTIMES and not info.name.startswith("_"):
-            importlib.import_module(f"{package}.{info.name}")
+    import_package_modules(__name__.rpartition(".")[0], exclude=_NOT_RUNTIMES, done=_DISCOVERED)
 
 
 def list_runtimes() -> list[str]:

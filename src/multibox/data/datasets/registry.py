@@ -26,13 +26,13 @@ The callables:
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..._lazy import import_package_modules
 
 __all__ = ["DatasetFormat", "register_format", "unregister_format", "get_format", "list_formats", "format_names",
            "detect_scores"]
@@ -89,20 +89,14 @@ def unregister_format(name: str) -> None:
     _FORMATS.pop(name, None)
 
 
-_DISCOVERED: list[bool] = []
+_DISCOVERED: set[str] = set()
 
 
 def _load_builtin() -> None:
     """Import every module of the ``multibox.data.datasets`` package once (alphabetically, which is also the order
     of registration), so that a format module registers itself by merely being there: adding a format touches its
     module and its test, no list. Done lazily: the format modules import this one (a cycle at import time)."""
-    if _DISCOVERED:
-        return
-    _DISCOVERED.append(True)
-    package = importlib.import_module("multibox.data.datasets")
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    import_package_modules("multibox.data.datasets", done=_DISCOVERED)
 
 
 def list_formats() -> list[DatasetFormat]:
