@@ -176,24 +176,3 @@ def test_shards_refuse_another_split_and_other_classes(tmp_path):
 
 
 
-
-def test_a_format_module_in_the_package_registers_without_any_list(tmp_path, monkeypatch):
-    """Adding a built-in format is its module (and its test): a module placed on the datasets package's path is
-    found and registers itself, with no import line or list to edit anywhere else."""
-    import sys
-
-    import multibox.data.datasets as pkg
-    from multibox.data.datasets import registry
-
-    (tmp_path / "zz_dropin.py").write_text(
-        "from multibox.data.datasets.registry import register_format\n"
-        "register_format('dropin', open=lambda *a, **k: None, write=None, detect=None,\n"
-        "                description='a format that only exists as a module file')\n")
-    monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
-    monkeypatch.setattr(registry, "_DISCOVERED", set())
-    try:
-        assert "dropin" in [f.name for f in list_formats()]
-        assert get_format("dropin").description.startswith("a format that only")
-    finally:
-        registry.unregister_format("dropin")
-        sys.modules.pop("multibox.data.datasets.zz_dropin", None)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .._lazy import import_package_modules
 from ..anchors import PriorConfig, get_prior_preset
 from .backbones.registry import backbone_name
 from .detector import SSD
@@ -21,6 +22,7 @@ __all__ = ["register_model", "list_models", "build_model", "model_info", "resolv
 ModelBuilder = Callable[..., SSD]
 _F = TypeVar("_F", bound=ModelBuilder)
 _REGISTRY: dict[str, ModelBuilder] = {}
+_DISCOVERED: set[str] = set()
 
 
 def register_model(name: str) -> Callable[[_F], _F]:
@@ -37,6 +39,7 @@ def register_model(name: str) -> Callable[[_F], _F]:
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted registered names, optionally filtered by a shell-style ``pattern`` (e.g. ``"ssd*_vgg16"``)."""
+    _discover()
     names = sorted(_REGISTRY)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
@@ -50,7 +53,14 @@ def resolve_priors(priors: str | PriorConfig | None) -> PriorConfig | None:
     raise TypeError(f"priors must be a preset name, a PriorConfig or None, got {type(priors).__name__}")
 
 
+def _discover() -> None:
+    """Import every module of :mod:`multibox.models` once: the built-in builders register themselves, so a new
+    model is its module (with ``@register_model``) and its test, no list to edit (docs/design.md, "Adding things")."""
+    import_package_modules("multibox.models", exclude={"registry"}, done=_DISCOVERED)
+
+
 def _builder(name: str) -> ModelBuilder:
+    _discover()
     try:
         return _REGISTRY[name]
     except KeyError:

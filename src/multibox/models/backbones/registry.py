@@ -9,12 +9,12 @@ lists them. A factory is ``fn(**kwargs) -> Backbone`` (images ``[B, 3, H, W]`` -
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
 
+from ..._lazy import import_package_modules
 from .base import Backbone
 
 __all__ = ["register_backbone", "list_backbones", "build_backbone", "backbone_info", "backbone_name"]
@@ -22,6 +22,7 @@ __all__ = ["register_backbone", "list_backbones", "build_backbone", "backbone_in
 BackboneFactory = Callable[..., Backbone]
 _F = TypeVar("_F", bound=BackboneFactory)
 _REGISTRY: dict[str, tuple[BackboneFactory, str]] = {}
+_DISCOVERED: set[str] = set()
 
 
 def register_backbone(name: str, description: str = "") -> Callable[[_F], _F]:
@@ -40,7 +41,10 @@ def register_backbone(name: str, description: str = "") -> Callable[[_F], _F]:
 
 
 def _discover() -> None:
-    importlib.import_module("multibox.models")  # registers the built-in backbones (their modules import on it)
+    """Import every module of this package once: the built-in backbones register themselves, so a new backbone is
+    its module (with ``@register_backbone``) and its test (docs/design.md, "Adding things")."""
+    import_package_modules(__name__.rpartition(".")[0], exclude={"registry", "base"}, done=_DISCOVERED)
+    import_package_modules("multibox.models", exclude={"registry"}, done=_DISCOVERED)  # SSD7 defines its own
 
 
 def list_backbones() -> list[str]:
