@@ -38,3 +38,14 @@ def test_format_option_still_checks_the_registry():
         format_argument(writable=True)("shards")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown format 'nope'"):
         parse("nope")
+
+
+def test_the_whole_command_line_parser_imports_no_numpy_or_torch():
+    """`multibox --help` builds every parser: it must not load numpy, torch or PIL (it stays at ~0.1 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from multibox.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('numpy', 'torch', 'PIL', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

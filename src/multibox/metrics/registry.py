@@ -17,13 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .._lazy import import_package_modules
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = ["ClassAP", "Metric", "MetricScore", "register_metric", "list_metrics", "get_metric", "metric_table"]
+
+
+def _empty_curve() -> np.ndarray:
+    # numpy here, not at the top: `multibox --help` imports this registry (eval's --metric) and stays without numpy
+    import numpy as np
+
+    return np.zeros(0)
 
 
 @dataclass
@@ -38,8 +46,8 @@ class ClassAP:
     ap: float
     num_gt: int
     num_det: int
-    recall: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    precision: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    recall: np.ndarray = field(default_factory=_empty_curve)
+    precision: np.ndarray = field(default_factory=_empty_curve)
 
 
 @dataclass
