@@ -85,12 +85,15 @@ def test_to_pandas_names_pandas_when_missing(monkeypatch):
 
 
 def test_to_pandas_rows():
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a dev dependency: this test runs in CI, never skips
+
     d = many(4)
     df = d.to_pandas()
     assert isinstance(df, pd.DataFrame) and list(df.columns) == ["x1", "y1", "x2", "y2", "score", "label",
                                                                   "class_name"]
     assert len(df) == 4 and df["class_name"].tolist() == d.names()
+    np.testing.assert_array_equal(df[["x1", "y1", "x2", "y2"]].to_numpy(np.float32), d.boxes.numpy())
+    np.testing.assert_array_equal(df["score"].to_numpy(np.float32), d.scores.numpy())
 
 
 def test_plot_and_save_follow_the_suffix(tmp_path):
