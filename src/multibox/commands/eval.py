@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_bytes
-from ..metrics.registry import get_metric, list_metrics, metric_table
 from .options import (
     add_json_option,
     add_progress_options,
@@ -117,6 +116,8 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
     else:  # an injected load(path, device) (tests)
         inject = load
         load = lambda path, device, **_: inject(path, device)  # noqa: E731
+    from ..metrics.registry import get_metric  # numpy: kept out of `multibox --help` (docs/design.md, Import rules)
+
     if getattr(args, "list_metrics", False):
         return _list_metrics(args)
     get_metric(args.metric)  # an unknown name is a usage error naming the registered ones, before any work
@@ -147,6 +148,8 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
 
 
 def _list_metrics(args: argparse.Namespace) -> int:
+    from ..metrics.registry import get_metric, list_metrics, metric_table  # see run: numpy stays out of --help
+
     if args.json:
         check_output_file(args.json, "--json")
     rows = [get_metric(n).to_json() for n in list_metrics()]
@@ -219,6 +222,7 @@ def write_outputs(result: Any, out: str | os.PathLike, gt: Any, table: Any, spli
     results files are written from. Every file is written atomically.
     """
     from ..metrics.plots import plot_pr_curves
+    from ..metrics.registry import get_metric
     from ..metrics.results import write_coco_results, write_comp4
 
     folder = Path(out)
