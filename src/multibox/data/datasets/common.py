@@ -684,8 +684,9 @@ def pick_file(folder: Path, candidates: Sequence[Path], what: str, pattern: str)
 
 
 def path_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
-    """Whether ``path`` lies inside ``root`` by its written form: ``..`` components are resolved lexically and
-    an absolute path must start with the (absolute) root. Symbolic links are not followed."""
+    """Whether ``path`` lies inside ``root`` by its written form: both are taken as they would be opened (a
+    relative one from the working folder; ``path`` is the image path to open, e.g. ``root / file_name``), ``..``
+    components are resolved lexically and the result must start with the root. Symbolic links are not followed."""
     base = os.path.normpath(os.path.abspath(root))
-    p = os.path.normpath(os.path.abspath(os.path.join(base, path)))
+    p = os.path.normpath(os.path.abspath(path))
     return p == base or p.startswith(base.rstrip(os.sep) + os.sep)
