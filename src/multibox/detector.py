@@ -56,7 +56,7 @@ from .interop.bundle import BUNDLE_FORMAT, DetectorBundle, load_bundle
 from .interop.zoo import load_zoo_bundle
 from .models.outputs import network_outputs
 from .postprocess import PaddedDetections, PostProcess, split_padded
-from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, get_runtime, outputs_close
+from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, check_device, get_runtime, outputs_close
 from .sources import Source, SourceItem, expand_sources, iter_source_images
 from .weights_io import load_model
 
@@ -144,7 +144,7 @@ class Detector:
                  name: str | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
+        self.device = check_device(device)  # "tpu", or cuda without a GPU: a ValueError naming it
         if runtime != AUTO:
             get_runtime(runtime).check(self.device)  # unknown names and unusable runtimes fail here, clearly
         self.runtime = runtime
