@@ -50,6 +50,8 @@ __all__ = [
 
 #: Boxes narrower or lower than this (in pixels, after clipping) are dropped.
 MIN_BOX_SIZE = 1.0
+# a coordinate less than this many pixels outside the image is on its edge (rounding of written coordinates)
+EDGE_TOLERANCE = 0.01
 #: File extensions treated as images when a format lists a folder (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -497,6 +499,9 @@ class AnnotatedImageDataset:
             if self.drop_difficult and o.difficult:
                 st.boxes_dropped_difficult += 1
                 continue
+            # within EDGE_TOLERANCE of an edge is the edge (rounding of written coordinates, e.g. 6-decimal YOLO
+            # labels of a box touching the border), not a box outside the image
+            x1, y1, x2, y2 = (_snap(x1, w), _snap(y1, h), _snap(x2, w), _snap(y2, h))
             cx1, cy1 = min(max(x1, 0.0), w), min(max(y1, 0.0), h)
             cx2, cy2 = min(max(x2, 0.0), w), min(max(y2, 0.0), h)
             if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
@@ -681,6 +686,15 @@ def pick_file(folder: Path, candidates: Sequence[Path], what: str, pattern: str)
         return found[0]
     raise FileNotFoundError(f"{folder}: cannot find the {what} (tried {', '.join(str(c.name) for c in candidates)}"
                             f"{'; several ' + pattern + ' files, name one' if found else ''})")
+
+
+def _snap(v: float, side: float) -> float:
+    """``v`` moved onto the edge ``0`` or ``side`` when it lies outside by less than :data:`EDGE_TOLERANCE`."""
+    if -EDGE_TOLERANCE < v < 0.0:
+        return 0.0
+    if side < v < side + EDGE_TOLERANCE:
+        return float(side)
+    return v
 
 
 def path_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
