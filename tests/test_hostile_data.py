@@ -238,6 +238,8 @@ def test_deeply_nested_json_is_a_clear_error(tmp_path, capsys):
     ("names: {0: a, 2: b}\n", "indices must be"),
     ("names: [a, b\n", "not a readable YAML"),
     ("names: {a: 1}\n", "keys must be class indices"),
+    ("nc: 2\nnames: [a]\n", r"'nc' is 2 but 'names' has 1 class"),
+    ("nc: two\nnames: [a]\n", r"'nc' is 'two', not a class count"),
 ])
 def test_malformed_yolo_data_yaml(tmp_path, capsys, yaml_text, match):
     root = tmp_path / "yolo"

@@ -305,6 +305,12 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
                                                   for n in names):
             raise ValueError(f"{p}: 'names' must be a list or an {{index: name}} dict of class names, got "
                              f"{type(names).__name__ if not isinstance(names, list) else names!r}"[:300])
+        nc = data.get("nc")
+        if nc is not None:
+            if isinstance(nc, bool) or not isinstance(nc, int):
+                raise ValueError(f"{p}: 'nc' is {nc!r}, not a class count"[:300])
+            if nc != len(names):
+                raise ValueError(f"{p}: 'nc' is {nc} but 'names' has {len(names)} class(es)")
         return [str(n) for n in names]
     with open(p, encoding="utf-8-sig") as f:
         return [line.strip() for line in f if line.strip()]
