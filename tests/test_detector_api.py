@@ -347,3 +347,13 @@ def test_unusable_device_is_a_clear_error(tmp_path, image_dir, bundle_file, devi
         assert main(cmd + ["--device", device]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("conf", [2.0, -1.0, float("nan")])
+def test_conf_out_of_range_is_an_error_in_the_python_api(detector, conf):
+    # the command line range-checks --conf; Detector(conf=2) and detector(img, conf=nan) kept every box or none
+    with pytest.raises(ValueError, match=r"conf .* is not in \[0, 1\]"):
+        Detector(make_bundle(), runtime="eager", conf=conf)
+    with pytest.raises(ValueError, match=r"conf .* is not in \[0, 1\]"):
+        detector(photo(), conf=conf)
+    assert len(detector(photo(), conf=0.0)) >= len(detector(photo(), conf=1.0))

@@ -198,7 +198,10 @@ class Detector:
 
     def postprocess_for(self, conf: float | None = None) -> PostProcess:
         """The :class:`~multibox.postprocess.PostProcess` used for score threshold ``conf`` (the bundle's own
-        threshold when ``conf`` is lower or ``None``; a ``postprocess`` module given to the constructor always)."""
+        threshold when ``conf`` is lower or ``None``; a ``postprocess`` module given to the constructor always).
+        Raises ``ValueError`` for a ``conf`` outside [0, 1] (NaN included)."""
+        if conf is not None and not 0.0 <= float(conf) <= 1.0:
+            raise ValueError(f"conf {conf!r} is not in [0, 1] (a score threshold)")
         if self._fixed_post is not None:
             return self._fixed_post
         key = None if conf is None else float(conf)
