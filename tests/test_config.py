@@ -52,6 +52,19 @@ def test_overrides_apply_with_types():
     assert isinstance(cfg.optim.weight_decay, float)
 
 
+def test_exponent_notation_numbers_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 (no dot) as a string; `optim.lr=1e-3` and `lr: 5e-4` in a file are numbers.
+    cfg = load_config("synthetic", ["optim.lr=1e-3", "optim.weight_decay=5E-4", "schedule.min_lr_ratio=+1e-2"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.min_lr_ratio) == (1e-3, 5e-4, 1e-2)
+    path = tmp_path / "c.yaml"
+    path.write_text("base: synthetic\noptim: {lr: 2e-4}\n")
+    assert load_config(str(path)).optim.lr == 2e-4
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got '1e-3x'"):
+        load_config("synthetic", ["optim.lr=1e-3x"])
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        load_config("synthetic", ["optim.lr=1e999"])
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("optim.lrr=1", "no key 'lrr'"),
     ("steps=abc", "steps: expected an integer"),

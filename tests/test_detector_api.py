@@ -332,3 +332,31 @@ def test_export_conventions(tmp_path, bundle_file, capsys):
     assert main(["export", "onnx", str(bundle_file), "--out", str(out), "--overwrite", "-q"]) == 0
     assert main(["export", "onnx", str(bundle_file), "--out", str(tmp_path / "x.onnx"), "--conf", "0.3"]) == 2
     assert "--postprocess" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "device 'tpu': not a device"),
+                                             ("cuda", "device 'cuda': no CUDA GPU is available here"),
+                                             ("cuda:3", "device 'cuda:3': no CUDA GPU is available here")])
+def test_unusable_device_is_a_clear_error(tmp_path, image_dir, bundle_file, device, message, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    from multibox.data.synth import write_synthetic_voc
+
+    with pytest.raises(ValueError, match=message):
+        Detector(make_bundle(), device)
+    voc = tmp_path / "voc"
+    write_synthetic_voc(voc, 2, size=64, profile="easy")
+    for cmd in (["detect", str(image_dir), "--model", str(bundle_file), "--out", str(tmp_path / "o")],
+                ["eval", str(bundle_file), "--data", str(voc), "--classes", "a,b"]):
+        assert main(cmd + ["--device", device]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("conf", [2.0, -1.0, float("nan")])
+def test_conf_out_of_range_is_an_error_in_the_python_api(detector, conf):
+    # the command line range-checks --conf; Detector(conf=2) and detector(img, conf=nan) kept every box or none
+    with pytest.raises(ValueError, match=r"conf .* is not in \[0, 1\]"):
+        Detector(make_bundle(), runtime="eager", conf=conf)
+    with pytest.raises(ValueError, match=r"conf .* is not in \[0, 1\]"):
+        detector(photo(), conf=conf)
+    assert len(detector(photo(), conf=0.0)) >= len(detector(photo(), conf=1.0))

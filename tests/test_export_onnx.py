@@ -177,3 +177,15 @@ def test_export_with_postprocess_detects_like_the_detector(tmp_path):
         np.testing.assert_array_equal(labels[i, :n], w.labels.numpy())
         np.testing.assert_allclose(scores[i, :n], w.scores.numpy(), atol=1e-5)
         np.testing.assert_allclose(boxes[i, :n] * np.array([wd, h, wd, h], np.float32), w.boxes.numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("opset", ["3", "999"])
+def test_unsupported_opset_is_a_usage_error(tmp_path, opset, capsys):
+    pytest.importorskip("onnx")
+    src = save_bundle(make_bundle(), tmp_path / "tiny.safetensors")
+    with pytest.raises(ValueError, match=f"opset {opset}: not supported"):
+        mbonnx.export_onnx_bytes(make_bundle().model, torch.zeros(1, 3, *SIZE), opset=int(opset))
+    assert main(["export", "onnx", str(src), "--out", str(tmp_path / "m.onnx"), "--opset", opset]) == 2
+    err = capsys.readouterr().err
+    assert f"opset {opset}: not supported" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()

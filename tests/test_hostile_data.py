@@ -62,6 +62,24 @@ def test_voc_filename_leaving_the_root_is_refused_by_reader_and_convert(tmp_path
     assert (tmp_path / "out2" / "images" / "secret.png").read_bytes() == secret.read_bytes()
 
 
+def test_paths_leaving_a_relative_dataset_root_are_refused(tmp_path, monkeypatch, capsys):
+    # The dataset named as a user types it (relative to the working folder): the image path then starts with the
+    # root, and joining it to the root once more hid the `..` escape (the secret file was copied out).
+    secret = _png(tmp_path / "secret.png")
+    _voc(tmp_path / "d" / "v", "../../../secret.png")
+    _coco(tmp_path / "c" / "annotations.json", [{"id": 1, "file_name": "../../secret.png", "width": 32,
+                                                 "height": 24}])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AnnotationError, match=r"a\.xml: image path '\.\./\.\./\.\./secret\.png' leaves"):
+        VOCDataset("d/v", split=None, classes=["cat"])
+    with pytest.raises(AnnotationError, match=r"annotations\.json: image path .*secret\.png' leaves"):
+        COCODataset("c/annotations.json")
+    assert main(["data", "convert", "d/v", "out", "--to", "coco", "--classes", "cat"]) == 2
+    assert "leaves the dataset" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert secret.is_file()
+
+
 def test_coco_absolute_file_name_is_refused(tmp_path, capsys):
     secret = _png(tmp_path / "elsewhere" / "secret.png")
     ann = _coco(tmp_path / "coco" / "annotations.json", [{"id": 1, "file_name": str(secret)}])
@@ -220,6 +238,8 @@ def test_deeply_nested_json_is_a_clear_error(tmp_path, capsys):
     ("names: {0: a, 2: b}\n", "indices must be"),
     ("names: [a, b\n", "not a readable YAML"),
     ("names: {a: 1}\n", "keys must be class indices"),
+    ("nc: 2\nnames: [a]\n", r"'nc' is 2 but 'names' has 1 class"),
+    ("nc: two\nnames: [a]\n", r"'nc' is 'two', not a class count"),
 ])
 def test_malformed_yolo_data_yaml(tmp_path, capsys, yaml_text, match):
     root = tmp_path / "yolo"

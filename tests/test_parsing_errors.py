@@ -139,6 +139,20 @@ def test_clipping_and_degenerate_boxes_are_counted(tmp_path):
     assert kinds.count("box_clipped") == 2 and kinds.count("box_degenerate") == 2 and not s.errors
 
 
+def test_rounding_of_normalized_labels_at_the_image_edge_is_not_clipping(tmp_path):
+    # `detect --yolo` writes 6 decimals: a box from x=0 to 13.4291 px of a 128 px image is cx 0.052457, w 0.104915,
+    # which reads back as x1 = -6.4e-05 px. That is rounding, not a box outside the image: no warning, exact 0.
+    (tmp_path / "classes.txt").write_text("cat\n")
+    Image.fromarray(np.zeros((128, 128, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("0 0.052457 0.5 0.104915 0.2\n0 0.947543 0.5 0.104915 0.2\n"
+                                    "0 0.5 0.5 1.02 0.2\n")  # the last one really sticks out (by 1.28 px)
+    ds = YOLODataset(tmp_path)
+    boxes = ds.target(0).boxes
+    assert boxes[0, 0] == 0 and boxes[1, 2] == 128 and (boxes[:, [0, 2]] >= 0).all()
+    assert ds.stats.boxes_clipped == 1
+    assert [p.kind for p in ds.stats.warnings] == ["box_clipped"]
+
+
 def test_lenient_mode_collects_every_problem_and_keeps_the_good_boxes(tmp_path):
     make_voc(tmp_path, [_obj(), _obj(box=("nan", "1", "5", "5")), _obj(skip=("name",)),
                         _obj(box=("30", "1", "5", "5")), _obj(name="zebra"), _obj(box=("1", "1", "200", "9"))])

@@ -126,3 +126,16 @@ def test_reads_back_with_the_voc_dataset(written):
         np.testing.assert_array_equal(t.boxes, ref.boxes)
         np.testing.assert_array_equal(t.labels, ref.labels)
         np.testing.assert_array_equal(t.difficult, ref.difficult)
+
+
+def test_image_size_is_bounded_before_any_rendering(tmp_path, capsys):
+    # --size 100000 tried to allocate a 32 GB array and died with a MemoryError traceback
+    from multibox.data.synth import SyntheticShapes, render_image
+
+    for call in (lambda: SyntheticShapes(4, size=100000), lambda: render_image(0, 0, size=100000),
+                 lambda: write_synthetic_voc(tmp_path / "big", 2, size=100000)):
+        with pytest.raises(ValueError, match=r"size 100000: .*exceeds 4096 pixels"):
+            call()
+    assert main(["data", "synth", str(tmp_path / "ds"), "--num-images", "2", "--size", "100000", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "size 100000" in err and "Traceback" not in err and not (tmp_path / "ds").exists()

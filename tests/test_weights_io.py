@@ -73,6 +73,17 @@ def test_hostile_safetensors_metadata_is_refused_before_building(tmp_path, no_re
     assert "evil.safetensors" in str(info.value)
 
 
+@pytest.mark.parametrize("key", ["model_kwargs", "class_names", "config"])
+def test_deeply_nested_safetensors_metadata_is_a_clear_error(tmp_path, no_real_build, key):
+    path = _hostile_safetensors(tmp_path / "deep.safetensors", 3, KWARGS)
+    with safetensors.safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    meta[key] = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError, not JSONDecodeError
+    safetensors.torch.save_file({"x": torch.zeros(1)}, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match=rf"deep\.safetensors: metadata entry {key!r} is nested too deeply"):
+        load_model(path)
+
+
 def test_hostile_checkpoint_and_too_many_priors(tmp_path, no_real_build, monkeypatch):
     pt = save_checkpoint(tmp_path / "evil.pt", {"model": {"x": torch.zeros(1)}, "step": 1, "model_name": "ssd7",
                                                 "class_names": NAMES, "model_kwargs": {"image_size": [0, 5]}})

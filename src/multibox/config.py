@@ -238,6 +238,10 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+# a number in exponent notation without a dot (``1e-3``, ``5E-4``), which PyYAML leaves a string
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """``value`` checked (and lightly converted: int -> float, tuple -> list) against the annotation ``tp``."""
     origin = typing.get_origin(tp)
@@ -282,6 +286,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}", key)
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            return float(value)  # 1e-3: YAML 1.1 (PyYAML) needs a dot to read it as a number, users do not
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}", key)
         return float(value)

@@ -56,7 +56,7 @@ from .interop.bundle import BUNDLE_FORMAT, DetectorBundle, load_bundle
 from .interop.zoo import load_zoo_bundle
 from .models.outputs import network_outputs
 from .postprocess import PaddedDetections, PostProcess, split_padded
-from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, get_runtime, outputs_close
+from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, check_device, get_runtime, outputs_close
 from .sources import Source, SourceItem, expand_sources, iter_source_images
 from .weights_io import load_model
 
@@ -144,7 +144,7 @@ class Detector:
                  name: str | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
+        self.device = check_device(device)  # "tpu", or cuda without a GPU: a ValueError naming it
         if runtime != AUTO:
             get_runtime(runtime).check(self.device)  # unknown names and unusable runtimes fail here, clearly
         self.runtime = runtime
@@ -198,7 +198,10 @@ class Detector:
 
     def postprocess_for(self, conf: float | None = None) -> PostProcess:
         """The :class:`~multibox.postprocess.PostProcess` used for score threshold ``conf`` (the bundle's own
-        threshold when ``conf`` is lower or ``None``; a ``postprocess`` module given to the constructor always)."""
+        threshold when ``conf`` is lower or ``None``; a ``postprocess`` module given to the constructor always).
+        Raises ``ValueError`` for a ``conf`` outside [0, 1] (NaN included)."""
+        if conf is not None and not 0.0 <= float(conf) <= 1.0:
+            raise ValueError(f"conf {conf!r} is not in [0, 1] (a score threshold)")
         if self._fixed_post is not None:
             return self._fixed_post
         key = None if conf is None else float(conf)

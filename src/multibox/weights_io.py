@@ -220,12 +220,15 @@ def load_weights_file(
 
 def _safetensors_info(p: Path, meta: Mapping[str, str]) -> dict[str, Any]:
     info: dict[str, Any] = {}
-    try:
-        for key in ("class_names", "model_kwargs", "config"):
-            if key in meta:
-                info[key] = json.loads(meta[key])
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{p}: metadata entry is not valid JSON ({err})") from err
+    for key in ("class_names", "model_kwargs", "config"):
+        if key not in meta:
+            continue
+        try:
+            info[key] = json.loads(meta[key])
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{p}: metadata entry {key!r} is not valid JSON ({err})") from err
+        except RecursionError:
+            raise CheckpointError(f"{p}: metadata entry {key!r} is nested too deeply") from None
     if "model_name" in meta:
         info["model_name"] = meta["model_name"]
     try:

@@ -63,6 +63,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from ..fileio import atomic_write_bytes
+from ..limits import max_input_side
 from .datasets.voc import VOCDataset, voc_xml
 from .types import Target
 
@@ -255,6 +256,18 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- rendering
 
 
+def _image_side(size: int) -> int:
+    """``size`` (the longest image side in pixels) checked: at least 32, at most the input-side bound of
+    :mod:`multibox.limits` (an image of 100000 px would need tens of gigabytes before anything is written)."""
+    size = int(size)
+    if size < 32:
+        raise ValueError(f"size must be >= 32, got {size}")
+    if size > max_input_side():
+        raise ValueError(f"size {size}: exceeds {max_input_side()} pixels per side "
+                         "(MULTIBOX_MAX_INPUT_SIDE raises the bound)")
+    return size
+
+
 def render_image(seed: int, index: int, size: int | None = None,
                  profile: str = "hard") -> tuple[np.ndarray, list[SynthObject]]:
     """Render image ``index`` of the dataset with ``seed`` and ``profile``: ``([H, W, 3] uint8 RGB, objects)``.
@@ -264,9 +277,7 @@ def render_image(seed: int, index: int, size: int | None = None,
     ``(x0, y0, x1, y1)`` inside the image.
     """
     spec = _profile(profile)
-    size = spec.size if size is None else int(size)
-    if size < 32:
-        raise ValueError(f"size must be >= 32, got {size}")
+    size = _image_side(spec.size if size is None else size)
     if spec.name == "easy":
         return _render_easy(seed, index, size)
     return _render_hard(seed, index, size)
@@ -503,9 +514,7 @@ class SyntheticShapes:
         self.num_images = int(num_images)
         self.seed = int(seed)
         self.profile = spec.name
-        self.size = spec.size if size is None else int(size)
-        if self.size < 32:
-            raise ValueError(f"size must be >= 32, got {self.size}")
+        self.size = _image_side(spec.size if size is None else size)
         self.class_names = list(CLASS_NAMES)
 
     def __len__(self) -> int:
@@ -635,9 +644,7 @@ def write_synthetic_voc(out: str | os.PathLike, num_images: int, *, seed: int = 
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     spec = _profile(profile)
-    size = spec.size if size is None else int(size)
-    if size < 32:
-        raise ValueError(f"size must be >= 32, got {size}")
+    size = _image_side(spec.size if size is None else size)
     root = Path(out)
     base, sep, pid = root.name.rpartition(".tmp-")
     if sep and base and pid.isdigit():  # writing into a temporary folder: clear those of killed earlier runs

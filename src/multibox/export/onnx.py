@@ -77,7 +77,8 @@ def export_onnx_bytes(model: nn.Module, example: Tensor, *, dynamic_batch: bool 
     """The ONNX model of ``model`` (in eval mode, on CPU) traced on ``example`` ``[B, 3, H, W]``, as bytes.
 
     ``dynamic_batch``: the batch axis is symbolic (any batch size runs), else fixed to ``B``.
-    Raises :class:`OnnxUnavailable` when ``onnx`` is missing.
+    Raises :class:`OnnxUnavailable` when ``onnx`` is missing and ``ValueError`` for an ``opset`` the exporter
+    does not support.
     """
     require("onnx")
     wrapper = TupleOutput(model).eval()
@@ -85,9 +86,15 @@ def export_onnx_bytes(model: nn.Module, example: Tensor, *, dynamic_batch: bool 
     axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example.detach().cpu().float(),), buf, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
-                          do_constant_folding=True)
+        try:
+            torch.onnx.export(wrapper, (example.detach().cpu().float(),), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+                              do_constant_folding=True)
+        except RuntimeError as e:
+            if "opset" not in str(e).lower():
+                raise
+            raise ValueError(f"opset {opset}: not supported by this PyTorch's ONNX exporter ({e}); "
+                             f"the default is {DEFAULT_OPSET}") from None
     onnx = require("onnx")
     graph = onnx.load_from_string(buf.getvalue())
     if fold_zero_pads(graph):

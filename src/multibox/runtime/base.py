@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .._lazy import import_package_modules
 
 __all__ = ["Runtime", "NetworkCallable", "register_runtime", "list_runtimes", "get_runtime", "auto_runtimes",
-           "outputs_close", "EAGER", "AUTO"]
+           "outputs_close", "check_device", "EAGER", "AUTO"]
 
 # a network callable: input [B, 3, H, W] -> (cls_logits [B, P, C], box_deltas [B, P, 4])
 NetworkCallable = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -53,6 +53,27 @@ def outputs_close(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], rtol: floa
         if y.numel() and float((x.float() - y.float()).abs().max()) > rtol * max(float(y.abs().max()), 1.0):
             return False
     return True
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device` that can run here.
+
+    Raises ``ValueError`` naming it for a string that is not a device (``"tpu"``), and for a CUDA device without
+    a CUDA GPU (or past the last one) and ``"mps"`` without Apple's MPS backend, instead of PyTorch's errors at
+    the first tensor moved there."""
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: not a device (expected cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is available here; use cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r}: there are {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: Apple's MPS backend is not available here; use cpu")
+    return dev
 
 
 class Runtime:

@@ -50,6 +50,8 @@ __all__ = [
 
 #: Boxes narrower or lower than this (in pixels, after clipping) are dropped.
 MIN_BOX_SIZE = 1.0
+# a coordinate less than this many pixels outside the image is on its edge (rounding of written coordinates)
+EDGE_TOLERANCE = 0.01
 #: File extensions treated as images when a format lists a folder (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -303,6 +305,12 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
                                                   for n in names):
             raise ValueError(f"{p}: 'names' must be a list or an {{index: name}} dict of class names, got "
                              f"{type(names).__name__ if not isinstance(names, list) else names!r}"[:300])
+        nc = data.get("nc")
+        if nc is not None:
+            if isinstance(nc, bool) or not isinstance(nc, int):
+                raise ValueError(f"{p}: 'nc' is {nc!r}, not a class count"[:300])
+            if nc != len(names):
+                raise ValueError(f"{p}: 'nc' is {nc} but 'names' has {len(names)} class(es)")
         return [str(n) for n in names]
     with open(p, encoding="utf-8-sig") as f:
         return [line.strip() for line in f if line.strip()]
@@ -497,6 +505,9 @@ class AnnotatedImageDataset:
             if self.drop_difficult and o.difficult:
                 st.boxes_dropped_difficult += 1
                 continue
+            # within EDGE_TOLERANCE of an edge is the edge (rounding of written coordinates, e.g. 6-decimal YOLO
+            # labels of a box touching the border), not a box outside the image
+            x1, y1, x2, y2 = (_snap(x1, w), _snap(y1, h), _snap(x2, w), _snap(y2, h))
             cx1, cy1 = min(max(x1, 0.0), w), min(max(y1, 0.0), h)
             cx2, cy2 = min(max(x2, 0.0), w), min(max(y2, 0.0), h)
             if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
@@ -683,9 +694,19 @@ def pick_file(folder: Path, candidates: Sequence[Path], what: str, pattern: str)
                             f"{'; several ' + pattern + ' files, name one' if found else ''})")
 
 
+def _snap(v: float, side: float) -> float:
+    """``v`` moved onto the edge ``0`` or ``side`` when it lies outside by less than :data:`EDGE_TOLERANCE`."""
+    if -EDGE_TOLERANCE < v < 0.0:
+        return 0.0
+    if side < v < side + EDGE_TOLERANCE:
+        return float(side)
+    return v
+
+
 def path_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
-    """Whether ``path`` lies inside ``root`` by its written form: ``..`` components are resolved lexically and
-    an absolute path must start with the (absolute) root. Symbolic links are not followed."""
+    """Whether ``path`` lies inside ``root`` by its written form: both are taken as they would be opened (a
+    relative one from the working folder; ``path`` is the image path to open, e.g. ``root / file_name``), ``..``
+    components are resolved lexically and the result must start with the root. Symbolic links are not followed."""
     base = os.path.normpath(os.path.abspath(root))
-    p = os.path.normpath(os.path.abspath(os.path.join(base, path)))
+    p = os.path.normpath(os.path.abspath(path))
     return p == base or p.startswith(base.rstrip(os.sep) + os.sep)
