@@ -83,3 +83,23 @@ def test_public_api_exports():
     for name in multibox.data.__all__:
         assert getattr(multibox.data, name) is not None
     assert multibox.build_model("ssd7").num_priors == 7160
+
+
+def test_errors_name_the_whole_command(tmp_path, capsys):
+    """`multibox data convert: error: ...`, not `multibox data: error: ...`; out-of-range counts are usage errors
+    naming the option."""
+    from multibox.cli import main
+
+    assert main(["data", "convert", str(tmp_path / "none"), str(tmp_path / "o"), "--to", "voc"]) == 2
+    assert capsys.readouterr().err.startswith("multibox data convert: error:")
+    for argv in (["data", "synth", str(tmp_path / "s"), "--num-images", "0"],
+                 ["data", "pack", str(tmp_path), str(tmp_path / "p"), "--shard-size", "0"],
+                 ["data", "check", str(tmp_path), "--montage", "-1"]):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+        err = capsys.readouterr().err
+        assert argv[-2] in err and "must be >=" in err, err

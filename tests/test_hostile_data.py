@@ -54,7 +54,7 @@ def test_voc_filename_leaving_the_root_is_refused_by_reader_and_convert(tmp_path
         VOCDataset(root, split=None, classes=["cat"])
     assert main(["data", "convert", str(root), str(tmp_path / "out"), "--to", "coco", "--classes", "cat"]) == 2
     err = capsys.readouterr().err
-    assert "multibox data: error:" in err and "a.xml" in err and "secret.png" in err
+    assert "multibox data convert: error:" in err and "a.xml" in err and "secret.png" in err
     assert not (tmp_path / "out" / "images" / "secret.png").exists()
     # explicitly allowed: read and copied
     assert main(["data", "convert", str(root), str(tmp_path / "out2"), "--to", "coco", "--classes", "cat",
@@ -207,6 +207,7 @@ def test_duplicate_coco_annotation_ids_name_file_and_id(tmp_path):
     ([{"id": 1, "file_name": 5}], "'file_name' is 5"),
     ([{"id": [1], "file_name": "a.png"}], r"image 'id' is \[1\]"),
     ([{"id": {"x": 1}, "file_name": "a.png"}], "image 'id' is"),
+    ([{"id": 1, "file_name": "a.png", "width": -1, "height": 20}], "image size -1 x 20 is negative"),
 ])
 def test_coco_bad_field_types_are_clear_errors(tmp_path, capsys, images, match):
     _png(tmp_path / "a.png")

@@ -91,7 +91,7 @@ def test_an_importer_registered_here_is_a_multibox_import_format(tmp_path, capsy
 def test_unknown_import_format_is_a_usage_error(capsys):
     assert main(["import", "onnx", "x"]) == 2
     err = capsys.readouterr().err
-    assert "multibox import: error: unknown import format 'onnx'" in err and "caffe" in err
+    assert "multibox import onnx: error: unknown import format 'onnx'" in err and "caffe" in err
 
 
 def test_help_does_not_import_torch():

@@ -229,10 +229,22 @@ def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, n
             importlib.import_module(module_name).register(subparsers)
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """The command a user typed, for error messages: ``"data convert"``, ``"bench zoo"``, ``"eval"``."""
+    words = [args.command]
+    for attr in ("data_command", "bench_command", "zoo_command"):
+        if getattr(args, attr, None):
+            words.append(getattr(args, attr))
+    if args.command in ("export", "import") and isinstance(getattr(args, "format", None), str):
+        words.append(args.format)
+    return " ".join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multibox`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = command_name(args)
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in again (see multibox.runtime)
     try:
         return int(args.func(args) or 0)
@@ -241,16 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        print(f"multibox {args.command}: error: {e}", file=sys.stderr)
+        print(f"multibox {name}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"multibox {args.command}: error: {message}", file=sys.stderr)
+        print(f"multibox {name}: error: {message}", file=sys.stderr)
         return 2
     except ImportError as e:
         if type(e).__name__ != "OnnxUnavailable":  # an optional runtime that is missing; anything else is a bug
             raise
-        print(f"multibox {args.command}: error: {e}", file=sys.stderr)
+        print(f"multibox {name}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -15,9 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from ..interop.registry import IMPORTER_MODULES, get_importer, list_importers, parse_classes, parse_floats
-from .options import add_json_option, check_output_file, quiet_output, write_json_output
+from .options import (
+    UsageError,
+    add_json_option,
+    add_overwrite_option,
+    check_output_file,
+    quiet_output,
+    write_json_output,
+)
 
 __all__ = ["register", "run", "parse_floats", "parse_classes"]
 
@@ -58,13 +66,31 @@ def run(args: argparse.Namespace) -> int:
     importer = get_importer(args.format)
     parser = argparse.ArgumentParser(prog=f"multibox import {importer.name}", description=importer.description)
     importer.add_arguments(parser)
-    if not any("--quiet" in a.option_strings for a in parser._actions):
-        parser.add_argument("-q", "--quiet", action="store_true", help="no informational lines")
+    add_overwrite_option(parser, "an existing bundle OUT/NAME.safetensors (and its report)")
+    add_json_option(parser, "the conversion report")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no informational lines")
     format_args = parser.parse_args(args.args)
+    if format_args.json:
+        check_output_file(format_args.json, "--json")
+    target = _target(importer, format_args)
+    if target is not None and target.exists() and not format_args.overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite to replace it")
     with quiet_output(format_args):
         path = importer.run(format_args)
         _print_summary(Path(path))
+    if format_args.json:
+        report = Path(path).with_suffix(".json")
+        write_json_output(format_args.json, json.loads(report.read_text()) if report.is_file() else
+                          {"bundle": str(path)})
     return 0
+
+
+def _target(importer: Any, args: argparse.Namespace) -> Path | None:  # noqa: ANN401
+    """``OUT/<name>.safetensors`` the importer will write (``None`` where it does not say)."""
+    out, source = getattr(args, "out", None), getattr(args, importer.source_arg, None) if importer.source_arg else None
+    if out is None or (source is None and not getattr(args, "name", None)):
+        return None
+    return Path(out) / f"{getattr(args, 'name', None) or Path(source).stem}.safetensors"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

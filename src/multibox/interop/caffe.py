@@ -1174,6 +1174,7 @@ def _run_cli(args: argparse.Namespace) -> Path:
 
 register_importer(
     "caffe", help="a Caffe SSD: deploy .prototxt + .caffemodel", builders=("caffe",),
+    source_arg="caffemodel",
     description="Rebuild a Caffe SSD from its deploy prototxt and caffemodel: the layer graph becomes the network, "
                 "PriorBox layers the priors, DetectionOutput the post-processing settings. The pre-processing "
                 "cannot be read from a deploy file: give it with --mean/--std/--channel-order (default: Caffe's BGR, "

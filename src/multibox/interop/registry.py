@@ -43,6 +43,8 @@ class Importer:
         add_arguments: adds its arguments to an ``argparse`` parser (``--out`` included).
         run: ``run(args) -> Path`` converts and writes the bundle, returning its path.
         builders: the bundle builders its bundles use.
+        source_arg: the argument naming the source file whose stem is the default output name (``--name``
+            overrides it): ``multibox import`` checks ``OUT/<name>.safetensors`` before converting.
         module: where it was registered.
     """
 
@@ -52,6 +54,7 @@ class Importer:
     add_arguments: Callable[[argparse.ArgumentParser], None] = field(repr=False)
     run: Callable[[argparse.Namespace], Path] = field(repr=False)
     builders: tuple[str, ...] = ()
+    source_arg: str = ""
     module: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -65,7 +68,8 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
 def register_importer(name: str, *, help: str, description: str,  # noqa: A002 (argparse's word)
                       add_arguments: Callable[[argparse.ArgumentParser], None],
-                      run: Callable[[argparse.Namespace], Path], builders: tuple[str, ...] = ()) -> Importer:
+                      run: Callable[[argparse.Namespace], Path], builders: tuple[str, ...] = (),
+                      source_arg: str = "") -> Importer:
     """Register an importer (see :class:`Importer`); returns it. A name registered by another module is a
     ``ValueError``."""
     module = getattr(run, "__module__", "") or ""
@@ -73,7 +77,7 @@ def register_importer(name: str, *, help: str, description: str,  # noqa: A002 (
     if old is not None and old.module != module:
         raise ValueError(f"an importer named {name!r} is already registered (by {old.module})")
     imp = Importer(name=name, help=help, description=description, add_arguments=add_arguments, run=run,
-                   builders=tuple(builders), module=module)
+                   builders=tuple(builders), source_arg=source_arg, module=module)
     _IMPORTERS[name] = imp
     return imp
 

@@ -1105,6 +1105,7 @@ def _run_cli(args: argparse.Namespace) -> Path:
 
 register_importer(
     "tf-od", help="a TensorFlow Object Detection API SSD: frozen_inference_graph.pb", builders=("tf-od",),
+    source_arg="graph",
     description="Convert an SSD (MobileNet v1/v2, SSDLite) frozen GraphDef of the TensorFlow Object Detection API "
                 "into a detector bundle.",
     add_arguments=_add_cli_arguments, run=_run_cli)

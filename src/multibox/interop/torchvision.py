@@ -243,6 +243,7 @@ def _run_cli(args: argparse.Namespace) -> Path:
 
 register_importer(
     "torchvision", help="torchvision's ssd300_vgg16 weights (.pth state dict)", builders=("torchvision",),
+    source_arg="weights",
     description="Convert a torchvision ssd300_vgg16 state dict into a detector bundle: the same network layer for "
                 "layer, torchvision's priors, input normalization and post-processing settings.",
     add_arguments=_add_cli_arguments, run=_run_cli)

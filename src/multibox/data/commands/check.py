@@ -15,6 +15,7 @@ from ...commands.options import (
     check_output_dir,
     check_output_file,
     is_quiet,
+    non_negative_int,
     show_progress,
 )
 from ...fileio import atomic_write_bytes, atomic_write_with
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                      "format's own list / classes.txt / the names found)")
     p.add_argument("--images", help="image folder of a COCO or CSV dataset")
     p.add_argument("--out", help="folder for report.json and montage.png")
-    p.add_argument("--montage", type=int, default=8, metavar="N", help="images in the montage (default 8)")
+    p.add_argument("--montage", type=non_negative_int, default=8, metavar="N", help="images in the montage (default 8)")
     p.add_argument("--no-decode", action="store_true",
                    help="read image headers only (faster; truncated files go unnoticed)")
     p.add_argument("--allow-outside-root", action="store_true",

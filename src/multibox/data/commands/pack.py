@@ -14,6 +14,7 @@ from ...commands.options import (
     check_output_dir,
     check_output_file,
     is_quiet,
+    positive_int,
     show_progress,
     write_json_output,
 )
@@ -73,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", type=format_argument(), metavar="FORMAT", default=None,
                    help="dataset format (default: detect; see `multibox data formats`)")
     p.add_argument("--split", default=None, help="split to pack, e.g. trainval, val2017 (format-specific)")
-    p.add_argument("--shard-size", type=int, default=None, metavar="N", help="at most N samples per shard")
+    p.add_argument("--shard-size", type=positive_int, default=None, metavar="N", help="at most N samples per shard")
     p.add_argument("--max-bytes", default="1G", metavar="M",
                    help="at most about M bytes per shard, e.g. 500M, 1G (default 1G; 0 or '' for no limit)")
     p.add_argument("--prefix", default="shard", help="shard file name prefix (default: shard)")

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "renamed when complete; the rendering workers die with this command, and the temporary "
                     "folders of killed runs are removed by the next run.")
     p.add_argument("out", help="output folder")
-    p.add_argument("--num-images", type=int, required=True, metavar="N", help="number of images")
+    p.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="number of images")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=None,
                    help="image size in pixels (default: the profile's, 300 for hard, 128 for easy)")

@@ -133,7 +133,10 @@ class COCODataset(AnnotatedImageDataset):
             if im.get("width") is not None and im.get("height") is not None:
                 w = parse_number(im["width"], p, "width", index=i, name=im["file_name"], what="image")
                 h = parse_number(im["height"], p, "height", index=i, name=im["file_name"], what="image")
-                size = (int(round(h)), int(round(w))) if w > 0 and h > 0 else None
+                if w < 0 or h < 0:
+                    raise AnnotationError(p, f"image size {w:g} x {h:g} is negative", index=i,
+                                          name=im["file_name"], what="image", kind="bad_number")
+                size = (int(round(h)), int(round(w))) if w > 0 and h > 0 else None  # 0: not given (read the file)
             images[im["id"]] = RawImage(path=self.image_dir / im["file_name"], image_id=str(im["id"]), source=p,
                                         objects=[], annotated_size=size, what="annotation", root=self.image_dir,
                                         named=im["file_name"])
