@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Export a zoo model or a detector file to another runtime's format.")
     sub = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
     o = sub.add_parser("onnx", help="the network as an ONNX graph (+ priors and input spec)",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+                       description=__doc__.split("\n\n")[1].replace("``", "") if __doc__ else None)
     o.add_argument("model", help="zoo name or detector file (bundle or checkpoint)")
     o.add_argument("--out", required=True, help="output .onnx file")
     o.add_argument("--batch-size", type=positive_int, default=1, help="batch size of the traced example (default 1)")
