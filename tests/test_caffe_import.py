@@ -459,7 +459,7 @@ def test_cli_import_caffe(tmp_path, capsys):
     assert "304 priors" in capsys.readouterr().out
     b = load_bundle(tmp_path / "cli" / "weights.safetensors")
     assert b.class_names == ["background", "cat", "dog"] and b.input_spec.mean == FACE_MEAN
-    rc = main(["import", "caffe", str(proto), str(model), "--out", str(tmp_path / "cli"), "--mean", "1,2"])
+    rc = main(["import", "caffe", str(proto), str(model), "--out", str(tmp_path / "cli2"), "--mean", "1,2"])
     assert rc == 2
     assert "--mean" in capsys.readouterr().err
 
