@@ -107,6 +107,13 @@ def test_budget_stops_when_the_machine_slows_down(cache, tmp_path, monkeypatch):
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [25]  # the last checkpoint is evaluated
 
 
+def test_budget_stops_before_a_step_would_end_past_it(cache, tmp_path, monkeypatch):
+    # 2 s per step, then 3.5 s from step 21: 40 s at step 20, 57.5 s at step 25; a 26th step would end at 61 s
+    summary, rows, _ = _run(monkeypatch, tmp_path, lambda k: 2.0 if k <= 20 else 3.5, "time_budget_min=1")
+    assert summary["steps"] == 25 and summary["train_seconds"] == 57.5
+    assert summary["time_budget"]["stopped_at_budget"] is True
+
+
 def test_budget_refits_after_each_evaluation(cache, tmp_path, monkeypatch):
     # evaluation every 10 steps (instant on this clock); from step 6 on a step takes 3 s, so the refit at step 10
     # sees 10 + 5 * 3 = 25 s for 10 steps (2.5 s per step): 35 s left hold 14 more steps -> 24

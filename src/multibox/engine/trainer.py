@@ -736,18 +736,22 @@ class Trainer:
         if self.cfg.time_budget_min <= 0:
             return None
         return {"minutes": self.cfg.time_budget_min, "max_steps": self.cfg.steps, "fitted_steps": None,
-                "seconds_per_step": None, "stopped_at_budget": False, "t_first": None}
+                "seconds_per_step": None, "stopped_at_budget": False, "t_first": None, "t_last": 0.0}
 
     def _budget_after_step(self, done_here: int, elapsed: float, bar: Any) -> None:
         """After each step: time the probe steps, fit the total after :data:`BUDGET_PROBE_STEPS`, and end the run
-        at this step once the budget is spent. Ranks agree because rank 0's decision is broadcast."""
+        at this step when one more step would end past the budget (the machine slowed down). Ranks agree: rank 0's
+        decision is broadcast."""
         budget = self.budget
         assert budget is not None
         if done_here == 1:
             budget["t_first"] = elapsed
         if done_here == BUDGET_PROBE_STEPS and self.step < self.cfg.steps:
             self._budget_fit(elapsed, (elapsed - budget["t_first"]) / (done_here - 1), bar)
-        over = elapsed >= budget["minutes"] * 60.0
+        # stop when the next step would end past the budget, at the fitted time per step or the last step's time
+        last_step = elapsed - budget["t_last"]
+        budget["t_last"] = elapsed
+        over = elapsed + max(budget["seconds_per_step"] or 0.0, last_step) > budget["minutes"] * 60.0
         if self.dist.distributed:  # rank 0's clock decides for all ranks
             flag = torch.tensor([int(over and self.dist.is_main)], dtype=torch.int64, device=self.device)
             over = bool(all_reduce_sum(flag))
@@ -803,7 +807,7 @@ class Trainer:
             "checkpoint": str(self.out / "checkpoints" / "last.safetensors"),
         }
         if self.budget is not None:
-            summary["time_budget"] = {k: v for k, v in self.budget.items() if k != "t_first"}
+            summary["time_budget"] = {k: v for k, v in self.budget.items() if not k.startswith("t_")}
         atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
 
