@@ -19,6 +19,7 @@ from multibox.data.augment import (
     vflip_target,
 )
 from multibox.data.types import Target
+from multibox.engine.trainer import Trainer
 from multibox.models.spec import InputSpec
 
 
@@ -246,3 +247,18 @@ def test_config_validation_names_the_key(aug, key):
     with pytest.raises(ConfigError) as e:
         config_from_dict({"data": {"aug": aug}})
     assert key in str(e.value) and e.value.key == key
+
+
+def test_trainer_passes_the_options_to_its_loader(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTIBOX_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, [
+        "steps=2", "threads=1", "model.name=ssd7", "model.kwargs={image_size: [64, 64]}",
+        "data.synthetic={profile: easy, num_train: 4, num_test: 2, size: 64, seed: 0}", "data.batch_size=2",
+        "data.augment=ssdlite", "data.aug.vflip=0.5", "data.aug.rot90=0.75", "data.aug.scale_jitter=[0.5, 2]",
+        "eval.at_end=false"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.run()["steps"] == 2
+    tf = trainer.loader.dataset.transform  # the AugmentedDataset's per-sample op
+    assert isinstance(tf, SSDTrainTransform)
+    assert tf.vflip.prob == 0.5 and tf.rot90.prob == 0.75 and tf.scale_jitter.scale_range == (0.5, 2.0)
+    assert tf.photometric is None and tf.expand is None  # still the ssdlite recipe underneath
