@@ -209,6 +209,15 @@ def test_options_are_deterministic_per_seed():
     assert len(sums) > 12
 
 
+def test_zero_boxes_pass_through_every_option():
+    img = smooth_image(45, 70)
+    t = Target(boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64), image_id="e", orig_size=(45, 70))
+    tf = train_transform(SPEC, "ssd", vflip=1.0, rot90=1.0, scale_jitter=(0.5, 2.0), color=2.0)
+    for seed in range(5):
+        out, tt = tf(img, t, np.random.default_rng(seed))
+        assert out.shape == (3, 48, 64) and tt.boxes.shape == (0, 4) and torch.isfinite(out).all()
+
+
 def test_colour_strength_scales_the_recipe_ranges():
     p = photometric_of_strength(1.0)
     assert (p.brightness_delta, p.contrast_range, p.saturation_range, p.hue_delta) == (32, (0.5, 1.5), (0.5, 1.5), 18)

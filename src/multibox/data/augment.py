@@ -32,6 +32,14 @@ The Caffe SSD recipe (``ssd_pascal.py`` with ``DataTransformer`` / ``AnnotatedDa
    the same as :class:`~multibox.data.transforms.EvalTransform`, then :class:`Normalize` with the model's
    :class:`~multibox.models.spec.InputSpec`.
 
+Options for new sites and overhead imagery (not in the SSD recipes; :func:`train_transform`, config ``data.aug.*``),
+off by default, and then neither drawn nor applied, so the recipes above stay bit-identical:
+
+* :class:`ScaleJitter` after the crop: a window ``1/s`` times the crop's size, ``s`` log-uniform in a range;
+* :class:`RandomVerticalFlip` after the left-right flip, then :class:`RandomRot90` (1-3 quarter turns
+  counter-clockwise, :func:`rot90_target`: ``(x, y) -> (y, W - x)`` per turn);
+* colour strength: :func:`photometric_of_strength` scales every range of :class:`PhotometricDistort`.
+
 Documented differences from Caffe (all deliberate):
 
 * hue: Caffe adds ``U(-18, 18)`` to OpenCV's 8-bit hue, whose unit is 2 degrees, and saturates it instead of
