@@ -25,8 +25,8 @@ from .limits import LimitError, check_input_size
 from .metrics.registry import list_metrics
 
 __all__ = [
-    "ModelConfig", "SynthDataConfig", "TreesDataConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig",
-    "EvalConfig",
+    "ModelConfig", "SynthDataConfig", "TreesDataConfig", "AugmentOptions", "DataConfig", "OptimConfig",
+    "ScheduleConfig", "LossConfig", "EvalConfig",
     "CheckpointConfig", "TrainConfig", "load_config", "config_with_overrides", "apply_overrides", "config_to_dict",
     "config_from_dict",
     "dump_config", "list_recipes", "recipe_path", "ConfigError",
@@ -87,6 +87,25 @@ class TreesDataConfig:
 
 
 @dataclass
+class AugmentOptions:
+    """Options on top of the ``data.augment`` recipe, for new sites and overhead imagery (``data.aug.*``; see
+    :func:`multibox.data.augment.train_transform`). All off by default, which keeps the recipe bit-identical.
+
+    * ``vflip``: probability of a top-bottom mirror; ``rot90``: probability of 1-3 quarter turns (0.75 makes the
+      four orientations equally likely). Overhead photos have no up.
+    * ``scale_jitter``: ``[lo, hi]`` zoom factors (log-uniform, ``0.1 <= lo <= hi <= 10``; ``> 1`` zooms in),
+      after the recipe's crop; ``[]`` = off.
+    * ``color``: colour distortion strength in ``[0, 2]`` replacing the recipe's (1 = the SSD recipe's ranges,
+      0 = none); ``null`` keeps the recipe's.
+    """
+
+    vflip: float = 0.0
+    rot90: float = 0.0
+    scale_jitter: list[float] = field(default_factory=list)
+    color: float | None = None
+
+
+@dataclass
 class DataConfig:
     """Where the images come from and how they are batched.
 
@@ -94,7 +113,8 @@ class DataConfig:
     joined with ``:``), ``synthetic``, or ``deepforest_trees`` (the real tree photos, see
     :class:`TreesDataConfig`; splits ``train``, ``holdout``, ``test``). ``batch_size`` is the **global** batch
     (split over distributed ranks).
-    ``augment``: ``ssd`` (photometric, expand, min-IoU crop, flip), ``ssdlite`` (crop, flip) or ``none``.
+    ``augment``: ``ssd`` (photometric, expand, min-IoU crop, flip), ``ssdlite`` (crop, flip) or ``none``;
+    ``aug``: options on top of it (:class:`AugmentOptions`: vertical flips, quarter turns, scale and colour jitter).
     """
 
     train: str | None = "synthetic"
@@ -106,6 +126,7 @@ class DataConfig:
     synthetic: SynthDataConfig = field(default_factory=SynthDataConfig)
     trees: TreesDataConfig = field(default_factory=TreesDataConfig)
     augment: str = "ssd"
+    aug: AugmentOptions = field(default_factory=AugmentOptions)
     batch_size: int = 32
     num_workers: int = 0
 
@@ -229,6 +250,7 @@ class TrainConfig:
                 "data.trees.overlap" if not 0.0 <= trees.overlap < 1.0 else "data.trees.holdout")
             raise ConfigError(f"{key}={getattr(trees, key.rsplit('.', 1)[1])}: need tile > 0, 0 <= overlap < 1 and "
                               "0 <= holdout < 1", key)
+        _check_augment_options(self.data.aug)
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr={self.optim.lr}: must be positive", "optim.lr")
         if sorted(self.schedule.milestones) != list(self.schedule.milestones):
@@ -240,6 +262,20 @@ class TrainConfig:
             except LimitError as e:
                 raise ConfigError(f"model.kwargs.image_size: {e}", "model.kwargs.image_size") from None
         return self
+
+
+def _check_augment_options(aug: AugmentOptions) -> None:
+    """Ranges of ``data.aug.*``; raises :class:`ConfigError` naming the key."""
+    for key, value in (("vflip", aug.vflip), ("rot90", aug.rot90)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"data.aug.{key}={value}: a probability must be in [0, 1]", f"data.aug.{key}")
+    sj = aug.scale_jitter
+    if sj and not (len(sj) == 2 and 0.1 <= sj[0] <= sj[1] <= 10.0):
+        raise ConfigError(f"data.aug.scale_jitter={sj}: expected [lo, hi] zoom factors with 0.1 <= lo <= hi <= 10 "
+                          "(or [] for off)", "data.aug.scale_jitter")
+    if aug.color is not None and not 0.0 <= aug.color <= 2.0:
+        raise ConfigError(f"data.aug.color={aug.color}: colour jitter strength must be in [0, 2] (1 = the SSD "
+                          "recipe's; null keeps the recipe's)", "data.aug.color")
 
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

@@ -32,6 +32,14 @@ The Caffe SSD recipe (``ssd_pascal.py`` with ``DataTransformer`` / ``AnnotatedDa
    the same as :class:`~multibox.data.transforms.EvalTransform`, then :class:`Normalize` with the model's
    :class:`~multibox.models.spec.InputSpec`.
 
+Options for new sites and overhead imagery (not in the SSD recipes; :func:`train_transform`, config ``data.aug.*``),
+off by default, and then neither drawn nor applied, so the recipes above stay bit-identical:
+
+* :class:`ScaleJitter` after the crop: a window ``1/s`` times the crop's size, ``s`` log-uniform in a range;
+* :class:`RandomVerticalFlip` after the left-right flip, then :class:`RandomRot90` (1-3 quarter turns
+  counter-clockwise, :func:`rot90_target`: ``(x, y) -> (y, W - x)`` per turn);
+* colour strength: :func:`photometric_of_strength` scales every range of :class:`PhotometricDistort`.
+
 Documented differences from Caffe (all deliberate):
 
 * hue: Caffe adds ``U(-18, 18)`` to OpenCV's 8-bit hue, whose unit is 2 degrees, and saturates it instead of
@@ -85,17 +93,26 @@ __all__ = [
     "CAFFE_SSD_SAMPLERS",
     "RandomSampleCrop",
     "RandomHorizontalFlip",
+    "RandomVerticalFlip",
+    "RandomRot90",
+    "ScaleJitter",
+    "ScaleWindow",
     "Resize",
     "Normalize",
     "SSDTrainTransform",
     "ssd_train_transform",
     "ssdlite_train_transform",
+    "train_transform",
+    "TRAIN_RECIPES",
+    "photometric_of_strength",
     "ssd_eval_transform",
     "EvalSampleTransform",
     "spec_mean_rgb",
     "crop_target",
     "shift_target",
     "hflip_target",
+    "vflip_target",
+    "rot90_target",
     "resize_target",
     "adjust_hsv",
 ]
@@ -158,6 +175,27 @@ def hflip_target(target: Target, width: int) -> Target:
     b = target.boxes
     nb = np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1).astype(np.float32).reshape(-1, 4)
     return replace(target, boxes=nb)
+
+
+def vflip_target(target: Target, height: int) -> Target:
+    """Boxes of the image mirrored top-bottom: ``[y0, y1] -> [H - y1, H - y0]``."""
+    b = target.boxes
+    nb = np.stack([b[:, 0], height - b[:, 3], b[:, 2], height - b[:, 1]], axis=1).astype(np.float32).reshape(-1, 4)
+    return replace(target, boxes=nb)
+
+
+def rot90_target(target: Target, height: int, width: int, k: int) -> Target:
+    """Boxes of a ``height x width`` image turned ``k`` quarter turns **counter-clockwise** (as ``np.rot90``).
+
+    One quarter turn maps the point ``(x, y)`` to ``(y, W - x)`` on the ``W x H`` result, so a box
+    ``(x0, y0, x1, y1)`` becomes ``(y0, W - x1, y1, W - x0)``; ``k`` is taken mod 4.
+    """
+    b = target.boxes.reshape(-1, 4).astype(np.float32)
+    h, w = height, width
+    for _ in range(k % 4):
+        b = np.stack([b[:, 1], w - b[:, 2], b[:, 3], w - b[:, 0]], axis=1).astype(np.float32).reshape(-1, 4)
+        h, w = w, h
+    return replace(target, boxes=b)
 
 
 def resize_target(target: Target, in_size: tuple[int, int], out_size: tuple[int, int]) -> Target:
@@ -500,6 +538,107 @@ class RandomHorizontalFlip:
         return image[:, ::-1], hflip_target(target, image.shape[1])
 
 
+class RandomVerticalFlip:
+    """Mirror top-bottom with probability ``prob`` (1 uniform per call); boxes ``[y0, y1] -> [H - y1, H - y0]``.
+
+    Not in the SSD recipes: for overhead imagery, which has no up (``data.aug.vflip``)."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"vertical flip probability must be in [0, 1], got {prob}")
+        self.prob = float(prob)
+
+    def __repr__(self) -> str:
+        return f"RandomVerticalFlip(prob={self.prob})"
+
+    def sample(self, rng: np.random.Generator) -> bool:
+        """Whether to flip (1 uniform)."""
+        return bool(rng.random() < self.prob)
+
+    def __call__(self, image: np.ndarray, target: Target, rng: np.random.Generator) -> tuple[np.ndarray, Target]:
+        if not self.sample(rng):
+            return image, target
+        return image[::-1], vflip_target(target, image.shape[0])
+
+
+class RandomRot90:
+    """With probability ``prob``, turn the image ``k`` quarter turns counter-clockwise, ``k`` uniform in
+    ``{1, 2, 3}`` (2 uniforms per call); boxes by :func:`rot90_target`. ``prob = 0.75`` makes the four
+    orientations equally likely. A ``H x W`` image becomes ``W x H`` for odd ``k``. For overhead imagery
+    (``data.aug.rot90``)."""
+
+    def __init__(self, prob: float = 0.75) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"rotation probability must be in [0, 1], got {prob}")
+        self.prob = float(prob)
+
+    def __repr__(self) -> str:
+        return f"RandomRot90(prob={self.prob})"
+
+    def sample(self, rng: np.random.Generator) -> int:
+        """The number of quarter turns, 0 when not applied (2 uniforms)."""
+        u = rng.random(2)
+        return 1 + min(int(u[1] * 3), 2) if u[0] < self.prob else 0
+
+    def __call__(self, image: np.ndarray, target: Target, rng: np.random.Generator) -> tuple[np.ndarray, Target]:
+        k = self.sample(rng)
+        if k == 0:
+            return image, target
+        h, w = image.shape[:2]
+        return np.rot90(image, k, axes=(0, 1)), rot90_target(target, h, w, k)
+
+
+@dataclass(frozen=True)
+class ScaleWindow:
+    """One draw of :class:`ScaleJitter`: the window ``(x0, y0, x1, y1)`` in pixels of the input image (it may
+    reach outside it; those pixels are the fill) and the zoom factor it was made for."""
+
+    rect: tuple[int, int, int, int]
+    scale: float
+
+
+class ScaleJitter:
+    """Zoom by a factor ``s`` drawn log-uniformly from ``scale_range = (lo, hi)`` (3 uniforms per call), keeping
+    the output size: the image is viewed through a window of ``round(H / s) x round(W / s)`` pixels (at least 1)
+    at a random integer offset, so ``s > 1`` zooms in (a crop; objects grow) and ``s < 1`` zooms out (the image on
+    a canvas filled with ``fill``, RGB 0-255; objects shrink). Offsets: ``floor(u (H - h_win))`` on each axis,
+    which places a larger window so that it covers the whole image. Boxes as :func:`crop_target` on the window
+    (centre inside kept, clipped, shifted). Runs after the recipe's crop (``data.aug.scale_jitter``)."""
+
+    def __init__(self, scale_range: Sequence[float], fill: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
+        lo, hi = (float(v) for v in scale_range)
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"scale jitter range must be 0 < lo <= hi, got {tuple(scale_range)}")
+        self.scale_range = (lo, hi)
+        self.fill = tuple(float(v) for v in fill)
+        if len(self.fill) != 3:
+            raise ValueError(f"fill needs 3 values (RGB), got {fill}")
+
+    def __repr__(self) -> str:
+        return f"ScaleJitter(scale_range={self.scale_range}, fill={self.fill})"
+
+    def sample(self, rng: np.random.Generator, height: int, width: int) -> ScaleWindow:
+        """Draw the window (3 uniforms) for an image of ``height x width``."""
+        u = rng.random(3)
+        lo, hi = self.scale_range
+        s = float(math.exp(math.log(lo) + u[0] * (math.log(hi) - math.log(lo))))
+        wh, ww = max(1, round(height / s)), max(1, round(width / s))
+        y0 = int(math.floor(u[1] * (height - wh)))
+        x0 = int(math.floor(u[2] * (width - ww)))
+        return ScaleWindow((x0, y0, x0 + ww, y0 + wh), s)
+
+    def __call__(self, image: np.ndarray, target: Target, rng: np.random.Generator) -> tuple[np.ndarray, Target]:
+        h, w = image.shape[:2]
+        win = self.sample(rng, h, w)
+        x0, y0, x1, y1 = win.rect
+        out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        out[:] = np.asarray(np.rint(self.fill), dtype=np.uint8)
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if sx1 > sx0 and sy1 > sy0:
+            out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+        return out, crop_target(target, win.rect)
+
+
 def _as_float_chw(image: np.ndarray | Tensor) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
@@ -564,28 +703,40 @@ class SSDTrainTransform:
     """The whole SSD training pipeline as one op: ``(uint8 [H, W, 3], Target, rng) -> (float32 [3, h, w], Target)``.
 
     Same draws and (up to float rounding) same output as :meth:`as_compose`, i.e.
-    ``Compose([photometric, expand, crop, RandomHorizontalFlip(flip_prob), Resize, Normalize])`` with ``None``
-    parts left out, but fused (see the module docstring): the colour ops touch only the part of the original image
-    that ends up in the crop, and expand/crop/flip/resize are one separable bilinear resampling. Boxes come out as
-    xyxy pixels of the ``spec.image_size`` image.
+    ``Compose([photometric, expand, crop, scale_jitter, RandomHorizontalFlip(flip_prob),
+    RandomVerticalFlip(vflip_prob), RandomRot90(rot90_prob), Resize, Normalize])`` with ``None`` parts (and the
+    overhead options at probability 0) left out, but fused (see the module docstring): the colour ops touch only
+    the part of the original image that ends up in the crop, and expand/crop/scale/flip/resize are one separable
+    bilinear resampling (vertical flips and quarter turns move the stored region's pixels first). Boxes come out
+    as xyxy pixels of the ``spec.image_size`` image.
     """
 
     def __init__(self, spec: Any, photometric: PhotometricDistort | None = None, expand: Expand | None = None,
-                 crop: RandomSampleCrop | None = None, flip_prob: float = 0.5) -> None:
+                 crop: RandomSampleCrop | None = None, flip_prob: float = 0.5, *,
+                 scale_jitter: ScaleJitter | None = None, vflip_prob: float = 0.0, rot90_prob: float = 0.0) -> None:
         self.spec = spec
         self.size = (int(spec.image_size[0]), int(spec.image_size[1]))
         self.photometric = photometric
         self.expand = expand
         self.crop = crop
         self.flip = RandomHorizontalFlip(flip_prob)
+        # The overhead options: absent (no draw at all) when off, so the recipes stay bit-identical.
+        self.scale_jitter = scale_jitter
+        self.vflip = RandomVerticalFlip(vflip_prob) if vflip_prob > 0 else None
+        self.rot90 = RandomRot90(rot90_prob) if rot90_prob > 0 else None
+        if expand is not None and scale_jitter is not None and expand.fill != scale_jitter.fill:
+            raise ValueError(f"expand and scale jitter must fill with the same colour, got {expand.fill} and "
+                             f"{scale_jitter.fill}")
 
     def __repr__(self) -> str:
         return f"SSDTrainTransform(fused {self.as_compose()!r})"
 
     def as_compose(self) -> Compose:
         """The same pipeline as separate (slower) ops, for reference and tests."""
-        ops: list[SampleOp] = [op for op in (self.photometric, self.expand, self.crop) if op is not None]
-        return Compose([*ops, self.flip, Resize(self.size), Normalize(self.spec)])
+        ops: list[SampleOp] = [op for op in (self.photometric, self.expand, self.crop, self.scale_jitter)
+                               if op is not None]
+        extra: list[SampleOp] = [op for op in (self.vflip, self.rot90) if op is not None]
+        return Compose([*ops, self.flip, *extra, Resize(self.size), Normalize(self.spec)])
 
     def __call__(self, image: np.ndarray, target: Target, rng: np.random.Generator) -> tuple[Tensor, Target]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -600,21 +751,36 @@ class SSDTrainTransform:
             ch, cw, top, left = exp.height, exp.width, exp.top, exp.left
             target = shift_target(target, left, top)
         rect = self.crop.sample(rng, ch, cw, target.boxes) if self.crop is not None else None
-        flip = self.flip.sample(rng)
-        # 2. Boxes.
         if rect is None:
             rect = (0, 0, cw, ch)
         else:
             target = crop_target(target, rect)
+        # Pixels come from the image inside ``valid`` (canvas coordinates); the rest of ``rect`` is the fill.
+        valid = (max(rect[0], left), max(rect[1], top), min(rect[2], left + w), min(rect[3], top + h))
+        if self.scale_jitter is not None:  # the window, drawn on the crop, becomes the crop (canvas coordinates)
+            win = self.scale_jitter.sample(rng, rect[3] - rect[1], rect[2] - rect[0]).rect
+            target = crop_target(target, win)
+            rect = (rect[0] + win[0], rect[1] + win[1], rect[0] + win[2], rect[1] + win[3])
+        flip = self.flip.sample(rng)
+        vflip = self.vflip.sample(rng) if self.vflip is not None else False
+        turns = self.rot90.sample(rng) if self.rot90 is not None else 0
+        # 2. Boxes.
         x0, y0, x1, y1 = rect
         crop_h, crop_w = y1 - y0, x1 - x0
         if flip:
             target = hflip_target(target, crop_w)
-        target = resize_target(target, (crop_h, crop_w), self.size)
+        if vflip:
+            target = vflip_target(target, crop_h)
+        out_h, out_w = (crop_w, crop_h) if turns % 2 else (crop_h, crop_w)
+        if turns:
+            target = rot90_target(target, crop_h, crop_w, turns)
+        target = resize_target(target, (out_h, out_w), self.size)
         # 3. Pixels: the part of the original image inside the crop, in canvas coordinates [ry0, ry1) x [rx0, rx1).
-        rx0, ry0 = max(x0, left), max(y0, top)
-        rx1, ry1 = min(x1, left + w), min(y1, top + h)
-        fill = np.asarray(self.expand.fill if self.expand is not None else (0.0, 0.0, 0.0), dtype=np.float32)
+        rx0, ry0 = max(x0, valid[0]), max(y0, valid[1])
+        rx1, ry1 = min(x1, valid[2]), min(y1, valid[3])
+        fill = np.asarray(self.expand.fill if self.expand is not None else
+                          self.scale_jitter.fill if self.scale_jitter is not None else (0.0, 0.0, 0.0),
+                          dtype=np.float32)
         if rx1 <= rx0 or ry1 <= ry0:  # the crop holds only canvas
             out = np.broadcast_to(fill[:, None, None], (3, *self.size)).copy()
             return self.spec.normalize(torch.from_numpy(out)), target
@@ -625,18 +791,44 @@ class SSDTrainTransform:
         full = (rx0, ry0, rx1, ry1) == (x0, y0, x1, y1)
         if not full:
             x -= fill[:, None, None]  # canvas pixels are 0 in this offset space (grid_sample's zero padding)
+        # The region sits at (off_y, off_x) in the crop_h x crop_w crop; the flip is done by the sampling
+        # coordinates, unless vertical flips or rotations are on: then all three move the region's pixels.
+        off_y, off_x = ry0 - y0, rx0 - x0
+        if vflip or turns:
+            x, (off_y, off_x) = _dihedral_region(x, (off_y, off_x), (crop_h, crop_w), flip, vflip, turns)
+            flip = False
         t = torch.from_numpy(x)
-        if full and not flip and (crop_h, crop_w) == self.size:
+        if full and not flip and (out_h, out_w) == self.size:
             out = t
         else:
             oh, ow = self.size
-            gy = _sample_coords(oh, crop_h, ry0 - y0, ry1 - ry0, False)
-            gx = _sample_coords(ow, crop_w, rx0 - x0, rx1 - rx0, flip)
+            gy = _sample_coords(oh, out_h, off_y, x.shape[1], False)
+            gx = _sample_coords(ow, out_w, off_x, x.shape[2], flip)
             grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]
             out = F.grid_sample(t[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
         if not full:
             out += torch.from_numpy(fill)[:, None, None]
         return self.spec.normalize(out), target
+
+
+def _dihedral_region(x: np.ndarray, offset: tuple[int, int], crop_size: tuple[int, int], hflip: bool,
+                     vflip: bool, turns: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Mirror (left-right, then top-bottom) and turn ``turns`` quarter turns counter-clockwise a crop of
+    ``crop_size = (H, W)`` pixels of which only the region ``x`` (planar ``[3, rh, rw]``) at ``offset = (oy, ox)``
+    is stored. Returns the moved region (contiguous) and its offset in the moved crop (``W x H`` for odd turns).
+
+    A quarter turn sends pixel ``(r, c)`` to ``(W - 1 - c, r)``, so the region's rows start at ``W - ox - rw`` and
+    its columns at ``oy``."""
+    (oy, ox), (ch, cw) = offset, crop_size
+    if hflip:
+        x, ox = x[:, :, ::-1], cw - ox - x.shape[2]
+    if vflip:
+        x, oy = x[:, ::-1], ch - oy - x.shape[1]
+    for _ in range(turns % 4):
+        oy, ox = cw - ox - x.shape[2], oy
+        ch, cw = cw, ch
+        x = np.rot90(x, 1, axes=(1, 2))
+    return np.ascontiguousarray(x), (oy, ox)
 
 
 # ----------------------------------------------------------------------------------------------- factories
@@ -665,6 +857,61 @@ def ssdlite_train_transform(spec: Any) -> SSDTrainTransform:
     """
     return SSDTrainTransform(spec, photometric=None, expand=None, crop=RandomSampleCrop(CAFFE_SSD_SAMPLERS),
                              flip_prob=0.5)
+
+
+#: The training recipes :func:`train_transform` knows (``data.augment``).
+TRAIN_RECIPES: tuple[str, ...] = ("ssd", "ssdlite", "none")
+
+
+def photometric_of_strength(strength: float) -> PhotometricDistort | None:
+    """Caffe's colour distortion with every range scaled by ``strength`` (``None`` for 0): brightness
+    ``+-32 s``, contrast and saturation ``1 +- 0.5 s`` (the lower end clipped at 0), hue ``+-18 s`` degrees, each
+    with probability 0.5 as in the recipe. ``strength = 1`` is the recipe's :class:`PhotometricDistort`."""
+    if not 0.0 <= strength <= 2.0:
+        raise ValueError(f"colour jitter strength must be in [0, 2], got {strength}")
+    if strength == 0:
+        return None
+    lo, hi = max(0.0, 1.0 - 0.5 * strength), 1.0 + 0.5 * strength
+    return PhotometricDistort(brightness_delta=32.0 * strength, contrast_range=(lo, hi), saturation_range=(lo, hi),
+                              hue_delta=18.0 * strength)
+
+
+def train_transform(spec: Any, recipe: str = "ssd", *, vflip: float = 0.0, rot90: float = 0.0,
+                    scale_jitter: Sequence[float] | None = None, color: float | None = None,
+                    mean_fill: Sequence[float] | None = None) -> Callable[..., Any]:
+    """The training transform of ``recipe`` (``ssd``: :func:`ssd_train_transform`, ``ssdlite``:
+    :func:`ssdlite_train_transform`, ``none``: :func:`ssd_eval_transform`) with the options for new sites and
+    overhead imagery on top (the ``data.aug.*`` config keys):
+
+    * ``vflip``: probability of a top-bottom mirror (after the recipe's left-right flip);
+    * ``rot90``: probability of 1, 2 or 3 quarter turns counter-clockwise (0.75: all four orientations alike);
+    * ``scale_jitter``: ``(lo, hi)`` zoom factors, drawn log-uniformly, applied after the recipe's crop
+      (:class:`ScaleJitter`; zoom-out fills with ``mean_fill``, default the spec's mean pixel);
+    * ``color``: strength of the colour distortion (:func:`photometric_of_strength`: 1 = the SSD recipe's,
+      0 = none) replacing the recipe's own; ``None`` keeps the recipe's.
+
+    With every option off the result is exactly the recipe's transform (same draws, same output). Returns an op
+    ``(uint8 [H, W, 3], Target, rng) -> (float32 [3, h, w], Target with xyxy pixel boxes of the resized image)``.
+    """
+    if recipe not in TRAIN_RECIPES:
+        raise ValueError(f"unknown augmentation recipe {recipe!r}; expected one of {', '.join(TRAIN_RECIPES)}")
+    base: SSDTrainTransform | None
+    if recipe == "ssd":
+        base = ssd_train_transform(spec, mean_fill)
+    elif recipe == "ssdlite":
+        base = ssdlite_train_transform(spec)
+    else:
+        base = None
+    if not vflip and not rot90 and scale_jitter is None and color is None:
+        return base if base is not None else ssd_eval_transform(spec)
+    if base is None:  # "none" plus options: only the options (no left-right flip, no crop)
+        base = SSDTrainTransform(spec, flip_prob=0.0)
+    fill = spec_mean_rgb(spec) if mean_fill is None else tuple(float(v) for v in mean_fill)
+    return SSDTrainTransform(
+        spec, photometric=base.photometric if color is None else photometric_of_strength(float(color)),
+        expand=base.expand, crop=base.crop, flip_prob=base.flip.prob,
+        scale_jitter=None if scale_jitter is None else ScaleJitter(scale_jitter, fill),
+        vflip_prob=float(vflip), rot90_prob=float(rot90))
 
 
 class EvalSampleTransform:

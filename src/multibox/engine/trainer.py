@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import ConfigError, TrainConfig, config_to_dict, config_with_overrides, dump_config, load_config
-from ..data.augment import ssd_eval_transform, ssd_train_transform, ssdlite_train_transform
+from ..data.augment import train_transform
 from ..data.datasets import open_dataset
 from ..data.loader import build_loader, set_epoch
 from ..data.real import prepare_trees, trees_cache_name
@@ -443,13 +443,9 @@ class Trainer:
         return MultiBoxLoss(neg_pos_ratio=self.cfg.loss.neg_pos_ratio, alpha=self.cfg.loss.loc_weight)
 
     def _transform(self) -> Callable[..., Any]:
-        spec = self.model.input_spec
-        kind = self.cfg.data.augment
-        if kind == "ssd":
-            return ssd_train_transform(spec)
-        if kind == "ssdlite":
-            return ssdlite_train_transform(spec)
-        return ssd_eval_transform(spec)
+        aug = self.cfg.data.aug
+        return train_transform(self.model.input_spec, self.cfg.data.augment, vflip=aug.vflip, rot90=aug.rot90,
+                               scale_jitter=aug.scale_jitter or None, color=aug.color)
 
     def _build_loader(self) -> Any:
         cfg = self.cfg
