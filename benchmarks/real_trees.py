@@ -21,6 +21,7 @@ from typing import Any
 
 from torch.utils.data import Subset
 
+from multibox.commands.options import show_progress
 from multibox.config import load_config
 from multibox.data.datasets import open_dataset
 from multibox.data.real import EVALUATION_SAMPLES
@@ -43,7 +44,7 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     cfg = load_config(args.recipe, list(args.overrides))
-    summary = Trainer(cfg, out).run()
+    summary = Trainer(cfg, out, progress=show_progress()).run()  # no bar residue when logged to a file
     root = ensure_trees(cfg)
     info = json.loads((root / "trees.json").read_text(encoding="utf-8"))
     model = load_model(out / "checkpoints" / "last.safetensors")
