@@ -17,6 +17,7 @@ from multibox.anchor_fit import (
     ModelPriors,
     collect_boxes,
     iou_kmeans,
+    min_side_at_threshold,
     model_priors,
     prior_coverage,
     propose_priors,
@@ -89,6 +90,9 @@ def test_worst_case_iou_by_hand():
     assert worst_case_iou(20, 20, 8, 8) == pytest.approx(256 / 544)
     assert worst_case_iou(100, 100, 32, 32) == pytest.approx(84 * 84 / (20000 - 84 * 84))
     assert worst_case_iou(4, 4, 16, 16) == 0.0
+    # the side at which the worst case reaches 0.5: 16 / (2 (1 - sqrt(2/3))) = 43.596 px on a stride-16 map
+    side = min_side_at_threshold(16, 0.5)
+    assert side == pytest.approx(43.596, abs=1e-3) and worst_case_iou(side, side, 16, 16) == pytest.approx(0.5)
 
 
 def test_iou_kmeans_recovers_two_planted_sizes_deterministically():
@@ -240,3 +244,12 @@ def test_cli_unknown_dataset_is_a_message(tmp_path, capsys):
 def test_anchors_preset_still_works(capsys):
     assert main(["anchors", "ssd300-voc"]) == 0
     assert "total priors: 8732" in capsys.readouterr().out
+
+
+def test_help_names_the_fit_command(capsys):
+    for argv in (["anchors", "--help"], ["anchors", "fit", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "multibox anchors fit DATASET --model M" in out and "--clusters K" in out

@@ -43,6 +43,7 @@ __all__ = [
     "wh_iou",
     "iou_kmeans",
     "worst_case_iou",
+    "min_side_at_threshold",
     "propose_priors",
     "level_sizes",
     "fit_report",
@@ -279,6 +280,16 @@ def worst_case_iou(w: float, h: float, step_x: float, step_y: float) -> float:
     return inter / (2.0 * w * h - inter)
 
 
+def min_side_at_threshold(step: float, threshold: float = 0.5) -> float:
+    """The smallest side ``s`` of a square box that a map of grid ``step`` (input pixels) matches at IoU >=
+    ``threshold`` wherever the box lies, with a same-sized prior: solves :func:`worst_case_iou` ``(s, s, step,
+    step) = threshold``, i.e. ``s = step / (2 (1 - sqrt(2 t / (1 + t))))`` (``2.72 step`` at ``t = 0.5``);
+    ``inf`` for ``threshold >= 1``."""
+    if threshold >= 1.0:
+        return math.inf
+    return step / (2.0 * (1.0 - math.sqrt(2.0 * threshold / (1.0 + threshold))))
+
+
 def _fold_ratios(centers: np.ndarray, tolerance: float = 0.15) -> tuple[float, ...]:
     """Aspect ratios ``w / h`` of ``centers`` folded to ``>= 1`` (the priors are flipped), rounded to 0.1;
     ratios within ``1 + tolerance`` of 1 or of a kept one are dropped."""
@@ -326,14 +337,17 @@ def propose_priors(priors: ModelPriors, centers: np.ndarray, threshold: float = 
                        variances=priors.config.variances, caffe_int_sizes=False, clamp_wh=priors.config.clamp_wh)
 
 
-def level_sizes(priors: ModelPriors) -> list[dict[str, Any]]:
-    """Per feature map: ``level``, ``feature_size``, ``step`` ``[y, x]`` and ``box_sizes_px`` ``[[w, h], ...]``."""
+def level_sizes(priors: ModelPriors, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Per feature map: ``level``, ``feature_size``, ``step`` ``[y, x]``, ``box_sizes_px`` ``[[w, h], ...]`` and
+    ``reach_px``: :func:`min_side_at_threshold` of its coarser step (smaller squares can fall between its
+    prior centres below the threshold)."""
     out = []
     for k, ((fh, fw), lvl, step) in enumerate(zip(priors.feature_sizes, priors.config.levels, priors.steps(),
                                                   strict=True)):
         out.append({"level": k, "feature_size": [fh, fw], "step": [round(step[0], 3), round(step[1], 3)],
                     "box_sizes_px": [[round(w, 2), round(h, 2)]
-                                     for w, h in lvl.box_sizes(priors.config.caffe_int_sizes)]})
+                                     for w, h in lvl.box_sizes(priors.config.caffe_int_sizes)],
+                    "reach_px": round(min_side_at_threshold(max(step), threshold), 2)})
     return out
 
 
@@ -386,7 +400,7 @@ def fit_report(boxes: BoxSet, priors: ModelPriors, threshold: float = 0.5, clust
 
 
 def _coverage_data(cov: Coverage, priors: ModelPriors) -> dict[str, Any]:
-    levels = level_sizes(priors)
+    levels = level_sizes(priors, cov.threshold)
     for row in levels:
         mine = cov.best_level == row["level"]
         row["best_for_boxes"] = int(mine.sum())

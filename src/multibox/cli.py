@@ -172,14 +172,18 @@ def _print_fit(report: dict, args: argparse.Namespace) -> None:
         print(f"{title}: {c['num_priors']} priors; boxes whose best prior IoU >= {c['threshold']:g}: "
               f"{c['share_matched']:.4f}; mean best IoU {c['mean_best_iou']:.4f}; positives per box "
               f"{c['mean_positives']:.2f} (boxes without any: {c['boxes_without_positive']})")
-        print(f"  {'map':>3} {'size':>7} {'step':>7} {'best for':>8} {'matched':>7}  prior sizes w x h (px)")
+        print(f"  {'map':>3} {'size':>7} {'step':>7} {'reach':>6} {'best for':>8} {'matched':>7}  prior sizes w x h "
+              "(px)")
         for r in c["levels"]:
             size = "x".join(str(v) for v in r["feature_size"])
             step = f"{r['step'][1]:g}" if r["step"][0] == r["step"][1] else f"{r['step'][1]:g}x{r['step'][0]:g}"
             share = "-" if r["share_matched"] is None else f"{r['share_matched']:.3f}"
             sizes = ", ".join(f"{bw:g}x{bh:g}" for bw, bh in r["box_sizes_px"])
-            print(f"  {r['level']:>3} {size:>7} {step:>7} {r['best_for_boxes']:>8} {share:>7}  {sizes}")
+            print(f"  {r['level']:>3} {size:>7} {step:>7} {r['reach_px']:>6g} {r['best_for_boxes']:>8} {share:>7}  "
+                  f"{sizes}")
     print("IoU k-means clusters (w x h px): " + ", ".join(f"{cw:g}x{ch:g}" for cw, ch in report["clusters"]))
+    print("(reach: the smallest square side a map matches at the threshold wherever the box lies; best for: boxes "
+          "whose best prior is on that map; matched: their share at the threshold)")
 
 
 def _feature_size(text: str) -> tuple[int, int]:
