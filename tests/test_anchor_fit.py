@@ -123,6 +123,10 @@ def test_proposal_puts_sizes_on_the_coarsest_map_that_reaches_the_threshold():
     assert new.levels[0].min_sizes == (20.0, 42.4) and new.levels[0].aspect_ratios == (2.0,)
     assert new.levels[1].min_sizes == (100.0,) and new.levels[1].aspect_ratios == ()
     assert new.levels[1].step == 32.0 and new.image_size == (256, 256)
+    # ratios under 1.4 are left to the square; 60/33 = 1.82 and 2.0 are merged into the first (1.8)
+    mixed = propose_priors(priors, np.array([[12.0, 10.0], [30.0, 60.0], [33.0, 60.0]]), 0.5)
+    assert mixed.levels[0].min_sizes == (11.0, 42.4, 44.5) and mixed.levels[0].aspect_ratios == (1.8,)
+    assert mixed.levels[0].num_priors == 3 * 3
     # a map given no size keeps its own level
     only_small = propose_priors(priors, np.array([[20.0, 20.0]]), 0.5)
     assert only_small.levels[1] == cfg.levels[1]

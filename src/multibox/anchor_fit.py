@@ -290,16 +290,18 @@ def min_side_at_threshold(step: float, threshold: float = 0.5) -> float:
     return step / (2.0 * (1.0 - math.sqrt(2.0 * threshold / (1.0 + threshold))))
 
 
-def _fold_ratios(centers: np.ndarray, tolerance: float = 0.15) -> tuple[float, ...]:
-    """Aspect ratios ``w / h`` of ``centers`` folded to ``>= 1`` (the priors are flipped), rounded to 0.1;
-    ratios within ``1 + tolerance`` of 1 or of a kept one are dropped."""
+def _fold_ratios(centers: np.ndarray, square_below: float = 1.4, merge: float = 1.25) -> tuple[float, ...]:
+    """Aspect ratios ``w / h`` of ``centers`` folded to ``>= 1`` (the priors are flipped), rounded to 0.1.
+
+    Ratios below ``square_below`` are left to the square box (a square of the same area still has IoU >= 0.73
+    with a box of ratio 1.4); a ratio within a factor ``merge`` of a kept one is dropped, so that a map holding
+    several sizes does not multiply its boxes for near-equal ratios."""
     kept: list[float] = []
-    for w, h in centers:
-        r = max(w / h, h / w)
-        if r < 1.0 + tolerance or any(abs(math.log(r / q)) < math.log(1.0 + tolerance) for q in kept):
+    for r in sorted(max(w / h, h / w) for w, h in centers):
+        if r < square_below or any(abs(math.log(r / q)) < math.log(merge) for q in kept):
             continue
         kept.append(round(r, 1))
-    return tuple(sorted(kept))
+    return tuple(kept)
 
 
 def propose_priors(priors: ModelPriors, centers: np.ndarray, threshold: float = 0.5) -> PriorConfig:
@@ -307,7 +309,8 @@ def propose_priors(priors: ModelPriors, centers: np.ndarray, threshold: float = 
 
     Each size goes to the coarsest feature map whose :func:`worst_case_iou` reaches ``threshold`` (else to the
     finest map). A map given sizes gets ``min_sizes`` = their ``sqrt(w h)`` (rounded to 0.1 px) and
-    ``aspect_ratios`` = their folded ratios (:func:`_fold_ratios`, ``flip`` on): every size at every ratio. A map
+    ``aspect_ratios`` = their folded ratios (ratios of 1.4 or more, near-equal ones merged; ``flip`` on): every
+    size at every ratio. A map
     given none keeps its own boxes (a plain level of the same box sizes: its first size with its ratios).
     Steps, offsets, input size, variances and clipping are the model's.
     """
