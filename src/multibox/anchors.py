@@ -18,11 +18,14 @@ reproduces that (on in the Caffe presets below); switch it off for the float siz
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from .limits import check_input_size
 
 __all__ = [
     "PriorLevel",
@@ -35,6 +38,8 @@ __all__ = [
     "get_prior_preset",
     "cxcywh_to_xyxy",
     "xyxy_to_cxcywh",
+    "prior_config_to_dict",
+    "prior_config_from_dict",
 ]
 
 
@@ -327,3 +332,112 @@ def get_prior_preset(name: str) -> PriorConfig:
         return PRIOR_PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown prior preset {name!r}; known: {', '.join(sorted(PRIOR_PRESETS))}") from None
+
+
+# ------------------------------------------------------------------------------------ priors as config data
+_LEVEL_KEYS = ("min_sizes", "max_sizes", "aspect_ratios", "flip", "step", "offset")
+_CONFIG_KEYS = ("image_size", "levels", "clip", "variances", "caffe_int_sizes", "clamp_wh")
+_MAX_LEVELS = 32
+_MAX_SIZES = 64
+
+
+def prior_config_to_dict(cfg: PriorConfig) -> dict[str, Any]:
+    """``cfg`` as plain YAML/JSON data (what ``model.kwargs.priors`` in a training config holds; read back by
+    :func:`prior_config_from_dict`). Only plain :class:`PriorLevel` levels can be written: a subclass (e.g. the
+    SSDLite lowest level) raises ``ValueError``."""
+    levels = []
+    for k, lvl in enumerate(cfg.levels):
+        if type(lvl) is not PriorLevel:
+            raise ValueError(f"level {k} is a {type(lvl).__name__}, which a prior config file cannot describe")
+        step = list(lvl.step) if isinstance(lvl.step, tuple | list) else lvl.step
+        levels.append({"min_sizes": [float(v) for v in lvl.min_sizes], "max_sizes": [float(v) for v in lvl.max_sizes],
+                       "aspect_ratios": [float(v) for v in lvl.aspect_ratios], "flip": bool(lvl.flip),
+                       "step": step, "offset": float(lvl.offset)})
+    return {"image_size": [int(cfg.image_size[0]), int(cfg.image_size[1])], "levels": levels, "clip": bool(cfg.clip),
+            "variances": [float(v) for v in cfg.variances], "caffe_int_sizes": bool(cfg.caffe_int_sizes),
+            "clamp_wh": bool(cfg.clamp_wh)}
+
+
+def _numbers(value: object, where: str, count: int | None = None) -> tuple[float, ...]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or len(value) > _MAX_SIZES:
+        raise ValueError(f"{where}: expected a list of at most {_MAX_SIZES} numbers, got {value!r}"[:300])
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+            raise ValueError(f"{where}: {v!r} is not a finite number"[:300])
+        out.append(float(v))
+    if count is not None and len(out) != count:
+        raise ValueError(f"{where}: expected {count} numbers, got {len(out)}")
+    return tuple(out)
+
+
+def _flag(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: expected true or false, got {value!r}"[:300])
+    return value
+
+
+def prior_config_from_dict(data: Mapping[str, Any], source: str = "priors") -> PriorConfig:
+    """A :class:`PriorConfig` from the data :func:`prior_config_to_dict` writes (``model.kwargs.priors`` of a
+    training config, the fragment ``multibox anchors fit`` proposes).
+
+    Keys: ``image_size [H, W]`` and ``levels`` (a list of ``{min_sizes, max_sizes, aspect_ratios, flip, step,
+    offset}``; only ``min_sizes`` is required, ``step`` is a number, ``[step_h, step_w]`` or null) are required;
+    ``clip``, ``variances``, ``caffe_int_sizes`` and ``clamp_wh`` are optional. Sizes and steps are input pixels.
+    Raises ``ValueError`` naming ``source`` and the key for unknown keys, wrong types or values out of range (the
+    input size is bounded by :mod:`multibox.limits`).
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: expected a mapping with image_size and levels, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(_CONFIG_KEYS)}")
+    for key in ("image_size", "levels"):
+        if key not in data:
+            raise ValueError(f"{source}: missing {key}")
+    image_size = check_input_size(data["image_size"], f"{source}.image_size")
+    if len(image_size) != 2:
+        raise ValueError(f"{source}.image_size: expected [height, width], got {list(image_size)}")
+    raw_levels = data["levels"]
+    if not isinstance(raw_levels, list | tuple) or not 1 <= len(raw_levels) <= _MAX_LEVELS:
+        raise ValueError(f"{source}.levels: expected a list of 1..{_MAX_LEVELS} levels")
+    levels = []
+    for k, raw in enumerate(raw_levels):
+        where = f"{source}.levels[{k}]"
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        bad = sorted(set(raw) - set(_LEVEL_KEYS))
+        if bad:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, bad))}; known: {', '.join(_LEVEL_KEYS)}")
+        if "min_sizes" not in raw:
+            raise ValueError(f"{where}: missing min_sizes")
+        kw: dict[str, Any] = {"min_sizes": _numbers(raw["min_sizes"], f"{where}.min_sizes")}
+        for key in ("max_sizes", "aspect_ratios"):
+            if raw.get(key) is not None:
+                kw[key] = _numbers(raw[key], f"{where}.{key}")
+        if "flip" in raw:
+            kw["flip"] = _flag(raw["flip"], f"{where}.flip")
+        if raw.get("offset") is not None:
+            kw["offset"] = _numbers(raw["offset"], f"{where}.offset", 1)[0]
+        step = raw.get("step")
+        if step is not None:
+            steps = _numbers(step, f"{where}.step")
+            if len(steps) not in (1, 2) or min(steps) <= 0:
+                raise ValueError(f"{where}.step: expected a positive number or [step_h, step_w], got {step!r}")
+            kw["step"] = steps[0] if len(steps) == 1 else steps
+        try:
+            levels.append(PriorLevel(**kw))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    kw = {}
+    for key in ("clip", "caffe_int_sizes", "clamp_wh"):
+        if key in data:
+            kw[key] = _flag(data[key], f"{source}.{key}")
+    if "variances" in data:
+        variances = _numbers(data["variances"], f"{source}.variances", 4)
+        if min(variances) <= 0:
+            raise ValueError(f"{source}.variances: must be positive, got {list(variances)}")
+        kw["variances"] = variances
+    return PriorConfig(image_size=(image_size[0], image_size[1]), levels=tuple(levels), **kw)

@@ -1,4 +1,4 @@
-"""The ``multibox`` command line: ``multibox anchors | models | demo | bench``."""
+"""The ``multibox`` command line: ``multibox anchors | anchors fit | models | demo | bench``."""
 
 from __future__ import annotations
 
@@ -14,19 +14,22 @@ from pathlib import Path
 from . import __version__
 from .commands.options import (
     UsageError,
+    add_json_option,
     add_overwrite_option,
     add_progress_options,
     add_quiet_option,
     check_output_dir,
     check_output_file,
     is_quiet,
+    non_negative_int,
     positive_int,
+    probability,
     quiet_output,
     show_progress,
     write_json_output,
 )
 from .commands.train import allow_intermixed
-from .fileio import atomic_save_npy
+from .fileio import atomic_save_npy, atomic_write_bytes
 from .runtime import keep_freed_memory
 
 # Imports inside the command functions below are heavy (numpy, torch, matplotlib and the multibox modules built on
@@ -85,6 +88,102 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
         plot_priors(priors, sizes, cfg, level=args.level, out=Path(args.plot))
         print(f"wrote {args.plot}")
     return 0
+
+
+def _fit_model(text: str) -> tuple[str, dict, str | None]:
+    """``--model``: a registered model -> ``(name, {}, None)``; a recipe or YAML config -> ``(its model.name, its
+    model.kwargs, the base the fragment names)``."""
+    from .config import load_config  # heavy (yaml, metrics): see the note at the top
+    from .models import list_models
+
+    if text in list_models():
+        return text, {}, None
+    try:
+        cfg = load_config(text)
+    except (ValueError, KeyError, OSError) as e:
+        raise UsageError(f"--model {text!r}: not a registered model ({', '.join(list_models())}) nor a usable "
+                         f"recipe or config file ({e})") from None
+    base = str(Path(text).resolve()) if Path(text).is_file() else text
+    return cfg.model.name, dict(cfg.model.kwargs), base
+
+
+def _cmd_anchors_fit(args: argparse.Namespace) -> int:
+    import yaml  # heavy: see the note at the top
+
+    from .anchor_fit import collect_boxes, fit_report, model_priors, plot_fit
+    from .anchors import prior_config_to_dict
+    from .data.datasets import open_dataset
+
+    for option in ("json", "plot"):
+        if getattr(args, option):
+            check_output_file(getattr(args, option), f"--{option}")
+    if args.out:
+        check_output_file(args.out, "--out")
+        if Path(args.out).exists() and not args.overwrite:
+            raise UsageError(f"--out {args.out} exists; pass --overwrite to replace it")
+    name, kwargs, base = _fit_model(args.model)
+    dataset = open_dataset(args.dataset, format=args.format, split=args.split)
+    boxes = collect_boxes(dataset)
+    if len(boxes) == 0:
+        raise UsageError(f"{args.dataset}: the dataset{f' (split {args.split})' if args.split else ''} has no boxes")
+    try:
+        priors = model_priors(name, len(dataset.class_names), kwargs)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--model {args.model}: cannot build {name} with {kwargs}: {e}") from None
+    report = fit_report(boxes, priors, args.threshold, args.clusters, args.seed)
+    proposal = report.pop("proposal_config")
+    fragment: dict = {"base": base} if base else {}
+    fragment["model"] = {"name": name, "kwargs": {**kwargs, "priors": prior_config_to_dict(proposal)}}
+    report["fragment"] = fragment
+    report.update({"dataset": str(args.dataset), "split": args.split, "model": name})
+    if not is_quiet(args) and args.json != "-":
+        _print_fit(report, args)
+    if args.out:
+        cur, new = report["current"], report["proposal"]
+        head = (f"# multibox anchors fit {args.dataset} --model {args.model}: boxes matched at IoU >= "
+                f"{args.threshold:g} {cur['share_matched']:.4f} -> {new['share_matched']:.4f}, positives per box "
+                f"{cur['mean_positives']:.2f} -> {new['mean_positives']:.2f}\n# use: multibox train THIS_FILE "
+                "[key=value ...] (with a 'base:' recipe, or merged into your config)\n")
+        text = head + yaml.safe_dump(fragment, sort_keys=False, default_flow_style=None)
+        atomic_write_bytes(Path(args.out), text.encode())
+        if not is_quiet(args) and args.json != "-":
+            print(f"wrote {args.out}")
+    if args.plot:
+        plot_fit(report, boxes, priors, args.plot)
+        if not is_quiet(args) and args.json != "-":
+            print(f"wrote {args.plot}")
+    if args.json:
+        write_json_output(args.json, report)
+    return 0
+
+
+def _print_fit(report: dict, args: argparse.Namespace) -> None:
+    b = report["boxes"]
+    h, w = report["image_size"]
+    print(f"{b['count']} boxes in {b['images']} images, at the model's input {w}x{h} (stretch resize):")
+    print("  side sqrt(w h) px: " + ", ".join(f"{k} {v:g}" for k, v in b["side_px"].items()))
+    print("  aspect w/h:        " + ", ".join(f"{k} {v:g}" for k, v in b["aspect"].items()))
+    hist = report["histograms"]
+    edges, counts = hist["side_edges_px"], hist["side_counts"]
+    print("  side histogram (px): " + "  ".join(f"[{lo:g},{hi:g}) {n}" for lo, hi, n in
+                                                zip(edges, edges[1:], counts, strict=False) if n))
+    for key, title in (("current", f"current priors ({args.model})"), ("proposal", "proposed priors")):
+        c = report[key]
+        print(f"{title}: {c['num_priors']} priors; boxes whose best prior IoU >= {c['threshold']:g}: "
+              f"{c['share_matched']:.4f}; mean best IoU {c['mean_best_iou']:.4f}; positives per box "
+              f"{c['mean_positives']:.2f} (boxes without any: {c['boxes_without_positive']})")
+        print(f"  {'map':>3} {'size':>7} {'step':>7} {'reach':>6} {'best for':>8} {'matched':>7}  prior sizes w x h "
+              "(px)")
+        for r in c["levels"]:
+            size = "x".join(str(v) for v in r["feature_size"])
+            step = f"{r['step'][1]:g}" if r["step"][0] == r["step"][1] else f"{r['step'][1]:g}x{r['step'][0]:g}"
+            share = "-" if r["share_matched"] is None else f"{r['share_matched']:.3f}"
+            sizes = ", ".join(f"{bw:g}x{bh:g}" for bw, bh in r["box_sizes_px"])
+            print(f"  {r['level']:>3} {size:>7} {step:>7} {r['reach_px']:>6g} {r['best_for_boxes']:>8} {share:>7}  "
+                  f"{sizes}")
+    print("IoU k-means clusters (w x h px): " + ", ".join(f"{cw:g}x{ch:g}" for cw, ch in report["clusters"]))
+    print("(reach: the smallest square side a map matches at the threshold wherever the box lies; best for: boxes "
+          "whose best prior is on that map; matched: their share at the threshold)")
 
 
 def _feature_size(text: str) -> tuple[int, int]:
@@ -154,10 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"multibox {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    a = sub.add_parser("anchors", help="print and save the prior boxes of a preset",
+    a = sub.add_parser("anchors", help="print and save the prior boxes of a preset; 'anchors fit': fit them to data",
+                       usage="multibox anchors [-h] PRESET [options]\n       multibox anchors fit DATASET --model M "
+                             "[options] (see multibox anchors fit --help)",
                        description="Print a table per feature map and optionally save the (P, 4) float32 "
-                                   "normalized cxcywh priors in Caffe order.")
-    a.add_argument("preset", help="prior preset: ssd300-voc, ssd300-coco, ssd512-voc or ssd512-coco")
+                                   "normalized cxcywh priors in Caffe order. 'multibox anchors fit DATASET --model "
+                                   "M' instead measures how a model's priors cover a dataset's boxes and proposes "
+                                   "priors fitted to them (docs/anchors.md).")
+    a.add_argument("preset", help="prior preset: ssd300-voc, ssd300-coco, ssd512-voc or ssd512-coco; or 'fit'")
     a.add_argument("--out", help="write the priors to this .npy file")
     a.add_argument("--json", metavar="FILE", help="also write the per-map table as JSON to FILE ('-': standard output)")
     a.add_argument("--feature-sizes", nargs="+", metavar="HxW",
@@ -212,6 +315,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_anchors_fit_parser() -> argparse.ArgumentParser:
+    """The parser of ``multibox anchors fit`` (``main`` uses it when the arguments start with ``anchors fit``, so
+    that ``multibox anchors PRESET`` keeps its own)."""
+    f = argparse.ArgumentParser(
+        prog="multibox anchors fit",
+        description="Measure how the priors of a model cover a dataset's boxes after the model's resize (share of "
+                    "boxes whose best prior reaches the matching IoU, positives per box, box size and aspect "
+                    "histograms against the prior sizes of each feature map), then propose prior sizes and aspect "
+                    "ratios from an IoU k-means of the boxes and measure them the same way. --out writes the "
+                    "proposal as a config fragment (model.kwargs.priors) that 'multibox train' reads.")
+    f.add_argument("dataset", metavar="DATASET", help="dataset path (any format of 'multibox data formats')")
+    f.add_argument("--model", required=True, metavar="M",
+                   help="registered model (multibox models), or a recipe / YAML config whose model (name and "
+                        "kwargs, e.g. the input size) is analysed")
+    f.add_argument("--format", help="dataset format (default: detected)")
+    f.add_argument("--split", help="dataset split (default: every annotation for VOC; the format's default else)")
+    f.add_argument("--threshold", type=probability, default=0.5, metavar="IOU",
+                   help="matching IoU threshold (default 0.5, loss.iou_threshold)")
+    f.add_argument("--clusters", type=positive_int, default=6, metavar="K",
+                   help="box sizes proposed (IoU k-means clusters, default 6)")
+    f.add_argument("--seed", type=non_negative_int, default=0, help="k-means seed (default 0)")
+    f.add_argument("--out", metavar="FILE.yaml", help="write the proposal as a training config fragment")
+    add_overwrite_option(f, "an existing --out file")
+    f.add_argument("--plot", metavar="FILE.png", help="draw the box histograms with the prior sizes per map")
+    add_json_option(f, "the analysis and the proposal")
+    add_quiet_option(f)
+    f.set_defaults(func=_cmd_anchors_fit, command="anchors", anchors_command="fit")
+    return f
+
+
 # Sub-commands living in their own modules: each module has ``register(subparsers)``, which adds its parser and
 # sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
 DATA_COMMANDS = ["convert", "check", "synth", "pack", "formats"]
@@ -232,7 +365,7 @@ def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, n
 def command_name(args: argparse.Namespace) -> str:
     """The command a user typed, for error messages: ``"data convert"``, ``"bench zoo"``, ``"eval"``."""
     words = [args.command]
-    for attr in ("data_command", "bench_command", "zoo_command"):
+    for attr in ("anchors_command", "data_command", "bench_command", "zoo_command"):
         if getattr(args, attr, None):
             words.append(getattr(args, attr))
     if args.command in ("export", "import") and isinstance(getattr(args, "format", None), str):
@@ -242,8 +375,11 @@ def command_name(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multibox`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["anchors", "fit"]:
+        args = build_anchors_fit_parser().parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     name = command_name(args)
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in again (see multibox.runtime)
     try:

@@ -7,13 +7,13 @@ means the builder's default prior preset.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 from .._lazy import import_package_modules
-from ..anchors import PriorConfig, get_prior_preset
+from ..anchors import PriorConfig, get_prior_preset, prior_config_from_dict
 from .backbones.registry import backbone_name
 from .detector import SSD
 
@@ -44,13 +44,17 @@ def list_models(pattern: str | None = None) -> list[str]:
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
-def resolve_priors(priors: str | PriorConfig | None) -> PriorConfig | None:
-    """A preset name -> its :class:`PriorConfig`; a config or ``None`` passes through."""
+def resolve_priors(priors: str | Mapping[str, Any] | PriorConfig | None) -> PriorConfig | None:
+    """A preset name -> its :class:`PriorConfig`; a mapping (``model.kwargs.priors`` in a training config, as
+    ``multibox anchors fit`` writes it) -> :func:`~multibox.anchors.prior_config_from_dict`; a config or ``None``
+    passes through."""
     if priors is None or isinstance(priors, PriorConfig):
         return priors
     if isinstance(priors, str):
         return get_prior_preset(priors)
-    raise TypeError(f"priors must be a preset name, a PriorConfig or None, got {type(priors).__name__}")
+    if isinstance(priors, Mapping):
+        return prior_config_from_dict(priors)
+    raise TypeError(f"priors must be a preset name, a mapping, a PriorConfig or None, got {type(priors).__name__}")
 
 
 def _discover() -> None:
@@ -71,12 +75,13 @@ def build_model(
     name: str,
     num_classes: int = 21,
     class_names: Sequence[str] | None = None,
-    priors: str | PriorConfig | None = None,
+    priors: str | Mapping[str, Any] | PriorConfig | None = None,
     **kwargs: Any,
 ) -> SSD:
     """Build the registered model ``name`` with ``num_classes`` classes (background included).
 
-    ``priors`` is a preset name (``multibox.anchors.PRIOR_PRESETS``), a :class:`PriorConfig`, or ``None`` for
+    ``priors`` is a preset name (``multibox.anchors.PRIOR_PRESETS``), a :class:`PriorConfig`, its mapping form
+    (:func:`~multibox.anchors.prior_config_from_dict`), or ``None`` for
     the model's default; other keyword arguments go to the builder.
     """
     return _builder(name)(num_classes=num_classes, class_names=class_names, priors=resolve_priors(priors), **kwargs)
