@@ -403,3 +403,50 @@ def test_real_imagenet_weights_match_torchvision():
     print(f"top-1: {top} {categories[top]} p={float(mine.softmax(-1).max()):.3f}")
     assert top == int(ref.argmax())
     assert categories[top] in {"military uniform", "suit", "Windsor tie", "bow tie", "mortarboard", "academic gown"}
+
+
+def test_stride8_tap_equals_torchvision_and_keeps_the_other_maps(tv_and_ours):
+    """``stride8=True``: the expansion of ``features.7`` (torchvision: ``features[7].conv[0]`` after
+    ``features[:7]``) comes first; the stride-16 and stride-32 maps and the parameters are those without it."""
+    tv, ours, _ = tv_and_ours
+    low = MobileNetV2Backbone(stride8=True)
+    low.load_pretrained(tv.state_dict())
+    low.eval()
+    assert low.out_channels == [192, 576, 1280] and low.strides == [8, 16, 32]
+    assert list(low.state_dict()) == list(ours.state_dict())
+    x = torch.randn(2, 3, 131, 150, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        c3_ref = tv.features[7].conv[0](tv.features[:7](x))
+        c3, c4, c5 = low(x)
+        c4_ref, c5_ref = ours(x)
+    assert c3.shape == (2, 192, 17, 19)  # ceil(131 / 8), ceil(150 / 8)
+    torch.testing.assert_close(c3, c3_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(c4, c4_ref, rtol=0, atol=0)
+    torch.testing.assert_close(c5, c5_ref, rtol=0, atol=0)
+    assert c3.abs().max() > 0.1  # not a dead map
+
+
+def test_ssd300_mobilenetv2_small_object_options():
+    """``stride8`` adds a seventh map and its priors (38x38, 4 per location, at 300 px: 8044 = 5776 + 2268 with
+    the default ratio list shifted by one level); ``neck="fpn"`` makes every map ``neck_channels`` wide; the head
+    outputs equal the prior count."""
+    plain = ssd300_mobilenetv2(num_classes=3)
+    s8 = ssd300_mobilenetv2(num_classes=3, stride8=True)
+    fpn = ssd300_mobilenetv2(num_classes=3, stride8=True, neck="fpn", neck_channels=64)
+    assert plain.num_priors == 2268 and plain.neck is None
+    assert s8.feature_sizes()[0] == (38, 38) and len(s8.feature_sizes()) == 7
+    assert list(s8.prior_config.num_priors_per_location) == [4, 4, 6, 6, 6, 4, 4]
+    assert s8.num_priors == 38 * 38 * 4 + 19 * 19 * 4 + 10 * 10 * 6 + 5 * 5 * 6 + 3 * 3 * 6 + 2 * 2 * 4 + 4 == 8044
+    assert s8.feature_channels == [192, 576, 1280, 512, 256, 256, 128]
+    assert fpn.feature_channels == [64] * 7 and fpn.num_priors == 8044
+    assert [c.in_channels for c in fpn.head.classification] == [64] * 7
+    for m in (s8, fpn):
+        m.eval()
+        with torch.no_grad():
+            out = m(torch.randn(2, 3, 300, 300))
+        assert out.cls_logits.shape == (2, 8044, 3) and out.box_deltas.shape == (2, 8044, 4)
+    # the priors still follow the scales: first level s_min * 300 = 60 px square at stride 300 / 38
+    first = s8.prior_config.levels[0]
+    assert first.min_sizes == pytest.approx((60.0,))
+    with pytest.raises(ValueError, match="unknown neck 'bifpn'"):
+        ssd300_mobilenetv2(num_classes=3, neck="bifpn")

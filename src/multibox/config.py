@@ -221,7 +221,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check choices and ranges; returns ``self``. Raises :class:`ConfigError` naming the key."""
         choices = {
-            "precision": (self.precision, ("fp32", "bf16", "fp16")),
+            "precision": (self.precision, ("fp32", "bf16", "fp16", "auto")),
             "on_nonfinite": (self.on_nonfinite, ("stop", "skip")),
             "data.augment": (self.data.augment, ("ssd", "ssdlite", "none")),
             "optim.name": (self.optim.name, ("sgd", "adam", "adamw")),
@@ -538,3 +538,21 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def dump_config(cfg: TrainConfig) -> str:
     """The config as YAML text (what a run saves as ``config.yaml``)."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for ``precision`` on ``device`` (a ``torch.device``): ``auto`` is ``bf16``
+    where the device computes bf16 natively (CPU: oneDNN reports bf16 support, i.e. AVX-512 BF16 or AMX; CUDA:
+    ``torch.cuda.is_bf16_supported()``), else ``fp32``; other values are returned as they are."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    kind = getattr(device, "type", str(device))
+    if kind == "cpu":
+        native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    elif kind == "cuda":
+        native = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    else:
+        native = False
+    return "bf16" if native else "fp32"

@@ -38,7 +38,15 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import ConfigError, TrainConfig, config_to_dict, config_with_overrides, dump_config, load_config
+from ..config import (
+    ConfigError,
+    TrainConfig,
+    config_to_dict,
+    config_with_overrides,
+    dump_config,
+    load_config,
+    resolve_precision,
+)
 from ..data.augment import train_transform
 from ..data.datasets import open_dataset
 from ..data.loader import build_loader, set_epoch
@@ -381,7 +389,10 @@ class Trainer:
         self.criterion = self._criterion()
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
-        use_scaler = cfg.precision == "fp16" and self.device.type == "cuda"
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.precision == "auto":
+            self.log(f"precision auto: {self.precision} on {self.device}")
+        use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
         self.loader = self._build_loader()
         self.steps_per_epoch = self._steps_per_epoch()
@@ -531,7 +542,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- steps
     def _autocast(self) -> Any:
-        p = self.cfg.precision
+        p = self.precision
         if p == "fp32":
             return nullcontext()
         dtype = torch.bfloat16 if p == "bf16" else torch.float16
@@ -798,6 +809,7 @@ class Trainer:
             "final_loss": train_rows[-1]["loss"] if train_rows else None,
             "mAP": final["mAP"] if final else None,
             "metric": self.cfg.eval.metric,
+            "precision": self.precision,
             "skipped_batches": self.skipped,
             "plots": [str(p) for p in plots],
             "checkpoint": str(self.out / "checkpoints" / "last.safetensors"),

@@ -67,6 +67,9 @@ class SSD(nn.Module):
         class_names: ``num_classes`` names, index 0 background; default ``["background", "class_1", ...]``.
         input_spec: declared pre-processing; default VGG's (RGB, mean (123, 117, 104), std 1) at
             ``prior_config.image_size``. Its ``image_size`` must equal ``prior_config.image_size``.
+        neck: optional module ``list of maps -> list of maps`` (same number and sizes) with ``out_channels``,
+            run between backbone + extras and the head (e.g. :class:`~multibox.models.necks.LiteFPN`); the head
+            is then built on the neck's channels.
         head: optional replacement for the default :class:`SSDHead` (3x3 convs); called on the list of maps,
             it must return ``(cls_logits [B, P, C], box_deltas [B, P, 4])`` in prior order.
 
@@ -84,6 +87,7 @@ class SSD(nn.Module):
         class_names: Sequence[str] | None = None,
         input_spec: InputSpec | None = None,
         head: nn.Module | None = None,
+        neck: nn.Module | None = None,
     ) -> None:
         super().__init__()
         num_classes = int(num_classes)
@@ -105,7 +109,7 @@ class SSD(nn.Module):
                 f"input_spec.image_size {input_spec.image_size} differs from prior_config.image_size "
                 f"{prior_config.image_size}"
             )
-        for what, mod in (("backbone", backbone), ("extras", extras)):
+        for what, mod in (("backbone", backbone), ("extras", extras), ("neck", neck)):
             if mod is not None and not hasattr(mod, "out_channels"):
                 raise TypeError(f"{what} {type(mod).__name__} must expose out_channels: list[int]")
 
@@ -119,8 +123,18 @@ class SSD(nn.Module):
                 f"has {len(prior_config.levels)} levels; they must be equal"
             )
 
+        if neck is not None:
+            neck_in = [int(c) for c in getattr(neck, "in_channels", in_channels)]
+            if neck_in != in_channels:
+                raise ValueError(f"the neck takes maps of {neck_in} channels but the network yields {in_channels}")
+            in_channels = [int(c) for c in neck.out_channels]
+            if len(in_channels) != len(prior_config.levels):
+                raise ValueError(f"the neck yields {len(in_channels)} maps but the prior config has "
+                                 f"{len(prior_config.levels)} levels")
+
         self.backbone = backbone
         self.extras = extras
+        self.neck = neck
         self.head = head if head is not None else SSDHead(
             in_channels, prior_config.num_priors_per_location, num_classes
         )
@@ -136,8 +150,10 @@ class SSD(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- forward
     def extract_features(self, images: Tensor) -> list[Tensor]:
-        """``images [B, 3, H, W]`` -> all feature maps fed to the head (backbone maps, then extra maps)."""
-        return _run_features(self.backbone, self.extras, images)
+        """``images [B, 3, H, W]`` -> all feature maps fed to the head (backbone maps, then extra maps, through
+        the neck when there is one)."""
+        feats = _run_features(self.backbone, self.extras, images)
+        return feats if self.neck is None else list(self.neck(feats))
 
     def forward(self, images: Tensor) -> SSDOutput:
         """``images [B, 3, H, W]`` float, already normalized per ``input_spec``.

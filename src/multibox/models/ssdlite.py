@@ -32,6 +32,7 @@ from .backbones.mobilenet import ConvBNReLU6, MobileNetV2Backbone
 from .backbones.registry import build_backbone
 from .detector import SSD
 from .heads import check_head_args, run_predictors
+from .necks import build_neck
 from .registry import register_model
 from .spec import InputSpec
 
@@ -140,29 +141,29 @@ def ssdlite_priors(
 
 
 def ssd300_mobilenetv2_priors(image_size: Sequence[int] = (300, 300), s_min: float = 0.2,
-                              s_max: float = 0.9) -> PriorConfig:
+                              s_max: float = 0.9, stride8: bool = False) -> PriorConfig:
     """SSD300-like priors for the six MobileNetV2 maps (19, 10, 5, 3, 2, 1 at 300x300): the paper's scales
     ``s_min..s_max`` (0.2..0.9, +1.04 for the extra square box of the last level), ratios ``[2], [2, 3], [2, 3],
     [2, 3], [2], [2]``, steps 16, 32, 64, 100, 150, 300 pixels; 2268 priors at 300x300. At other sizes the maps are
     ``ceil(H / 16)``, ``ceil(H / 32)`` then halved (rounding up) by each extra block, and the steps are
-    ``image size / map size``."""
+    ``image size / map size``.
+
+    ``stride8``: seven maps, the stride-8 map (``ceil(H / 8)``, ratios ``[2]``) first; the scales ``s_min..s_max``
+    are then spread over the seven levels (38, 19, 10, 5, 3, 2, 1 at 300x300: 8044 priors)."""
     size = (int(image_size[0]), int(image_size[1]))
-    if size == (300, 300):
+    if size == (300, 300) and not stride8:
         steps = [16.0, 32.0, 64.0, 100.0, 150.0, 300.0]
     else:
         side = max(size)
-        maps = [math.ceil(side / 16), math.ceil(side / 32)]
+        maps = [math.ceil(side / 8)] if stride8 else []
+        maps += [math.ceil(side / 16), math.ceil(side / 32)]
         for _ in range(4):
             maps.append(math.ceil(maps[-1] / 2))
         steps = [side / m for m in maps]
-    return config_from_scales(
-        size,
-        steps=steps,
-        aspect_ratios=[(2.0,), (2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,)],
-        s_min=s_min,
-        s_max=s_max,
-        extra_box=True,
-    )
+    ratios: list[tuple[float, ...]] = [(2.0,), (2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,)]
+    if stride8:
+        ratios.insert(0, (2.0,))
+    return config_from_scales(size, steps=steps, aspect_ratios=ratios, s_min=s_min, s_max=s_max, extra_box=True)
 
 
 # ------------------------------------------------------------------------------------------ extras and head
@@ -264,9 +265,10 @@ class SSDLiteHead(nn.Module):
 
 # ------------------------------------------------------------------------------------------------- builders
 def _backbone(
-    width_mult: float, tf_same_padding: bool, pretrained_backbone: str | os.PathLike | None
+    width_mult: float, tf_same_padding: bool, pretrained_backbone: str | os.PathLike | None, stride8: bool = False
 ) -> MobileNetV2Backbone:
-    backbone = build_backbone("mobilenet_v2", width_mult=width_mult, tf_same_padding=tf_same_padding)
+    backbone = build_backbone("mobilenet_v2", width_mult=width_mult, tf_same_padding=tf_same_padding,
+                              stride8=stride8)
     if pretrained_backbone is not None:
         backbone.load_pretrained_file(pretrained_backbone)
     return backbone
@@ -326,15 +328,24 @@ def ssd300_mobilenetv2(
     image_size: Sequence[int] = (300, 300),
     s_min: float = 0.2,
     s_max: float = 0.9,
+    stride8: bool = False,
+    neck: str | None = None,
+    neck_channels: int = 128,
 ) -> SSD:
     """SSD300 on MobileNetV2 with SSDLite extras and the 3x3-conv :class:`~multibox.models.heads.SSDHead`:
     maps 19, 10, 5, 3, 2, 1; default priors :func:`ssd300_mobilenetv2_priors` (2268; ``image_size``, ``s_min``
     and ``s_max`` change them when ``priors`` is not given); input spec :data:`IMAGENET_INPUT_SPEC` (the
-    normalization the ImageNet backbone was trained with)."""
-    backbone = _backbone(width_mult, tf_same_padding, pretrained_backbone)
+    normalization the ImageNet backbone was trained with).
+
+    For small objects (docs/small-objects.md): ``stride8`` adds the stride-8 map of the backbone (38x38 at 300 px,
+    seven maps and priors in all); ``neck="fpn"`` puts a :class:`~multibox.models.necks.LiteFPN` of
+    ``neck_channels`` channels between the maps and the head (every map then has ``neck_channels`` channels)."""
+    backbone = _backbone(width_mult, tf_same_padding, pretrained_backbone, stride8)
     extras = SSDLiteExtras(backbone.out_channels[-1], tf_same_padding=tf_same_padding)
     if priors is None:
-        priors = ssd300_mobilenetv2_priors(image_size, s_min, s_max)
+        priors = ssd300_mobilenetv2_priors(image_size, s_min, s_max, stride8)
     if input_spec is None:
         input_spec = IMAGENET_INPUT_SPEC.with_image_size(priors.image_size)
-    return SSD(backbone, extras, priors, num_classes=num_classes, class_names=class_names, input_spec=input_spec)
+    neck_module = build_neck(neck, [*backbone.out_channels, *extras.out_channels], neck_channels)
+    return SSD(backbone, extras, priors, num_classes=num_classes, class_names=class_names, input_spec=input_spec,
+               neck=neck_module)

@@ -42,6 +42,7 @@ __all__ = [
     "load_state_dict_file",
     "MOBILENET_V2_SETTINGS",
     "EXPANSION_FEATURE_INDEX",
+    "STRIDE8_FEATURE_INDEX",
     "MobileNetV1Backbone",
     "DepthwiseSeparableConv",
     "MOBILENET_V1_LAYERS",
@@ -62,6 +63,10 @@ MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 
 #: Index in ``features`` of the block whose expansion output is the stride-16 SSD map (TF: ``layer_15``).
 EXPANSION_FEATURE_INDEX = 14
+
+#: Index in ``features`` of the block whose expansion output is the optional stride-8 map (``stride8=True``): the
+#: first, stride-2 block of the 64-channel stage, whose 1x1 expansion still runs at stride 8 (TF: ``layer_8``).
+STRIDE8_FEATURE_INDEX = 7
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -223,6 +228,9 @@ class MobileNetV2Backbone(Backbone):
             0.03).
         last_channels: width of ``features.18`` instead of ``make_divisible(1280 * max(1, width_mult))`` (TF
             graphs built with ``depth_multiplier < 1`` scale it too).
+        stride8: also return, first, the stride-8 expansion output of ``features.7`` (``round(6 *
+            make_divisible(32 * width_mult))`` channels, 192 at ``width_mult=1``), for small objects: maps
+            ``[c3 (stride 8), c4, c5]``. The parameters (and so the ImageNet weights) are the same.
 
     Without pretrained weights: Kaiming-normal (fan_out) convolutions, BatchNorm weight 1 / bias 0 (as
     torchvision). ImageNet weights: :meth:`load_pretrained` / :meth:`load_pretrained_file`.
@@ -236,6 +244,7 @@ class MobileNetV2Backbone(Backbone):
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
         last_channels: int | None = None,
+        stride8: bool = False,
     ) -> None:
         super().__init__()
         if not width_mult > 0:
@@ -257,6 +266,14 @@ class MobileNetV2Backbone(Backbone):
         assert isinstance(split, InvertedResidual) and split.has_expansion and not split.use_residual
         self.out_channels = [split.expanded_channels, last_ch]
         self.strides = [16, 32]
+        self.stride8 = bool(stride8)
+        self.taps = [EXPANSION_FEATURE_INDEX]
+        if self.stride8:
+            low = self.features[STRIDE8_FEATURE_INDEX]
+            assert isinstance(low, InvertedResidual) and low.has_expansion and low.stride == 2
+            self.out_channels.insert(0, low.expanded_channels)
+            self.strides.insert(0, 8)
+            self.taps.insert(0, STRIDE8_FEATURE_INDEX)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -264,15 +281,18 @@ class MobileNetV2Backbone(Backbone):
         init_conv_bn(self)
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """``images [B, 3, H, W]`` (normalized) -> ``[c4 (stride 16), c5 (stride 32)]``."""
+        """``images [B, 3, H, W]`` (normalized) -> ``[c4 (stride 16), c5 (stride 32)]``, with ``c3 (stride 8)``
+        first when ``stride8``."""
         x = images
-        c4 = x
+        maps: list[Tensor] = []
         for i, layer in enumerate(self.features):
-            if i == EXPANSION_FEATURE_INDEX:
-                c4, x = layer.forward_with_expansion(x)
+            if i in self.taps:
+                tap, x = layer.forward_with_expansion(x)
+                maps.append(tap)
             else:
                 x = layer(x)
-        return [c4, x]
+        maps.append(x)
+        return maps
 
     # ------------------------------------------------------------------------------------ ImageNet weights
     def load_pretrained(self, state_dict: Mapping[str, Tensor]) -> dict[str, list[str]]:
