@@ -9,6 +9,7 @@
     dets = det("photo.jpg", conf=0.5)                          # one image -> one Detections
     many = det(["a.jpg", pil_image, rgb_array, chw_tensor])    # a list -> a list of Detections
     dets = det(frame_bgr, bgr=True)                            # an OpenCV (BGR) array
+    dets = det("ortho.tif", tile=400, overlap=0.25)            # a large photo in tiles (detect_tiled)
     for name, dets in det.predict("photos/*.jpg"):             # files, folders, globs, videos
         print(name, len(dets))
     for box in dets:                                           # one record per box
