@@ -152,6 +152,31 @@ def test_boxes_cut_by_an_inner_edge_go_when_another_tile_sees_the_object_whole()
                                      iou_threshold=0.45)) == 1
 
 
+@pytest.mark.parametrize("seed, overlap", [(0, 0.3), (1, 0.0), (2, 0.6)])
+def test_merge_nms_equals_torchvision_batched_nms(seed, overlap):
+    """Random, heavily overlapping boxes (not NMSed within their window): the merge keeps exactly the boxes
+    torchvision's batched_nms keeps on all of them, in the same order."""
+    g = torch.Generator().manual_seed(seed)
+    h, w, tile = 700, 900, 200
+    windows = tile_windows(h, w, tile, overlap)
+    tiles, shifted = [], []
+    for x0, y0, _, _ in windows:
+        n = 120
+        xy = torch.rand(n, 2, generator=g) * (tile - 10)
+        b = torch.cat([xy, (xy + torch.rand(n, 2, generator=g) * 80 + 3).clamp(max=tile)], 1)
+        tiles.append(Detections(b, torch.rand(n, generator=g), torch.randint(1, 3, (n,), generator=g), NAMES,
+                                (tile, tile)))
+        shifted.append(b + torch.tensor([x0, y0, x0, y0], dtype=torch.float32))
+    got = merge_tile_detections(tiles, windows, (h, w), iou_threshold=0.45, drop_cut=False)
+    b, s = torch.cat(shifted), torch.cat([t.scores for t in tiles])
+    lab = torch.cat([t.labels for t in tiles])
+    keep = torchvision.ops.batched_nms(b, s, lab, 0.45)
+    per_window = sum(len(torchvision.ops.batched_nms(t.boxes, t.scores, t.labels, 0.45)) for t in tiles)
+    assert 0 < len(keep) < per_window < len(b)  # suppressions within windows and across (the flush ones overlap)
+    assert torch.equal(got.boxes, b[keep]) and torch.equal(got.scores, s[keep])
+    assert torch.equal(got.labels, lab[keep])
+
+
 def test_merge_checks_its_arguments():
     empty = dets([], [], [], (100, 100))
     got = merge_tile_detections([empty, empty], WINDOWS, IMAGE, iou_threshold=0.45)
