@@ -9,6 +9,7 @@
     dets = det("photo.jpg", conf=0.5)                          # one image -> one Detections
     many = det(["a.jpg", pil_image, rgb_array, chw_tensor])    # a list -> a list of Detections
     dets = det(frame_bgr, bgr=True)                            # an OpenCV (BGR) array
+    dets = det("ortho.tif", tile=400, overlap=0.25)            # a large photo in tiles (detect_tiled)
     for name, dets in det.predict("photos/*.jpg"):             # files, folders, globs, videos
         print(name, len(dets))
     for box in dets:                                           # one record per box
@@ -58,6 +59,7 @@ from .models.outputs import network_outputs
 from .postprocess import PaddedDetections, PostProcess, split_padded
 from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, check_device, get_runtime, outputs_close
 from .sources import Source, SourceItem, expand_sources, iter_source_images
+from .tiling import Window, check_tiling, merge_tile_detections, tile_windows
 from .weights_io import load_model
 
 if TYPE_CHECKING:
@@ -271,8 +273,8 @@ class Detector:
             net = self._network(x)
             return self._eager(x) if net is None else network_outputs(net(x))
 
-    def __call__(self, images: Any, conf: float | None = None, *, bgr: bool = False  # noqa: ANN401
-                 ) -> Detections | list[Detections]:
+    def __call__(self, images: Any, conf: float | None = None, *, bgr: bool = False,  # noqa: ANN401
+                 tile: int | None = None, overlap: float = 0.25) -> Detections | list[Detections]:
         """Detect objects in one image or a list of images.
 
         Args:
@@ -281,6 +283,10 @@ class Detector:
             conf: keep detections with ``score >= conf`` (default: the detector's ``conf``, else the bundle's
                 post-processing threshold).
             bgr: the arrays / tensors given are in BGR order (OpenCV); files are always decoded as RGB.
+            tile: tiled inference for large photos (see :meth:`detect_tiled`): windows of ``tile`` x ``tile``
+                pixels, each detected on its own, merged by a cross-tile NMS. ``None`` (default): the whole image
+                at once.
+            overlap: overlap of neighbouring windows, a fraction of ``tile`` in ``[0, 1)`` (with ``tile`` only).
 
         Returns:
             one :class:`Detections` for a single image, a list for a list: boxes ``[N, 4]`` ``xyxy`` float32 in
@@ -290,43 +296,51 @@ class Detector:
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
         arrays = [to_rgb_array(im, bgr=bgr) for im in items]
-        results = self.detect_arrays(arrays, conf)
+        results = self.detect_arrays(arrays, conf, tile=tile, overlap=overlap)
         for im, dets in zip(items, results, strict=True):
             if isinstance(im, str | os.PathLike):
                 dets.source = str(im)  # what Detections.plot / save draw on by default
         return results[0] if single else results
 
     def predict(self, source: str | os.PathLike | Sequence[str | os.PathLike], conf: float | None = None, *,
-                video_stride: int = 1) -> Iterator[tuple[str, Detections]]:
+                video_stride: int = 1, tile: int | None = None, overlap: float = 0.25
+                ) -> Iterator[tuple[str, Detections]]:
         """Detect in every image a source names, lazily: yields ``(name, Detections)`` per image or video frame.
 
         ``source``: an image file, a folder (its images, sorted, not recursive), a glob pattern (``**`` allowed)
         or a video (every ``video_stride``-th frame, read with OpenCV), or a list of those
         (:func:`multibox.sources.expand_sources`). Names are file stems (made unique), frames
-        ``<video>_f000123``. Images are read and detected ``batch_size`` at a time.
+        ``<video>_f000123``. Images are read and detected ``batch_size`` at a time. ``tile`` / ``overlap``: tiled
+        inference, as in :meth:`__call__`.
         """
         specs = [source] if isinstance(source, str | os.PathLike) else list(source)
         for item, _, dets in self.detect_sources(expand_sources([str(s) for s in specs]), conf,
-                                                 video_stride=video_stride):
+                                                 video_stride=video_stride, tile=tile, overlap=overlap):
             yield item.name, dets
 
-    def detect_sources(self, sources: Sequence[Source], conf: float | None = None, *, video_stride: int = 1
+    def detect_sources(self, sources: Sequence[Source], conf: float | None = None, *, video_stride: int = 1,
+                       tile: int | None = None, overlap: float = 0.25
                        ) -> Iterator[tuple[SourceItem, np.ndarray, Detections]]:
         """As :meth:`predict` on sources already expanded (:func:`multibox.sources.expand_sources`), yielding
         ``(item, [H, W, 3] uint8 RGB image, Detections)``: what ``multibox detect`` writes from. Detections of
-        image files carry the file as ``source``."""
+        image files carry the file as ``source``. With ``tile``, images are gathered until their windows fill a
+        batch."""
+        if tile is not None:
+            tile, overlap = check_tiling(tile, overlap)
         batch: list[tuple[SourceItem, np.ndarray]] = []
+        filled = 0  # network inputs in the batch: images, or windows when tiled
         for item, image in iter_source_images(sources, video_stride):
             batch.append((item, image))
-            if len(batch) >= self.batch_size:
-                yield from self._detect_batch(batch, conf)
-                batch = []
+            filled += 1 if tile is None else len(tile_windows(image.shape[0], image.shape[1], tile, overlap))
+            if filled >= self.batch_size:
+                yield from self._detect_batch(batch, conf, tile, overlap)
+                batch, filled = [], 0
         if batch:
-            yield from self._detect_batch(batch, conf)
+            yield from self._detect_batch(batch, conf, tile, overlap)
 
-    def _detect_batch(self, batch: list[tuple[SourceItem, np.ndarray]], conf: float | None
-                      ) -> Iterator[tuple[SourceItem, np.ndarray, Detections]]:
-        results = self.detect_arrays([img for _, img in batch], conf)
+    def _detect_batch(self, batch: list[tuple[SourceItem, np.ndarray]], conf: float | None, tile: int | None,
+                      overlap: float) -> Iterator[tuple[SourceItem, np.ndarray, Detections]]:
+        results = self.detect_arrays([img for _, img in batch], conf, tile=tile, overlap=overlap)
         for (item, img), dets in zip(batch, results, strict=True):
             if not item.frame:
                 dets.source = item.source
@@ -347,9 +361,13 @@ class Detector:
         finally:
             torch.set_num_threads(n)
 
-    def detect_arrays(self, images: Sequence[np.ndarray | Tensor], conf: float | None = None) -> list[Detections]:
+    def detect_arrays(self, images: Sequence[np.ndarray | Tensor], conf: float | None = None, *,
+                      tile: int | None = None, overlap: float = 0.25) -> list[Detections]:
         """RGB ``[H, W, 3]`` uint8 arrays or ``[3, H, W]`` tensors on the 0-255 scale -> one :class:`Detections`
-        each (on CPU, boxes clipped to the image; see :func:`multibox.data.transforms.preprocess`)."""
+        each (on CPU, boxes clipped to the image; see :func:`multibox.data.transforms.preprocess`). With
+        ``tile``: :meth:`detect_tiled` on them."""
+        if tile is not None:
+            return self.detect_tiled(images, tile, overlap, conf)
         conf = self.conf if conf is None else conf
         post = self.postprocess_for(conf)
         out: list[Detections] = []
@@ -363,6 +381,46 @@ class Detector:
                     cls_logits, box_deltas = self.forward(x)
                     dets = post(cls_logits, box_deltas, sizes)
                 out.extend((d.filter(conf) if conf is not None else d).cpu().clip() for d in dets)
+        return out
+
+    def detect_tiled(self, images: Sequence[np.ndarray | Tensor], tile: int = 400, overlap: float = 0.25,
+                     conf: float | None = None, *, keep_top_k: int | None = None,
+                     drop_cut: bool = True) -> list[Detections]:
+        """Tiled inference for photos much larger than the network input (an orthophoto for a detector trained on
+        400 px tiles): one :class:`Detections` per image, as :meth:`detect_arrays` gives untiled.
+
+        Each image (an RGB ``[H, W, 3]`` uint8 array or ``[3, H, W]`` tensor on the 0-255 scale) is cut into
+        the windows of :func:`multibox.tiling.tile_windows` (``tile`` x ``tile`` pixels, neighbours overlapping by
+        ``overlap`` of the tile, the last ones flush with the right and bottom edges, one window for an image no
+        larger than a tile). The crops of all images run through the detector's batches of ``batch_size`` (each
+        crop pre-processed as any image, i.e. resized to the network input) with the ``conf`` threshold; their
+        boxes shift back to pixels of the whole image and merge with
+        :func:`multibox.tiling.merge_tile_detections`: boxes cut by an inner window edge that another window
+        sees whole are dropped (``drop_cut``), then NMS per class at the detector's ``nms_threshold`` and the
+        ``keep_top_k`` best (default: the detector's ``keep_top_k``; raise it for photos with more objects).
+
+        Returns boxes ``[N, 4]`` float32 xyxy pixels of each whole image (inside it), scores, labels and class
+        names, sorted by score. ``ValueError`` for ``tile < 1`` or ``overlap`` outside ``[0, 1)``.
+        """
+        tile, overlap = check_tiling(tile, overlap)
+        post = self.postprocess_for(self.conf if conf is None else conf)
+        crops: list[np.ndarray | Tensor] = []
+        plans: list[tuple[tuple[int, int], list[Window]]] = []
+        for image in images:
+            chw = isinstance(image, Tensor)
+            h, w = (int(image.shape[-2]), int(image.shape[-1])) if chw else (int(image.shape[0]), int(image.shape[1]))
+            windows = tile_windows(h, w, tile, overlap)
+            plans.append(((h, w), windows))
+            crops += [image[:, y0:y1, x0:x1] if chw else image[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
+        per_crop = self.detect_arrays(crops, conf) if crops else []
+        limit = int(post.keep_top_k) if keep_top_k is None else int(keep_top_k)
+        out: list[Detections] = []
+        start = 0
+        for size, windows in plans:
+            tiles = per_crop[start:start + len(windows)]
+            start += len(windows)
+            out.append(merge_tile_detections(tiles, windows, size, iou_threshold=float(post.nms_threshold),
+                                             keep_top_k=limit, class_names=self.class_names, drop_cut=drop_cut))
         return out
 
     def _fused_network(self, x: Tensor, post: PostProcess) -> Any:  # noqa: ANN401

@@ -3,7 +3,8 @@
 * ``multibox eval --list-metrics [--json FILE]``: the registered metrics (:mod:`multibox.metrics.registry`);
 * ``multibox eval --metric voc07|voc12|coco|... --gt PATH --detections PATH [--split test]``: score anyone's
   detections (comp4 text files or COCO results JSON) against a VOC root or a COCO instances JSON;
-* ``multibox eval CHECKPOINT --data PATH [--split test] [--metric voc07]``: run a saved model on a dataset;
+* ``multibox eval CHECKPOINT --data PATH [--split test] [--metric voc07] [--tile 400 [--overlap 0.25]]``: run a
+  saved model on a dataset (with ``--tile``: tiled inference on large photos, recorded as ``tile`` in the JSON);
 * ``multibox eval --watch DIR --data PATH [--pattern '*.safetensors'] [--interval 30] [--timeout S]``: evaluate
   every new checkpoint file in DIR once, appending a JSON line per checkpoint to ``DIR/watch_eval.jsonl``.
 
@@ -28,8 +29,10 @@ from typing import Any
 from ..fileio import atomic_write_bytes
 from ..metrics.registry import get_metric, list_metrics, metric_table
 from .options import (
+    UsageError,
     add_json_option,
     add_progress_options,
+    add_tile_options,
     check_output_dir,
     check_output_file,
     is_quiet,
@@ -37,6 +40,7 @@ from .options import (
     positive_int,
     positive_seconds,
     show_progress,
+    tile_settings,
     write_json_output,
 )
 
@@ -89,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default="auto",
                    help="how a CHECKPOINT's network runs, as in multibox detect: auto (default) or one of eager, "
                         "jit, jit+channels_last, channels_last, onnxruntime")
+    add_tile_options(p)
     p.set_defaults(func=run)
 
 
@@ -120,6 +125,10 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
     if getattr(args, "list_metrics", False):
         return _list_metrics(args)
     get_metric(args.metric)  # an unknown name is a usage error naming the registered ones, before any work
+    tile, overlap = tile_settings(args)
+    if tile is not None and not (args.checkpoint or args.watch):
+        raise UsageError("--tile runs a model in tiles: it needs CHECKPOINT --data or --watch DIR (a results "
+                         "file given with --detections is scored as it is)")
     if args.json:
         check_output_file(args.json, "--json")
     if args.out:
@@ -131,7 +140,8 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
         rows = watch_checkpoints(args.watch, data, metric=args.metric, split=args.split, pattern=args.pattern,
                                  interval=args.interval, timeout=args.timeout, load=load,
                                  classes=_classes(args.classes), batch_size=args.batch_size,
-                                 num_workers=args.workers, device=args.device, progress=show_progress(args))
+                                 num_workers=args.workers, device=args.device, progress=show_progress(args),
+                                 tile=tile, overlap=overlap)
         print(f"evaluated {len(rows)} checkpoint(s); log: {Path(args.watch) / WATCH_LOG}")
         return 0
     if args.checkpoint:
@@ -140,7 +150,7 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
             raise ValueError("CHECKPOINT needs --data PATH (the dataset to evaluate on)")
         if args.detections:
             raise ValueError("give either CHECKPOINT --data or --gt --detections, not both")
-        return _run_model(args, Path(args.checkpoint), data, load)
+        return _run_model(args, Path(args.checkpoint), data, load, tile, overlap)
     if not (args.gt and args.detections):
         raise ValueError("give --gt PATH and --detections PATH, or CHECKPOINT --data PATH, or --watch DIR --data PATH")
     return _run_results(args)
@@ -194,7 +204,8 @@ def _table_of(result: Any, gt: Any) -> Any:
     return DetectionTable(image[keep], label[keep], table.score[keep], table.boxes[keep])
 
 
-def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Callable[..., Any]) -> int:
+def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Callable[..., Any],
+               tile: int | None = None, overlap: float = 0.25) -> int:
     from ..data.datasets import open_dataset
     from ..engine.evaluator import evaluate_model
 
@@ -204,7 +215,7 @@ def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Call
     model = load(checkpoint, args.device, runtime=args.runtime, batch_size=args.batch_size)
     result = evaluate_model(model, ds, metric=args.metric, batch_size=args.batch_size, num_workers=args.workers,
                             device=args.device, progress=show_progress(args),
-                            runtime=args.runtime)
+                            runtime=args.runtime, tile=tile, overlap=overlap)
     gt = _dataset_gt(ds) if args.out else None
     _report(result, args, gt, _table_of(result, gt) if gt is not None else None, title=checkpoint.name)
     return 0
@@ -279,6 +290,8 @@ def watch_checkpoints(
     num_workers: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    tile: int | None = None,
+    overlap: float = 0.25,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[dict[str, Any]]:
@@ -290,7 +303,9 @@ def watch_checkpoints(
     "per_class", "num_images"}`` (or ``"error"`` when loading or evaluating failed) to that file, rewritten
     atomically. Looks every ``interval`` seconds; returns after ``timeout`` seconds without a new checkpoint
     (never when ``None``) or on Ctrl-C. ``load(path, device)`` builds the model (default: the
-    detector file loaded as ``multibox detect`` does); ``sleep`` and ``clock`` are injectable for tests.
+    detector file loaded as ``multibox detect`` does); ``tile`` / ``overlap``: tiled inference (see
+    :func:`~multibox.engine.evaluator.evaluate_model`; the rows then hold ``tile``); ``sleep`` and ``clock`` are
+    injectable for tests.
 
     Returns the rows written by this call.
     """
@@ -325,7 +340,8 @@ def watch_checkpoints(
                 try:
                     model = load(path, device)
                     result = evaluate_model(model, ds, metric=metric, batch_size=batch_size,
-                                            num_workers=num_workers, device=device, progress=progress)
+                                            num_workers=num_workers, device=device, progress=progress,
+                                            tile=tile, overlap=overlap)
                     row.update(seconds=round(time.perf_counter() - t0, 3), **result.to_json())
                     shown = "n/a" if row["mAP"] is None else f"{row['mAP']:.4f}"
                     print(f"{name}: {metric} mAP {shown} ({row['seconds']:.1f} s)")

@@ -7,7 +7,8 @@ One meaning per flag across commands (see docs/design.md, "Command line"):
 * ``--no-progress`` / ``--quiet`` (``-q``): no progress bar / neither progress bar nor informational lines;
   progress bars are off anyway when standard error is not a terminal (logs get no bar residue);
 * ``--out``: an output folder (or file, where the command says so) that is checked before any work starts;
-* thresholds in ``[0, 1]`` (``--conf``, ...) are range-checked: ``nan``, ``-1`` and ``2`` are usage errors.
+* thresholds in ``[0, 1]`` (``--conf``, ...) are range-checked: ``nan``, ``-1`` and ``2`` are usage errors;
+* ``--tile PIXELS`` / ``--overlap FRACTION`` (``detect``, ``eval``): tiled inference on large photos.
 
 Errors raised here are :class:`~multibox.fileio.UsageError` (a ``ValueError``): ``multibox`` prints them as
 ``multibox CMD: error: ...`` and exits with status 2.
@@ -28,8 +29,12 @@ from ..fileio import UsageError, atomic_write_bytes, check_output_dir, check_out
 __all__ = [
     "UsageError", "add_json_option", "add_overwrite_option", "add_progress_options", "show_progress", "is_quiet",
     "probability", "positive_int", "check_output_dir", "check_output_file", "quiet_output", "add_quiet_option",
-    "non_negative_int", "positive_seconds", "write_json_output",
+    "non_negative_int", "positive_seconds", "write_json_output", "overlap_fraction", "add_tile_options",
+    "tile_settings", "DEFAULT_OVERLAP",
 ]
+
+#: ``--overlap`` when ``--tile`` is given without it.
+DEFAULT_OVERLAP = 0.25
 
 
 def add_json_option(p: argparse.ArgumentParser, what: str = "the results") -> None:
@@ -81,6 +86,39 @@ def probability(text: str) -> float:
     if not math.isfinite(v) or not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1]")
     return v
+
+
+def overlap_fraction(text: str) -> float:
+    """argparse type: a float in ``[0, 1)`` (the overlap of neighbouring tiles, a fraction of the tile)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1) (a fraction of the tile)")
+    return v
+
+
+def add_tile_options(p: argparse.ArgumentParser) -> None:
+    """``--tile PIXELS`` and ``--overlap FRACTION``: tiled inference on large photos (see docs/detect.md)."""
+    p.add_argument("--tile", type=positive_int, default=None, metavar="PIXELS",
+                   help="tiled inference for large photos: detect in windows of PIXELS x PIXELS (the size the "
+                        "model was trained on, e.g. 400) and merge them with a cross-tile NMS (default: the "
+                        "whole image at once)")
+    p.add_argument("--overlap", type=overlap_fraction, default=None, metavar="FRACTION",
+                   help=f"overlap of neighbouring tiles, a fraction of --tile in [0, 1) (default {DEFAULT_OVERLAP}; "
+                        "only with --tile)")
+
+
+def tile_settings(args: argparse.Namespace) -> tuple[int | None, float]:
+    """``(tile, overlap)`` from ``--tile`` / ``--overlap``: ``(None, DEFAULT_OVERLAP)`` without ``--tile``;
+    :class:`UsageError` for ``--overlap`` without ``--tile``."""
+    tile, overlap = getattr(args, "tile", None), getattr(args, "overlap", None)
+    if tile is None:
+        if overlap is not None:
+            raise UsageError("--overlap needs --tile PIXELS (it is the overlap of neighbouring tiles)")
+        return None, DEFAULT_OVERLAP
+    return int(tile), DEFAULT_OVERLAP if overlap is None else float(overlap)
 
 
 def _int(text: str, minimum: int) -> int:

@@ -70,6 +70,8 @@ class EvalResult:
         coco_stats: the 12 pycocotools numbers by name (``AP``, ``AP50``, ..., ``ARl``) for ``coco``, else None.
         coco_summary: pycocotools' printed summary (``coco`` only).
         classes: the per-class results with their precision-recall curves (for plots).
+        tile: ``{"tile": pixels, "overlap": fraction}`` when the detections came from tiled inference
+            (:meth:`multibox.detector.Detector.detect_tiled`), else ``None``.
     """
 
     metric: str
@@ -83,11 +85,13 @@ class EvalResult:
     coco_stats: dict[str, float] | None = None
     coco_summary: str | None = field(default=None, repr=False)
     classes: list[ClassAP] = field(default_factory=list, repr=False)
+    tile: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``metric``, ``mAP``, ``per_class`` {name: AP}, ``num_gt``, ``num_det``,
-        ``num_images`` and, for ``coco``, ``coco_stats`` {name: value}. NaN becomes ``null``; detections are
-        not included (write them with the results writers)."""
+        ``num_images``, for ``coco`` ``coco_stats`` {name: value} and, for tiled inference, ``tile``
+        ``{"tile", "overlap"}``. NaN becomes ``null``; detections are not included (write them with the results
+        writers)."""
         out: dict[str, Any] = {
             "metric": self.metric,
             "mAP": _num(self.mAP),
@@ -98,6 +102,8 @@ class EvalResult:
         }
         if self.coco_stats is not None:
             out["coco_stats"] = {k: _num(v) for k, v in self.coco_stats.items()}
+        if self.tile is not None:
+            out["tile"] = dict(self.tile)
         return out
 
     def format_table(self) -> str:
@@ -110,8 +116,9 @@ class EvalResult:
             text = "n/a" if math.isnan(ap) else f"{ap:.4f}"
             lines.append(f"{name:<{width}}  {text:>11}  {self.num_gt[name]:>7}  {self.num_det[name]:>8}")
         m = "n/a" if math.isnan(self.mAP) else f"{self.mAP:.4f}"
+        tiled = "" if self.tile is None else f", tiles of {self.tile['tile']} px, overlap {self.tile['overlap']:g}"
         lines.append(f"{get_metric(self.metric).headline}: {m}  ({len(self.image_ids)} images, "
-                     f"{sum(self.num_det.values())} detections)")
+                     f"{sum(self.num_det.values())} detections{tiled})")
         if self.coco_stats is not None:
             lines.append("  ".join(f"{k} {v:.4f}" if v >= 0 else f"{k} n/a"
                                    for k, v in self.coco_stats.items()))
@@ -212,6 +219,8 @@ def evaluate_model(
     class_names: list[str] | None = None,
     ground_truth: GroundTruth | None = None,
     runtime: str = "eager",
+    tile: int | None = None,
+    overlap: float = 0.25,
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` and score its detections.
 
@@ -232,13 +241,22 @@ def evaluate_model(
     classes. ``ground_truth``: score against this instead of the dataset's targets (images matched by image id,
     classes by name); by default, the ``coco`` metric on a COCO dataset scores against its annotation file
     itself (COCO's own areas and crowd regions), every other case against the dataset's targets.
+
+    ``tile``: tiled inference (:meth:`~multibox.detector.Detector.detect_tiled`: windows of ``tile`` pixels
+    overlapping by ``overlap``, merged by a cross-tile NMS at the detector's NMS threshold, at most its
+    ``keep_top_k`` boxes per image), for datasets of photos much larger than the training tiles; recorded in
+    the result's ``tile`` (and its JSON). ``None``: each image at once. ``ValueError`` for ``tile < 1`` or
+    ``overlap`` outside ``[0, 1)``.
     """
     # heavy: Detector and PostProcess import torchvision (about 1.3 s), which scoring a detection table
     # (evaluate_table: 'multibox eval --gt --detections') does not need
     from ..detector import Detector
     from ..postprocess import PostProcess
+    from ..tiling import check_tiling
 
     check_metric(metric)
+    if tile is not None:
+        tile, overlap = check_tiling(tile, overlap)
     data_names = list(dataset.class_names)
     model_names = list(class_names or getattr(model, "class_names", None) or data_names)
     mapping = label_map(model_names, data_names)
@@ -262,7 +280,7 @@ def evaluate_model(
                                            postprocess=post)
         for images, batch_targets in tqdm(loader, total=len(loader), desc="eval", unit="batch",
                                           disable=not progress, leave=False):
-            batch_dets = detector.detect_arrays(images)
+            batch_dets = detector.detect_arrays(images, tile=tile, overlap=overlap)
             dets += [_remap(d, mapping, data_names) for d in batch_dets]
             targets += batch_targets
     finally:
@@ -272,8 +290,12 @@ def evaluate_model(
             and getattr(dataset, "annotation_file", None) is not None:
         ground_truth = read_coco_ground_truth(dataset.annotation_file)
     if ground_truth is None:
-        return evaluate_detections(targets, dets, data_names, metric)
-    return _score_against(ground_truth, targets, dets, data_names, metric)
+        result = evaluate_detections(targets, dets, data_names, metric)
+    else:
+        result = _score_against(ground_truth, targets, dets, data_names, metric)
+    if tile is not None:
+        result.tile = {"tile": tile, "overlap": overlap}
+    return result
 
 
 def _score_against(gt: GroundTruth, targets: list[Target], dets: list[Detections], names: list[str],
