@@ -271,3 +271,16 @@ def test_trainer_passes_the_options_to_its_loader(tmp_path, monkeypatch):
     assert isinstance(tf, SSDTrainTransform)
     assert tf.vflip.prob == 0.5 and tf.rot90.prob == 0.75 and tf.scale_jitter.scale_range == (0.5, 2.0)
     assert tf.photometric is None and tf.expand is None  # still the ssdlite recipe underneath
+
+
+def test_dihedral_region_of_one_row_turned_twice_gives_a_torch_ready_array():
+    """Regression: a one-row region turned twice is a numpy view with a negative stride on a length-1 axis, which
+    numpy calls contiguous; torch.from_numpy refuses it (a real trees run stopped at step 745 on it)."""
+    from multibox.data.augment import _dihedral_region
+
+    x = np.arange(3 * 1 * 5, dtype=np.float32).reshape(3, 1, 5)
+    out, (oy, ox) = _dihedral_region(x, (2, 1), (4, 8), False, False, 2)
+    t = torch.from_numpy(out)  # raised ValueError before the fix
+    assert all(s > 0 for s in out.strides)
+    # two quarter turns = a half turn: the row is reversed, and lands at (4 - 2 - 1, 8 - 1 - 5)
+    assert t[0, 0].tolist() == [4.0, 3.0, 2.0, 1.0, 0.0] and (oy, ox) == (1, 2)

@@ -146,3 +146,22 @@ def test_file_errors_still_name_the_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match=r"bad\.yaml: model\.kwargs\.image_size: input size \[100000, 64\] exceeds"):
         load_config(path, ["steps=3"])
+
+
+def test_precision_auto_follows_native_bf16(monkeypatch):
+    """``precision: auto`` is bf16 exactly where the device reports native bf16, fp32 elsewhere; explicit values
+    are kept as given."""
+    import torch
+
+    from multibox.config import resolve_precision
+
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(explicit, torch.device("cpu")) == explicit
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n)
+        assert resolve_precision("auto", torch.device("cpu")) == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp32"
+    assert resolve_precision("auto", torch.device("meta")) == "fp32"
+    assert load_config("trees").precision == "auto"

@@ -828,7 +828,11 @@ def _dihedral_region(x: np.ndarray, offset: tuple[int, int], crop_size: tuple[in
         oy, ox = cw - ox - x.shape[2], oy
         ch, cw = cw, ch
         x = np.rot90(x, 1, axes=(1, 2))
-    return np.ascontiguousarray(x), (oy, ox)
+    # A fresh array, not np.ascontiguousarray: numpy counts a view with a negative stride on a length-1 axis
+    # (a one-row region turned twice) as contiguous and keeps it, and torch.from_numpy refuses negative strides.
+    out = np.empty(x.shape, dtype=x.dtype)
+    out[...] = x
+    return out, (oy, ox)
 
 
 # ----------------------------------------------------------------------------------------------- factories
