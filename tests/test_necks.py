@@ -81,3 +81,23 @@ def test_ssd_runs_the_neck_before_the_head_and_trains_it():
     assert neck.lateral[0].weight.grad is not None and neck.lateral[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="the neck takes maps of \\[4, 16\\] channels"):
         SSD(_Maps(), None, priors, num_classes=3, neck=LiteFPN([4, 16], channels=6))
+
+
+def test_small_object_model_exports_to_onnx_and_matches(tmp_path):
+    """The stride-8 + FPN MobileNetV2 SSD exports (the pyramid's resize included) and ONNX Runtime gives the
+    PyTorch outputs."""
+    pytest.importorskip("onnxruntime")
+    from multibox.export import onnx as mbonnx
+    from multibox.models.ssdlite import ssd300_mobilenetv2
+
+    torch.manual_seed(0)
+    model = ssd300_mobilenetv2(num_classes=2, image_size=(96, 96), stride8=True, neck="fpn", neck_channels=32).eval()
+    info = mbonnx.export_onnx(model, tmp_path / "m.onnx", (96, 96), batch_size=1)
+    assert info["max_abs_diff"] is not None and info["max_abs_diff"] < 1e-4
+    net = mbonnx.OnnxRuntimeNetwork(tmp_path / "m.onnx", threads=1)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ref = model(x)
+    got = net(x)
+    torch.testing.assert_close(got[0], ref.cls_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1], ref.box_deltas, rtol=1e-4, atol=1e-4)
