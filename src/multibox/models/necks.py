@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .backbones.mobilenet import ConvBNReLU6
+from .backbones.mobilenet import ConvBNReLU6, init_conv_bn
 
 __all__ = ["LiteFPN", "NECKS", "build_neck"]
 
@@ -49,14 +49,7 @@ class LiteFPN(nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan_out) conv weights, zero biases, BatchNorm weight 1 / bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         """``[B, in_channels[k], H_k, W_k]`` per map -> ``[B, channels, H_k, W_k]`` per map."""
