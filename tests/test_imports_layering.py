@@ -63,8 +63,8 @@ def test_export_does_not_import_the_detector():
 # docs/design.md, "Module map": the layers, bottom up. A module imports from its own layer or below.
 LAYERS = {
     0: {"fileio", "limits", "classes", "_lazy", "wheels"},
-    1: {"anchors", "box_coder", "matching", "loss", "detections", "postprocess", "tiling", "data", "data.datasets",
-        "viz"},
+    1: {"anchors", "box_coder", "matching", "loss", "detections", "postprocess", "tiling", "tta", "data",
+        "data.datasets", "viz"},
     2: {"models", "metrics", "anchor_fit"},
     3: {"weights_io", "interop", "export"},
     4: {"runtime"},

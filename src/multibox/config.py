@@ -172,12 +172,14 @@ class LossConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during and after training (``every_steps`` 0 = only at the end)."""
+    """Evaluation during and after training (``every_steps`` 0 = only at the end; ``tta``: test-time
+    augmentation of every evaluation, ``null``, ``hflip``, ``flips`` or ``dihedral``, see :mod:`multibox.tta`)."""
 
     metric: str = "voc07"
     every_steps: int = 0
     batch_size: int = 16
     at_end: bool = True
+    tta: str | None = None
 
 
 @dataclass
@@ -228,10 +230,12 @@ class TrainConfig:
             "schedule.name": (self.schedule.name, ("multistep", "cosine", "constant")),
             "loss.match": (self.loss.match, ("caffe", "argmax")),
             "eval.metric": (self.eval.metric, tuple(list_metrics())),
+            "eval.tta": (self.eval.tta, (None, "hflip", "flips", "dihedral")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
-                raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}", key)
+                shown = ", ".join("null" if a is None else str(a) for a in allowed)
+                raise ConfigError(f"{key}={value!r}: expected one of {shown}", key)
         if not _DEVICE_RE.match(self.device):
             raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda, cuda:N or mps", "device")
         for key, value in _float_fields(self):

@@ -60,6 +60,7 @@ from .postprocess import PaddedDetections, PostProcess, split_padded
 from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, check_device, get_runtime, outputs_close
 from .sources import Source, SourceItem, expand_sources, iter_source_images
 from .tiling import Window, check_tiling, merge_tile_detections, tile_windows
+from .tta import FUSE_IOU_THRESHOLD, fuse_detections, tta_views, unview_boxes, view_image
 from .weights_io import load_model
 
 if TYPE_CHECKING:
@@ -274,7 +275,8 @@ class Detector:
             return self._eager(x) if net is None else network_outputs(net(x))
 
     def __call__(self, images: Any, conf: float | None = None, *, bgr: bool = False,  # noqa: ANN401
-                 tile: int | None = None, overlap: float = 0.25) -> Detections | list[Detections]:
+                 tile: int | None = None, overlap: float = 0.25, tta: str | None = None
+                 ) -> Detections | list[Detections]:
         """Detect objects in one image or a list of images.
 
         Args:
@@ -287,6 +289,9 @@ class Detector:
                 pixels, each detected on its own, merged by a cross-tile NMS. ``None`` (default): the whole image
                 at once.
             overlap: overlap of neighbouring windows, a fraction of ``tile`` in ``[0, 1)`` (with ``tile`` only).
+            tta: test-time augmentation (:mod:`multibox.tta`): ``"hflip"``, ``"flips"`` (4 views) or
+                ``"dihedral"`` (8 mirrors and quarter turns, for overhead photos); the views' detections are fused
+                by weighted box fusion. ``None`` (default): the image as it is.
 
         Returns:
             one :class:`Detections` for a single image, a list for a list: boxes ``[N, 4]`` ``xyxy`` float32 in
@@ -296,14 +301,14 @@ class Detector:
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
         arrays = [to_rgb_array(im, bgr=bgr) for im in items]
-        results = self.detect_arrays(arrays, conf, tile=tile, overlap=overlap)
+        results = self.detect_arrays(arrays, conf, tile=tile, overlap=overlap, tta=tta)
         for im, dets in zip(items, results, strict=True):
             if isinstance(im, str | os.PathLike):
                 dets.source = str(im)  # what Detections.plot / save draw on by default
         return results[0] if single else results
 
     def predict(self, source: str | os.PathLike | Sequence[str | os.PathLike], conf: float | None = None, *,
-                video_stride: int = 1, tile: int | None = None, overlap: float = 0.25
+                video_stride: int = 1, tile: int | None = None, overlap: float = 0.25, tta: str | None = None
                 ) -> Iterator[tuple[str, Detections]]:
         """Detect in every image a source names, lazily: yields ``(name, Detections)`` per image or video frame.
 
@@ -311,15 +316,16 @@ class Detector:
         or a video (every ``video_stride``-th frame, read with OpenCV), or a list of those
         (:func:`multibox.sources.expand_sources`). Names are file stems (made unique), frames
         ``<video>_f000123``. Images are read and detected ``batch_size`` at a time. ``tile`` / ``overlap``: tiled
-        inference, as in :meth:`__call__`.
+        inference, ``tta``: test-time augmentation, as in :meth:`__call__`.
         """
         specs = [source] if isinstance(source, str | os.PathLike) else list(source)
         for item, _, dets in self.detect_sources(expand_sources([str(s) for s in specs]), conf,
-                                                 video_stride=video_stride, tile=tile, overlap=overlap):
+                                                 video_stride=video_stride, tile=tile, overlap=overlap,
+                                                 tta=tta):
             yield item.name, dets
 
     def detect_sources(self, sources: Sequence[Source], conf: float | None = None, *, video_stride: int = 1,
-                       tile: int | None = None, overlap: float = 0.25
+                       tile: int | None = None, overlap: float = 0.25, tta: str | None = None
                        ) -> Iterator[tuple[SourceItem, np.ndarray, Detections]]:
         """As :meth:`predict` on sources already expanded (:func:`multibox.sources.expand_sources`), yielding
         ``(item, [H, W, 3] uint8 RGB image, Detections)``: what ``multibox detect`` writes from. Detections of
@@ -327,20 +333,23 @@ class Detector:
         batch."""
         if tile is not None:
             tile, overlap = check_tiling(tile, overlap)
+        n_views = 1 if tta is None else len(tta_views(tta))
         batch: list[tuple[SourceItem, np.ndarray]] = []
         filled = 0  # network inputs in the batch: images, or windows when tiled
         for item, image in iter_source_images(sources, video_stride):
             batch.append((item, image))
-            filled += 1 if tile is None else len(tile_windows(image.shape[0], image.shape[1], tile, overlap))
+            filled += n_views * (1 if tile is None else len(tile_windows(image.shape[0], image.shape[1], tile,
+                                                                         overlap)))
             if filled >= self.batch_size:
-                yield from self._detect_batch(batch, conf, tile, overlap)
+                yield from self._detect_batch(batch, conf, tile, overlap, tta)
                 batch, filled = [], 0
         if batch:
-            yield from self._detect_batch(batch, conf, tile, overlap)
+            yield from self._detect_batch(batch, conf, tile, overlap, tta)
 
     def _detect_batch(self, batch: list[tuple[SourceItem, np.ndarray]], conf: float | None, tile: int | None,
-                      overlap: float) -> Iterator[tuple[SourceItem, np.ndarray, Detections]]:
-        results = self.detect_arrays([img for _, img in batch], conf, tile=tile, overlap=overlap)
+                      overlap: float, tta: str | None = None
+                      ) -> Iterator[tuple[SourceItem, np.ndarray, Detections]]:
+        results = self.detect_arrays([img for _, img in batch], conf, tile=tile, overlap=overlap, tta=tta)
         for (item, img), dets in zip(batch, results, strict=True):
             if not item.frame:
                 dets.source = item.source
@@ -362,10 +371,13 @@ class Detector:
             torch.set_num_threads(n)
 
     def detect_arrays(self, images: Sequence[np.ndarray | Tensor], conf: float | None = None, *,
-                      tile: int | None = None, overlap: float = 0.25) -> list[Detections]:
+                      tile: int | None = None, overlap: float = 0.25, tta: str | None = None
+                      ) -> list[Detections]:
         """RGB ``[H, W, 3]`` uint8 arrays or ``[3, H, W]`` tensors on the 0-255 scale -> one :class:`Detections`
         each (on CPU, boxes clipped to the image; see :func:`multibox.data.transforms.preprocess`). With
-        ``tile``: :meth:`detect_tiled` on them."""
+        ``tile``: :meth:`detect_tiled` on them. With ``tta``: :meth:`detect_tta`."""
+        if tta is not None:
+            return self.detect_tta(images, tta, conf, tile=tile, overlap=overlap)
         if tile is not None:
             return self.detect_tiled(images, tile, overlap, conf)
         conf = self.conf if conf is None else conf
@@ -381,6 +393,31 @@ class Detector:
                     cls_logits, box_deltas = self.forward(x)
                     dets = post(cls_logits, box_deltas, sizes)
                 out.extend((d.filter(conf) if conf is not None else d).cpu().clip() for d in dets)
+        return out
+
+    def detect_tta(self, images: Sequence[np.ndarray | Tensor], tta: str = "flips", conf: float | None = None, *,
+                   tile: int | None = None, overlap: float = 0.25,
+                   iou_threshold: float = FUSE_IOU_THRESHOLD) -> list[Detections]:
+        """Test-time augmentation (:mod:`multibox.tta`): every image (an RGB ``[H, W, 3]`` uint8 array or
+        ``[3, H, W]`` tensor, 0-255) is detected in each view of ``tta`` (``"hflip"``, ``"flips"``,
+        ``"dihedral"``; all views in the detector's batches, each tiled when ``tile`` is given), the views' boxes
+        are mapped back to the image exactly and fused per class by weighted box fusion (IoU above
+        ``iou_threshold`` joins a cluster). One :class:`Detections` per image: boxes ``[N, 4]`` float32 xyxy
+        pixels, fused scores ``>= conf``, at most the detector's ``keep_top_k``, sorted by score.
+        ``ValueError`` for an unknown mode."""
+        views = tta_views(tta)
+        conf = self.conf if conf is None else conf
+        post = self.postprocess_for(conf)
+        viewed = [view_image(image, v) for image in images for v in views]
+        per_view = self.detect_arrays(viewed, conf, tile=tile, overlap=overlap)
+        out: list[Detections] = []
+        for i, image in enumerate(images):
+            size = (int(image.shape[-2]), int(image.shape[-1])) if isinstance(image, Tensor) else \
+                (int(image.shape[0]), int(image.shape[1]))
+            mapped = [Detections(unview_boxes(d.boxes, v, size), d.scores, d.labels, d.class_names, size)
+                      for d, v in zip(per_view[i * len(views):(i + 1) * len(views)], views, strict=True)]
+            out.append(fuse_detections(mapped, iou_threshold=iou_threshold, keep_top_k=int(post.keep_top_k),
+                                       conf=conf, class_names=self.class_names, image_size=size).clip())
         return out
 
     def detect_tiled(self, images: Sequence[np.ndarray | Tensor], tile: int = 400, overlap: float = 0.25,

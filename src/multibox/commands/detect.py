@@ -9,19 +9,21 @@ Output folder (``--out``, default ``multibox-detect``):
 
 * ``annotated/<name>.jpg|.png``: the image with boxes, class names and scores drawn (JPEG for JPEG inputs, PNG
   otherwise; ``--no-draw`` skips them);
-* ``detections.json``: COCO style, ``{"model", "conf", "tile", "categories": [{id, name}], "images": [{id, file_name,
-  source, width, height}], "annotations": [{id, image_id, bbox: [x, y, w, h] pixels, score, category_id,
-  category_name}]}`` (``multibox eval --detections`` reads it); ``category_id`` is the class index (1 = the
+* ``detections.json``: COCO style, ``{"model", "conf", "tile", "tta", "categories": [{id, name}], "images":
+  [{id, file_name, source, width, height}], "annotations": [{id, image_id, bbox: [x, y, w, h] pixels, score,
+  category_id, category_name}]}`` (``multibox eval --detections`` reads it); ``category_id`` is the class index (1 = the
   first class after background);
 * ``--voc-xml``: ``voc/<name>.xml`` Pascal VOC (1-based pixel corners), for labelling tools to start from;
 * ``--yolo``: ``yolo/<name>.txt`` (``class cx cy w h`` normalized, class 0 = the first object class) and
   ``yolo/classes.txt``;
 * ``--json FILE``: a summary ``{"images", "detections", "json", "seconds", "model", "runtime", "conf", "out",
-  "tile"}``.
+  "tile", "tta"}``.
 
 ``--tile PIXELS [--overlap FRACTION]`` detects in overlapping windows of a large photo (e.g. an orthophoto for a
 model trained on 400 px tiles) and merges them (:meth:`multibox.detector.Detector.detect_tiled`); ``tile`` in
-the summary and in ``detections.json`` is then ``{"tile", "overlap"}`` (else ``null``).
+the summary and in ``detections.json`` is then ``{"tile", "overlap"}`` (else ``null``). ``--tta flips|dihedral``
+detects in mirrored and turned copies and fuses the boxes (:meth:`multibox.detector.Detector.detect_tta`); ``tta``
+is then the mode (else ``null``).
 
 Every box lies inside its image (the Detector clips them), so the VOC / YOLO pre-annotations pass
 ``multibox data check``. ``--out`` is checked before any work (a file or an unwritable place is an error), and a
@@ -46,6 +48,7 @@ from .options import (
     add_overwrite_option,
     add_progress_options,
     add_tile_options,
+    add_tta_option,
     check_output_dir,
     check_output_file,
     is_quiet,
@@ -92,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
     p.add_argument("--video-stride", type=positive_int, default=1, help="use every N-th video frame (default 1)")
     add_tile_options(p)
+    add_tta_option(p)
     add_json_option(p, "a summary (images, detections, files, seconds)")
     add_overwrite_option(p, f"outputs of an earlier run in --out (a folder holding {RESULTS_FILE})")
     add_progress_options(p)
@@ -154,11 +158,11 @@ class _Writer:
         if self.yolo:
             atomic_write_bytes(self.out / "yolo" / f"{item.name}.txt", _yolo_lines(dets, h, w).encode())
 
-    def finish(self, model: str, conf: float, tile: dict[str, Any] | None = None) -> Path:
+    def finish(self, model: str, conf: float, tile: dict[str, Any] | None = None, tta: str | None = None) -> Path:
         if self.yolo:
             atomic_write_bytes(self.out / "yolo" / "classes.txt",
                                "".join(f"{n}\n" for n in self.class_names[1:]).encode())
-        doc = {"model": model, "conf": conf, "tile": tile,
+        doc = {"model": model, "conf": conf, "tile": tile, "tta": tta,
                "categories": [{"id": k, "name": n} for k, n in enumerate(self.class_names) if k > 0],
                "images": self.images, "annotations": self.annotations}
         return atomic_write_bytes(self.out / RESULTS_FILE, json.dumps(doc, indent=1).encode())
@@ -167,11 +171,12 @@ class _Writer:
 def detect_sources(sources: list[Source], detector: Any, out: Path, *, conf: float = 0.5,  # noqa: ANN401
                    draw: bool = True, voc: bool = False, yolo: bool = False, video_stride: int = 1,
                    progress: bool = True, model_name: str = "", tile: int | None = None,
-                   overlap: float = 0.25) -> dict[str, Any]:
+                   overlap: float = 0.25, tta: str | None = None) -> dict[str, Any]:
     """Run ``detector`` (a :class:`~multibox.detector.Detector`) over ``sources`` in batches of its
     ``batch_size`` (:meth:`~multibox.detector.Detector.detect_sources`; tiled with ``tile`` / ``overlap``) and
-    write the outputs into ``out``; returns ``{"images", "detections", "json", "seconds", "runtime", "tile"}``
-    (``tile``: ``{"tile", "overlap"}`` or ``None``, also written into ``detections.json``)."""
+    write the outputs into ``out``; returns ``{"images", "detections", "json", "seconds", "runtime", "tile",
+    "tta"}`` (``tile``: ``{"tile", "overlap"}`` or ``None``, ``tta``: the test-time augmentation mode or ``None``;
+    both also written into ``detections.json``)."""
     from tqdm.auto import tqdm  # command modules load for --help: heavy imports wait for a run
 
     from ..sources import frame_count, open_video
@@ -190,13 +195,13 @@ def detect_sources(sources: list[Source], detector: Any, out: Path, *, conf: flo
     t0 = time.perf_counter()
     with tqdm(total=total, unit="img", desc="detect", disable=not progress, file=sys.stderr) as bar:
         for item, image, dets in detector.detect_sources(sources, conf, video_stride=video_stride, tile=tile,
-                                                         overlap=overlap):
+                                                         overlap=overlap, tta=tta):
             writer.write(item, image, dets)
             bar.update(1)
     tiling = None if tile is None else {"tile": int(tile), "overlap": float(overlap)}
-    path = writer.finish(model_name, conf, tiling)
+    path = writer.finish(model_name, conf, tiling, tta)
     return {"images": len(writer.images), "detections": len(writer.annotations), "json": str(path),
-            "seconds": time.perf_counter() - t0, "runtime": detector.runtime_name, "tile": tiling}
+            "seconds": time.perf_counter() - t0, "runtime": detector.runtime_name, "tile": tiling, "tta": tta}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -218,12 +223,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     summary = detect_sources(sources, detector, out, conf=args.conf, draw=not args.no_draw, voc=args.voc_xml,
                              yolo=args.yolo, video_stride=args.video_stride, progress=show_progress(args),
-                             model_name=args.model, tile=tile, overlap=overlap)
+                             model_name=args.model, tile=tile, overlap=overlap, tta=args.tta)
     summary = {**summary, "model": args.model, "conf": args.conf, "out": str(out)}
     if args.json:
         write_json_output(args.json, summary)
     if not is_quiet(args) and args.json != "-":
         tiled = "" if tile is None else f", tiles of {tile} px, overlap {overlap:g}"
+        tiled += "" if args.tta is None else f", test-time augmentation {args.tta}"
         print(f"{summary['images']} images, {summary['detections']} detections (conf >= {args.conf}, "
               f"{summary['runtime']}{tiled}) in {summary['seconds']:.1f} s; wrote {out}")
     return 0

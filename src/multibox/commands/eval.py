@@ -3,8 +3,9 @@
 * ``multibox eval --list-metrics [--json FILE]``: the registered metrics (:mod:`multibox.metrics.registry`);
 * ``multibox eval --metric voc07|voc12|coco|... --gt PATH --detections PATH [--split test]``: score anyone's
   detections (comp4 text files or COCO results JSON) against a VOC root or a COCO instances JSON;
-* ``multibox eval CHECKPOINT --data PATH [--split test] [--metric voc07] [--tile 400 [--overlap 0.25]]``: run a
-  saved model on a dataset (with ``--tile``: tiled inference on large photos, recorded as ``tile`` in the JSON);
+* ``multibox eval CHECKPOINT --data PATH [--split test] [--metric voc07] [--tile 400 [--overlap 0.25]]
+  [--tta flips|dihedral]``: run a saved model on a dataset (with ``--tile``: tiled inference on large photos,
+  recorded as ``tile`` in the JSON; with ``--tta``: test-time augmentation, recorded as ``tta``);
 * ``multibox eval --watch DIR --data PATH [--pattern '*.safetensors'] [--interval 30] [--timeout S]``: evaluate
   every new checkpoint file in DIR once, appending a JSON line per checkpoint to ``DIR/watch_eval.jsonl``.
 
@@ -33,6 +34,7 @@ from .options import (
     add_json_option,
     add_progress_options,
     add_tile_options,
+    add_tta_option,
     check_output_dir,
     check_output_file,
     is_quiet,
@@ -94,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how a CHECKPOINT's network runs, as in multibox detect: auto (default) or one of eager, "
                         "jit, jit+channels_last, channels_last, onnxruntime")
     add_tile_options(p)
+    add_tta_option(p)
     p.set_defaults(func=run)
 
 
@@ -129,6 +132,9 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
     if tile is not None and not (args.checkpoint or args.watch):
         raise UsageError("--tile runs a model in tiles: it needs CHECKPOINT --data or --watch DIR (a results "
                          "file given with --detections is scored as it is)")
+    if args.tta is not None and not (args.checkpoint or args.watch):
+        raise UsageError("--tta runs a model on mirrored / turned copies: it needs CHECKPOINT --data or --watch DIR "
+                         "(a results file given with --detections is scored as it is)")
     if args.json:
         check_output_file(args.json, "--json")
     if args.out:
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None
                                  interval=args.interval, timeout=args.timeout, load=load,
                                  classes=_classes(args.classes), batch_size=args.batch_size,
                                  num_workers=args.workers, device=args.device, progress=show_progress(args),
-                                 tile=tile, overlap=overlap)
+                                 tile=tile, overlap=overlap, tta=args.tta)
         print(f"evaluated {len(rows)} checkpoint(s); log: {Path(args.watch) / WATCH_LOG}")
         return 0
     if args.checkpoint:
@@ -215,7 +221,7 @@ def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Call
     model = load(checkpoint, args.device, runtime=args.runtime, batch_size=args.batch_size)
     result = evaluate_model(model, ds, metric=args.metric, batch_size=args.batch_size, num_workers=args.workers,
                             device=args.device, progress=show_progress(args),
-                            runtime=args.runtime, tile=tile, overlap=overlap)
+                            runtime=args.runtime, tile=tile, overlap=overlap, tta=args.tta)
     gt = _dataset_gt(ds) if args.out else None
     _report(result, args, gt, _table_of(result, gt) if gt is not None else None, title=checkpoint.name)
     return 0
@@ -292,6 +298,7 @@ def watch_checkpoints(
     progress: bool = False,
     tile: int | None = None,
     overlap: float = 0.25,
+    tta: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[dict[str, Any]]:
@@ -303,8 +310,9 @@ def watch_checkpoints(
     "per_class", "num_images"}`` (or ``"error"`` when loading or evaluating failed) to that file, rewritten
     atomically. Looks every ``interval`` seconds; returns after ``timeout`` seconds without a new checkpoint
     (never when ``None``) or on Ctrl-C. ``load(path, device)`` builds the model (default: the
-    detector file loaded as ``multibox detect`` does); ``tile`` / ``overlap``: tiled inference (see
-    :func:`~multibox.engine.evaluator.evaluate_model`; the rows then hold ``tile``); ``sleep`` and ``clock`` are
+    detector file loaded as ``multibox detect`` does); ``tile`` / ``overlap``: tiled inference, ``tta``: test-time
+    augmentation (see :func:`~multibox.engine.evaluator.evaluate_model`; the rows then hold ``tile`` / ``tta``);
+    ``sleep`` and ``clock`` are
     injectable for tests.
 
     Returns the rows written by this call.
@@ -341,7 +349,7 @@ def watch_checkpoints(
                     model = load(path, device)
                     result = evaluate_model(model, ds, metric=metric, batch_size=batch_size,
                                             num_workers=num_workers, device=device, progress=progress,
-                                            tile=tile, overlap=overlap)
+                                            tile=tile, overlap=overlap, tta=tta)
                     row.update(seconds=round(time.perf_counter() - t0, 3), **result.to_json())
                     shown = "n/a" if row["mAP"] is None else f"{row['mAP']:.4f}"
                     print(f"{name}: {metric} mAP {shown} ({row['seconds']:.1f} s)")

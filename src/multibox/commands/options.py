@@ -110,6 +110,14 @@ def add_tile_options(p: argparse.ArgumentParser) -> None:
                         "only with --tile)")
 
 
+def add_tta_option(p: argparse.ArgumentParser) -> None:
+    """``--tta MODE``: test-time augmentation (mirrors and quarter turns fused by weighted box fusion)."""
+    p.add_argument("--tta", choices=("hflip", "flips", "dihedral"), default=None,
+                   help="test-time augmentation: detect in mirrored / turned copies and fuse the boxes (weighted "
+                        "box fusion): hflip (2 views), flips (4), dihedral (all 8 mirrors and quarter turns, for "
+                        "overhead photos); costs one network pass per view (default: off)")
+
+
 def tile_settings(args: argparse.Namespace) -> tuple[int | None, float]:
     """``(tile, overlap)`` from ``--tile`` / ``--overlap``: ``(None, DEFAULT_OVERLAP)`` without ``--tile``;
     :class:`UsageError` for ``--overlap`` without ``--tile``."""

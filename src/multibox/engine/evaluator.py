@@ -72,6 +72,7 @@ class EvalResult:
         classes: the per-class results with their precision-recall curves (for plots).
         tile: ``{"tile": pixels, "overlap": fraction}`` when the detections came from tiled inference
             (:meth:`multibox.detector.Detector.detect_tiled`), else ``None``.
+        tta: the test-time augmentation mode the detections came from (:mod:`multibox.tta`), else ``None``.
     """
 
     metric: str
@@ -86,12 +87,13 @@ class EvalResult:
     coco_summary: str | None = field(default=None, repr=False)
     classes: list[ClassAP] = field(default_factory=list, repr=False)
     tile: dict[str, Any] | None = None
+    tta: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``metric``, ``mAP``, ``per_class`` {name: AP}, ``num_gt``, ``num_det``,
-        ``num_images``, for ``coco`` ``coco_stats`` {name: value} and, for tiled inference, ``tile``
-        ``{"tile", "overlap"}``. NaN becomes ``null``; detections are not included (write them with the results
-        writers)."""
+        ``num_images``, for ``coco`` ``coco_stats`` {name: value}, for tiled inference ``tile``
+        ``{"tile", "overlap"}`` and with test-time augmentation ``tta`` (the mode). NaN becomes ``null``;
+        detections are not included (write them with the results writers)."""
         out: dict[str, Any] = {
             "metric": self.metric,
             "mAP": _num(self.mAP),
@@ -104,6 +106,8 @@ class EvalResult:
             out["coco_stats"] = {k: _num(v) for k, v in self.coco_stats.items()}
         if self.tile is not None:
             out["tile"] = dict(self.tile)
+        if self.tta is not None:
+            out["tta"] = self.tta
         return out
 
     def format_table(self) -> str:
@@ -117,6 +121,7 @@ class EvalResult:
             lines.append(f"{name:<{width}}  {text:>11}  {self.num_gt[name]:>7}  {self.num_det[name]:>8}")
         m = "n/a" if math.isnan(self.mAP) else f"{self.mAP:.4f}"
         tiled = "" if self.tile is None else f", tiles of {self.tile['tile']} px, overlap {self.tile['overlap']:g}"
+        tiled += "" if self.tta is None else f", test-time augmentation {self.tta}"
         lines.append(f"{get_metric(self.metric).headline}: {m}  ({len(self.image_ids)} images, "
                      f"{sum(self.num_det.values())} detections{tiled})")
         if self.coco_stats is not None:
@@ -221,6 +226,7 @@ def evaluate_model(
     runtime: str = "eager",
     tile: int | None = None,
     overlap: float = 0.25,
+    tta: str | None = None,
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` and score its detections.
 
@@ -246,17 +252,22 @@ def evaluate_model(
     overlapping by ``overlap``, merged by a cross-tile NMS at the detector's NMS threshold, at most its
     ``keep_top_k`` boxes per image), for datasets of photos much larger than the training tiles; recorded in
     the result's ``tile`` (and its JSON). ``None``: each image at once. ``ValueError`` for ``tile < 1`` or
-    ``overlap`` outside ``[0, 1)``.
+    ``overlap`` outside ``[0, 1)``. ``tta``: test-time augmentation (:meth:`~multibox.detector.Detector.detect_tta`:
+    ``"hflip"``, ``"flips"`` or ``"dihedral"`` views fused by weighted box fusion), recorded in the result's
+    ``tta``; ``ValueError`` for an unknown mode.
     """
     # heavy: Detector and PostProcess import torchvision (about 1.3 s), which scoring a detection table
     # (evaluate_table: 'multibox eval --gt --detections') does not need
     from ..detector import Detector
     from ..postprocess import PostProcess
     from ..tiling import check_tiling
+    from ..tta import tta_views
 
     check_metric(metric)
     if tile is not None:
         tile, overlap = check_tiling(tile, overlap)
+    if tta is not None:
+        tta_views(tta)  # an unknown mode fails before any image is read
     data_names = list(dataset.class_names)
     model_names = list(class_names or getattr(model, "class_names", None) or data_names)
     mapping = label_map(model_names, data_names)
@@ -280,7 +291,7 @@ def evaluate_model(
                                            postprocess=post)
         for images, batch_targets in tqdm(loader, total=len(loader), desc="eval", unit="batch",
                                           disable=not progress, leave=False):
-            batch_dets = detector.detect_arrays(images, tile=tile, overlap=overlap)
+            batch_dets = detector.detect_arrays(images, tile=tile, overlap=overlap, tta=tta)
             dets += [_remap(d, mapping, data_names) for d in batch_dets]
             targets += batch_targets
     finally:
@@ -295,6 +306,7 @@ def evaluate_model(
         result = _score_against(ground_truth, targets, dets, data_names, metric)
     if tile is not None:
         result.tile = {"tile": tile, "overlap": overlap}
+    result.tta = tta
     return result
 
 

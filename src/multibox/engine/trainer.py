@@ -622,7 +622,8 @@ class Trainer:
         self.model.eval()
         result = evaluate_model(self.model, self.val_set, metric=self.cfg.eval.metric,
                                 batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers,
-                                device=self.device, progress=self.progress, class_names=self.class_names)
+                                device=self.device, progress=self.progress, class_names=self.class_names,
+                                tta=self.cfg.eval.tta)
         self.model.train()
         out = result.to_json()
         out.pop("detections", None)
