@@ -35,8 +35,10 @@ import hmac
 import json
 import math
 import os
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -56,7 +58,7 @@ from ..detector import Detector
 from .batcher import MicroBatcher, QueueFull
 from .metrics import Metrics
 
-__all__ = ["ServeSettings", "ServedModel", "ServeError", "create_app", "load_models", "app_from_env",
+__all__ = ["ServeSettings", "ServedModel", "ServeError", "create_app", "load_models", "app_from_env", "serve_in_thread",
            "SETTINGS_ENV", "API_KEY_ENV"]
 
 SETTINGS_ENV = "MULTIBOX_SERVE_SETTINGS"  # JSON ServeSettings for worker processes (--workers N)
@@ -465,3 +467,31 @@ def app_from_env() -> FastAPI:
     settings = ServeSettings.from_json(text)
     settings.api_key = os.environ.get(API_KEY_ENV) or None
     return create_app(load_models(settings), settings)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 120.0,
+                    **uvicorn_options: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a background thread of this process (tests, notebooks) and yield its base
+    URL (``http://127.0.0.1:PORT``; ``port=0`` takes a free port) once it is ready; stops it on exit."""
+    import uvicorn  # the optional extra, as for the whole package; imported here to keep module import light
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    options = {"log_level": "warning", "timeout_keep_alive": 5, **uvicorn_options}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="multibox-serve")
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the service did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -59,7 +59,8 @@ class MicroBatcher:
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"multibox-{name}")
-        self.batches = 0
+        self.batches = 0  # batches run so far
+        self.in_flight = 0  # items in the batch being run
 
     @property
     def depth(self) -> int:
@@ -128,6 +129,7 @@ class MicroBatcher:
             if not batch:
                 continue
             t0 = time.perf_counter()
+            self.in_flight = len(batch)
             try:
                 results = await loop.run_in_executor(self._executor, self.run_batch, [j.item for j in batch])
                 if len(results) != len(batch):
@@ -138,6 +140,7 @@ class MicroBatcher:
                         job.future.set_exception(e)
                 continue
             finally:
+                self.in_flight = 0
                 self.batches += 1
                 if self.on_batch is not None:
                     self.on_batch(len(batch), time.perf_counter() - t0)
