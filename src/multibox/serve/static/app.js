@@ -65,11 +65,8 @@
   function fillTable() {
     const body = $("list").tBodies[0];
     body.replaceChildren();
-    if (!state.result) return;
-    const t = threshold();
-    state.result.annotations.forEach((a, i) => {
+    kept().forEach((a, i) => {
       const tr = document.createElement("tr");
-      if (a.score < t) tr.className = "below";
       const cells = [i + 1, a.category_name, a.score.toFixed(3), a.bbox.map((v) => v.toFixed(1)).join(", ")];
       for (const c of cells) {
         const td = document.createElement("td");
@@ -133,7 +130,7 @@
       for (const m of info.models) {
         const opt = document.createElement("option");
         opt.value = m.name;
-        opt.textContent = `${m.name} (${m.classes.length} classes)`;
+        opt.textContent = `${m.name} (${m.classes.length === 1 ? m.classes[0] : m.classes.length + " classes"})`;
         modelSelect.appendChild(opt);
         state.minConf = m.min_conf;
       }
