@@ -378,7 +378,11 @@ def create_app(models: Sequence[tuple[str, Detector]], settings: ServeSettings) 
         wanted = _parse_classes(classes, m.detector.class_names, name)
         if not state["ready"]:
             raise ServeError(503, "the service is starting (models warming up)", "not_ready", {"Retry-After": "1"})
-        body = await _read_body(request, settings)
+        body = await _read_body(request, settings)  # read even when busy: an unread body resets the connection
+        if m.batcher.depth >= settings.max_queue:  # refused before decoding: overload costs little
+            raise ServeError(503, f"busy: {m.batcher.depth} requests are waiting already (max queue "
+                                  f"{settings.max_queue}); retry later", "queue_full",
+                             {"Retry-After": str(_retry_after(m))})
         data, file_name = _image_bytes(body, request.headers.get("content-type", ""))
         try:
             image = await asyncio.to_thread(load_image_bytes, data, file_name, settings.max_pixels)
