@@ -434,3 +434,25 @@ def test_cli_serves(bundle_file, monkeypatch):
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["detect"] == 200
     info = seen["models"]["models"][0]
     assert info["name"] == Path(bundle_file).stem and info["max_batch"] == 2
+
+
+def test_bench_serve_json_shape(bundle_file, tmp_path, capsys):
+    """``multibox bench serve`` with tiny counts: the JSON contract and its bookkeeping (figures not judged)."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "serve", "--model", str(bundle_file), "--runtime", "eager", "--clients", "2",
+                 "--requests", "6", "--long-requests", "6", "--overload-seconds", "0.5", "--max-queue", "2",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["photos"] == 6 and r["runtime_used"] == "eager" and r["lost_or_wrong"] == 0
+    for phase in ("batched", "one_at_a_time"):
+        p = r[phase]
+        assert p["requests"] == 6 == p["ok"] + p["errors"] + p["status_503"] and p["wrong"] == 0
+        assert 0 < p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] and p["throughput_rps"] > 0
+    assert r["one_at_a_time"]["max_batch"] == 1 and 1 <= r["batched"]["mean_batch_size"] <= 8
+    assert abs(r["throughput_gain"] - r["batched"]["throughput_rps"] / r["one_at_a_time"]["throughput_rps"]) < 0.01
+    o = r["overload"]
+    assert o["sent"] == o["ok"] + o["status_503"] + o["errors"] and o["wrong"] == 0 and o["errors"] == 0
+    assert abs(o["offered_rps"] - 5 * r["batched"]["throughput_rps"]) < 0.05 and 0 <= o["share_503"] <= 1
+    m = r["memory"]
+    assert m["requests"] == 6 and abs(m["growth_mb"] - (m["rss_after_mb"] - m["rss_before_mb"])) < 0.11
+    assert "micro-batching:" in capsys.readouterr().out
