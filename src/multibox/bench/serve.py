@@ -5,14 +5,15 @@ client (stdlib ``http.client``, one keep-alive connection per thread) and sends 
 Hopper portrait, cropped, scaled and flipped, as JPEG). Every phase is bounded in requests and in seconds:
 
 1. **reference**: each photo once, one at a time, on the micro-batching service (``--max-batch``, ``--max-wait-ms``);
-2. **batched**: ``--clients`` closed-loop clients send ``--requests`` requests; throughput, p50 / p99 latency, the
-   mean batch size (from ``/metrics``); each answer is compared with the photo's reference (same detections, boxes
-   within 1e-4 px, scores within 1e-5): ``wrong`` counts those that differ, ``errors`` the failed requests;
-3. **one_at_a_time**: the same on a second service started with ``--max-batch 1``;
-4. **overload**: open-loop arrivals at ``--overload-factor`` (5) times the batched throughput for
+2. **batched** and **one_at_a_time**: ``--clients`` closed-loop clients send ``--requests`` requests to it and to a
+   second service started with ``--max-batch 1``, alternating in ``--rounds`` rounds (other load on the machine hits
+   both alike); throughput, p50 / p99 latency, the mean batch size (from ``/metrics``); each answer is compared
+   with the photo's reference (same detections, boxes within 1e-4 px, scores within 1e-5): ``wrong`` counts those
+   that differ, ``errors`` the failed requests;
+3. **overload**: open-loop arrivals at ``--overload-factor`` (5) times the batched throughput for
    ``--overload-seconds``, against a queue of ``--max-queue`` requests: the share of 503 answers, how fast they
    come (p50 / p99) and the p99 latency of the answered ones (bounded by the queue, not growing);
-5. **memory**: the service's resident memory (``VmRSS``) before and after ``--long-requests`` more requests.
+4. **memory**: the service's resident memory (``VmRSS``) before and after ``--long-requests`` more requests.
 
 The figures depend on the machine and on what else runs on it; docs/serve.md has one run.
 """
@@ -61,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overload-seconds", type=float, default=15.0, help="length of the overload phase (default 15)")
     p.add_argument("--long-requests", type=positive_int, default=2000,
                    help="requests of the memory run (default 2000)")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="alternating rounds of the batched and one-at-a-time loads (default 3)")
     p.add_argument("--time-limit", type=float, default=120.0, help="most seconds per phase (default 120)")
     p.add_argument("--json", metavar="FILE", help="write the results to this JSON file ('-': standard output)")
     add_quiet_option(p)
@@ -77,7 +80,7 @@ def _cmd(args: argparse.Namespace) -> int:
                                      requests=args.requests, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                      max_queue=args.max_queue, overload_factor=args.overload_factor,
                                      overload_seconds=args.overload_seconds, long_requests=args.long_requests,
-                                     time_limit=args.time_limit)
+                                     time_limit=args.time_limit, rounds=args.rounds)
     if args.json:
         write_json_output(args.json, result)
     return 0
@@ -250,11 +253,20 @@ def _closed_loop(port: int, photos: list[bytes], refs: list[dict[str, Any]] | No
         for f in [pool.submit(client) for _ in range(clients)]:
             f.result()
     seconds = time.perf_counter() - t0
+    return _summary(clients, [(stats, seconds, latencies)])
+
+
+def _summary(clients: int, rounds: list[tuple[dict[str, int], float, list[float]]]) -> dict[str, Any]:
+    """Rounds of one closed-loop load pooled: counts and seconds added, latencies pooled."""
+    stats = {k: sum(r[0][k] for r in rounds) for k in ("ok", "errors", "wrong", "status_503")}
+    seconds = sum(r[1] for r in rounds)
+    latencies = [x for r in rounds for x in r[2]]
     done = stats["ok"]
     return {"clients": clients, "requests": done + stats["errors"] + stats["status_503"], **stats,
-            "seconds": round(seconds, 3), "throughput_rps": round(done / seconds, 2) if seconds else None,
+            "rounds": len(rounds), "seconds": round(seconds, 3),
+            "throughput_rps": round(done / seconds, 2) if seconds else None,
             "p50_ms": _ms(_percentile(latencies, 50)), "p99_ms": _ms(_percentile(latencies, 99)),
-            "max_ms": _ms(max(latencies) if latencies else None)}
+            "max_ms": _ms(max(latencies) if latencies else None), "_rounds": rounds}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -319,15 +331,22 @@ def _open_loop(port: int, photos: list[bytes], refs: list[dict[str, Any]], rate:
 def run_serve_benchmark(model: str = "face-res10-300", runtime: str = "auto", clients: int = 8, requests: int = 400,
                         max_batch: int = 8, max_wait_ms: float = 5.0, max_queue: int = 16,
                         overload_factor: float = 5.0, overload_seconds: float = 15.0, long_requests: int = 2000,
-                        time_limit: float = 120.0) -> dict[str, Any]:
-    """Run the phases of the module docstring; returns the results (also printed)."""
+                        time_limit: float = 120.0, rounds: int = 3) -> dict[str, Any]:
+    """Run the phases of the module docstring; returns the results (also printed).
+
+    Both services run side by side (the idle one waits on its socket) and the batched and one-at-a-time loads
+    alternate in ``rounds`` rounds of ``requests / rounds`` requests, so that other load on the machine hits
+    both alike; throughput is the answered requests over the summed seconds, latencies are pooled."""
     photos = _photos()
     result: dict[str, Any] = {
         "model": model, "runtime": runtime, "photos": len(photos),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_start": list(os.getloadavg())},
     }
     service = _Service(model, runtime, max_batch, max_wait_ms, max_queue)
+    single = None
     try:
+        single = _Service(model, runtime, 1, 0.0, max_queue)
         refs = []
         for data in photos:
             status, _, body = _request(service.port, "POST", _QUERY, data, _HEADERS)
@@ -336,25 +355,39 @@ def run_serve_benchmark(model: str = "face-res10-300", runtime: str = "auto", cl
             refs.append(json.loads(body))
         result["detections_per_photo"] = [len(r["annotations"]) for r in refs]
         result["runtime_used"] = refs[0]["runtime"]
-        print(f"service ready (max batch {max_batch}, {refs[0]['runtime']}); {len(photos)} photos, detections "
-              f"{result['detections_per_photo']}")
+        print(f"services ready (max batch {max_batch} and 1, {refs[0]['runtime']}); {len(photos)} photos, "
+              f"detections {result['detections_per_photo']}")
+        rounds = max(1, min(rounds, requests))
+        per_round = [requests // rounds + (1 if k < requests % rounds else 0) for k in range(rounds)]
         n0, s0 = service.metric("multibox_batch_size_count"), service.metric("multibox_batch_size_sum")
-        batched = _closed_loop(service.port, photos, refs, clients, requests, time_limit)
+        got: dict[str, list] = {"batched": [], "one_at_a_time": []}
+        for n in per_round:
+            for name, svc in (("batched", service), ("one_at_a_time", single)):
+                got[name] += _closed_loop(svc.port, photos, refs, clients, n, time_limit / rounds)["_rounds"]
         n1, s1 = service.metric("multibox_batch_size_count"), service.metric("multibox_batch_size_sum")
+        batched = _summary(clients, got["batched"])
+        one = _summary(clients, got["one_at_a_time"])
         batched.update(max_batch=max_batch, max_wait_ms=max_wait_ms,
                        mean_batch_size=round((s1 - s0) / (n1 - n0), 3) if n1 > n0 else None)
-        result["batched"] = batched
-        print(f"batched:       {batched['throughput_rps']} req/s, p50 {batched['p50_ms']} ms, p99 "
-              f"{batched['p99_ms']} ms, mean batch {batched['mean_batch_size']} ({batched['wrong']} wrong, "
-              f"{batched['errors']} errors)")
+        one.update(max_batch=1, max_wait_ms=0.0)
+        result["batched"], result["one_at_a_time"] = batched, one
+        for name, r in (("batched", batched), ("max batch 1", one)):
+            extra = f", mean batch {r['mean_batch_size']}" if "mean_batch_size" in r else ""
+            print(f"{name + ':':14} {r['throughput_rps']} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms{extra} "
+                  f"({r['wrong']} wrong, {r['errors']} errors)")
+        if batched["throughput_rps"] and one["throughput_rps"]:
+            result["throughput_gain"] = round(batched["throughput_rps"] / one["throughput_rps"], 3)
+            print(f"micro-batching: {result['throughput_gain']}x the throughput of one at a time")
+        single.stop()
+        single = None
 
         rate = overload_factor * (batched["throughput_rps"] or 1.0)
         over = _open_loop(service.port, photos, refs, rate, overload_seconds, time_limit)
         over.update(factor=overload_factor, max_queue=max_queue)
         result["overload"] = over
         print(f"overload x{overload_factor:g} ({over['offered_rps']} req/s offered): 503 share {over['share_503']}, "
-              f"503 p99 {over['p99_503_ms']} ms, answered p99 {over['p99_ok_ms']} ms (max {over['max_ok_ms']}), "
-              f"{over['wrong']} wrong, {over['errors']} errors")
+              f"503 p50 {over['p50_503_ms']} ms, p99 {over['p99_503_ms']} ms; answered p99 {over['p99_ok_ms']} ms "
+              f"(max {over['max_ok_ms']}), {over['wrong']} wrong, {over['errors']} errors")
 
         time.sleep(1.0)
         before = service.rss_mb()
@@ -368,19 +401,10 @@ def run_serve_benchmark(model: str = "face-res10-300", runtime: str = "auto", cl
               f"({long['wrong']} wrong, {long['errors']} errors)")
     finally:
         service.stop()
-
-    single = _Service(model, runtime, 1, 0.0, max_queue)
-    try:
-        one = _closed_loop(single.port, photos, refs, clients, requests, time_limit)
-        one.update(max_batch=1, max_wait_ms=0.0)
-        result["one_at_a_time"] = one
-        print(f"max batch 1:   {one['throughput_rps']} req/s, p50 {one['p50_ms']} ms, p99 {one['p99_ms']} ms "
-              f"({one['wrong']} wrong, {one['errors']} errors)")
-    finally:
-        single.stop()
-    if batched["throughput_rps"] and one["throughput_rps"]:
-        result["throughput_gain"] = round(batched["throughput_rps"] / one["throughput_rps"], 3)
-        print(f"micro-batching: {result['throughput_gain']}x the throughput of one at a time")
-    result["lost_or_wrong"] = sum(r.get("errors", 0) + r.get("wrong", 0)
-                                  for r in (batched, over, one, result["memory"]))
+        if single is not None:
+            single.stop()
+    for r in (result["batched"], result["one_at_a_time"]):
+        r.pop("_rounds", None)
+    result["lost_or_wrong"] = sum(r.get("errors", 0) + r.get("wrong", 0) for r in
+                                  (result["batched"], result["overload"], result["one_at_a_time"], result["memory"]))
     return result
