@@ -13,6 +13,7 @@ Hopper portrait, cropped, scaled and flipped, as JPEG). Every phase is bounded i
 3. **overload**: open-loop arrivals at ``--overload-factor`` (5) times the batched throughput for
    ``--overload-seconds``, against a queue of ``--max-queue`` requests: the share of 503 answers, how fast they
    come (p50 / p99) and the p99 latency of the answered ones (bounded by the queue, not growing);
+   ``share_fast_503`` counts the 503s answered within 100 ms, over all answers;
 4. **memory**: the service's resident memory (``VmRSS``) before and after ``--long-requests`` more requests.
 
 The figures depend on the machine and on what else runs on it; docs/serve.md has one run.
@@ -203,6 +204,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 _QUERY = "/v1/detect?conf=0.3"
+_FAST_S = 0.1  # a 503 within this is "fast" (share_fast_503)
 _HEADERS = {"Content-Type": "image/jpeg"}
 
 
@@ -322,6 +324,8 @@ def _open_loop(port: int, photos: list[bytes], refs: list[dict[str, Any]], rate:
     answered = stats["ok"] + stats["status_503"]
     return {"offered_rps": round(rate, 2), "sent": sent, "seconds": round(elapsed, 3), **stats,
             "share_503": round(stats["status_503"] / answered, 4) if answered else None,
+            "share_fast_503": round(sum(x <= _FAST_S for x in rej_lat) / answered, 4) if answered else None,
+            "fast_503_ms": _FAST_S * 1000,
             "p50_503_ms": _ms(_percentile(rej_lat, 50)), "p99_503_ms": _ms(_percentile(rej_lat, 99)),
             "p50_ok_ms": _ms(_percentile(ok_lat, 50)), "p99_ok_ms": _ms(_percentile(ok_lat, 99)),
             "max_ok_ms": _ms(max(ok_lat) if ok_lat else None),
@@ -385,7 +389,8 @@ def run_serve_benchmark(model: str = "face-res10-300", runtime: str = "auto", cl
         over = _open_loop(service.port, photos, refs, rate, overload_seconds, time_limit)
         over.update(factor=overload_factor, max_queue=max_queue)
         result["overload"] = over
-        print(f"overload x{overload_factor:g} ({over['offered_rps']} req/s offered): 503 share {over['share_503']}, "
+        print(f"overload x{overload_factor:g} ({over['offered_rps']} req/s offered): 503 share {over['share_503']} "
+              f"({over['share_fast_503']} within {over['fast_503_ms']:g} ms), "
               f"503 p50 {over['p50_503_ms']} ms, p99 {over['p99_503_ms']} ms; answered p99 {over['p99_ok_ms']} ms "
               f"(max {over['max_ok_ms']}), {over['wrong']} wrong, {over['errors']} errors")
 
