@@ -476,3 +476,16 @@ def test_worker_processes_build_their_app_from_the_environment(bundle_file, monk
     monkeypatch.delenv(SETTINGS_ENV)
     with pytest.raises(RuntimeError, match="MULTIBOX_SERVE_SETTINGS is not set"):
         app_from_env()
+
+
+def test_client_that_leaves_mid_upload_does_not_break_the_service(service):
+    url, app = service
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
+                  + b"\x89PNG" + b"0" * 100)
+    deadline = time.monotonic() + 5
+    while app.state.metrics.rejections.get(reason="client_disconnect") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.metrics.rejections.get(reason="client_disconnect") == 1
+    _assert_alive(url)

@@ -51,6 +51,7 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 from ..commands.detect import DetectionRecords, load_detector
 from ..data.image_io import ImageDecodeError, ImageTooLargeError, NotAnImageError, load_image_bytes
@@ -202,6 +203,9 @@ async def _read_body(request: Request, settings: ServeSettings) -> bytes:
             chunk = await asyncio.wait_for(stream.__anext__(), wait)
         except StopAsyncIteration:
             break
+        except ClientDisconnect:
+            raise ServeError(400, f"the client went away after {len(buf)} bytes of the body", "client_disconnect",
+                             close) from None
         except TimeoutError:
             raise ServeError(408, f"upload stalled: {len(buf)} bytes received, then nothing for "
                                   f"{settings.read_timeout_s:g} s (or over {settings.upload_timeout_s:g} s in all)",

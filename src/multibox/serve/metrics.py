@@ -134,7 +134,7 @@ class Metrics:
     def __init__(self, max_batch: int = 8) -> None:
         self.requests = Counter("multibox_requests_total", "HTTP requests answered, by path and status code",
                                 ("path", "code"))
-        self.latency = Histogram("multibox_request_seconds", "time from request to response of POST /v1/detect",
+        self.latency = Histogram("multibox_request_seconds", "time from request to answer of POST /v1/detect (200s)",
                                  LATENCY_BUCKETS, ("model",))
         self.batch_size = Histogram("multibox_batch_size", "images per forward pass of the micro-batcher",
                                     range(1, max(1, max_batch) + 1), ("model",))
