@@ -70,7 +70,7 @@ LAYERS = {
     4: {"runtime"},
     5: {"detector", "sources"},
     6: {"config", "engine"},
-    7: {"commands", "data.commands", "bench", "demo", "cli", "__main__", ""},
+    7: {"commands", "data.commands", "bench", "serve", "demo", "cli", "__main__", ""},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
 

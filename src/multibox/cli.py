@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
     add_quiet_option(bc)
     bc.set_defaults(func=_cmd_bench_core)
-    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo"])
+    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo", "serve"])
 
     _add_plugin_commands(sub, "multibox.commands", TOP_COMMANDS)
 
@@ -348,7 +348,8 @@ def build_anchors_fit_parser() -> argparse.ArgumentParser:
 # Sub-commands living in their own modules: each module has ``register(subparsers)``, which adds its parser and
 # sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
 DATA_COMMANDS = ["convert", "check", "synth", "pack", "formats"]
-TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "zoo"]  # "importer" registers `multibox import`
+# "importer" registers `multibox import`
+TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "zoo", "serve"]
 
 
 def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, names: list[str]) -> None:

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
     from ..sources import Source, SourceItem
 
-__all__ = ["register", "run", "detect_sources", "load_detector", "DEFAULT_MODEL", "RESULTS_FILE"]
+__all__ = ["register", "run", "detect_sources", "load_detector", "DetectionRecords", "DEFAULT_MODEL", "RESULTS_FILE"]
 
 DEFAULT_MODEL = "face-res10-300"
 RESULTS_FILE = "detections.json"
@@ -125,13 +125,41 @@ def _yolo_lines(dets: Any, h: int, w: int) -> str:  # noqa: ANN401
     return "".join(lines)
 
 
+class DetectionRecords:
+    """The records of ``detections.json`` (COCO style), added image by image: ``multibox detect`` writes them,
+    ``multibox serve`` answers ``POST /v1/detect`` with them (docs/detect.md, docs/serve.md)."""
+
+    def __init__(self, class_names: list[str]) -> None:
+        self.class_names = list(class_names)
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+
+    def add(self, dets: Any, file_name: str, source: str, width: int, height: int) -> int:  # noqa: ANN401
+        """Add one image (``width`` x ``height`` pixels) and its :class:`~multibox.detections.Detections` (``xyxy``
+        pixels, written as COCO ``xywh``); returns the image's id (1, 2, ...)."""
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "file_name": file_name, "source": source, "width": int(width),
+                            "height": int(height)})
+        for rec in dets.to_json_records(image_id):
+            self.annotations.append({"id": len(self.annotations) + 1, **rec})
+        return image_id
+
+    def document(self, model: str, conf: float, tile: dict[str, Any] | None = None,
+                 tta: str | None = None) -> dict[str, Any]:
+        """``{"model", "conf", "tile", "tta", "categories": [{id, name}], "images", "annotations"}``."""
+        return {"model": model, "conf": conf, "tile": tile, "tta": tta,
+                "categories": [{"id": k, "name": n} for k, n in enumerate(self.class_names) if k > 0],
+                "images": self.images, "annotations": self.annotations}
+
+
 class _Writer:
     """Writes the per-image outputs as results arrive and collects the JSON records."""
 
     def __init__(self, out: Path, class_names: list[str], draw: bool, voc: bool, yolo: bool) -> None:
         self.out, self.class_names, self.draw, self.voc, self.yolo = out, class_names, draw, voc, yolo
-        self.images: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
+        self.records = DetectionRecords(class_names)
+        self.images = self.records.images
+        self.annotations = self.records.annotations
 
     def write(self, item: SourceItem, image: np.ndarray, dets: Any) -> None:  # noqa: ANN401
         # numpy, PIL and the VOC writer load with the first result: every command module is imported for --help
@@ -141,11 +169,7 @@ class _Writer:
         from ..viz import annotated_suffix, draw_detections
 
         h, w = int(image.shape[0]), int(image.shape[1])
-        image_id = len(self.images) + 1
-        self.images.append({"id": image_id, "file_name": item.file_name, "source": item.source,
-                            "width": w, "height": h})
-        for rec in dets.to_json_records(image_id):
-            self.annotations.append({"id": len(self.annotations) + 1, **rec})
+        self.records.add(dets, item.file_name, item.source, w, h)
         boxes = dets.boxes.numpy()
         if self.draw:
             draw_detections(image, boxes, dets.scores.numpy(), dets.names(),
@@ -162,9 +186,7 @@ class _Writer:
         if self.yolo:
             atomic_write_bytes(self.out / "yolo" / "classes.txt",
                                "".join(f"{n}\n" for n in self.class_names[1:]).encode())
-        doc = {"model": model, "conf": conf, "tile": tile, "tta": tta,
-               "categories": [{"id": k, "name": n} for k, n in enumerate(self.class_names) if k > 0],
-               "images": self.images, "annotations": self.annotations}
+        doc = self.records.document(model, conf, tile, tta)
         return atomic_write_bytes(self.out / RESULTS_FILE, json.dumps(doc, indent=1).encode())
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "MAX_IMAGE_PIXELS", "image_size", "load_image", "to_rgb", "check_image_complete"]
+__all__ = ["ImageDecodeError", "NotAnImageError", "ImageTooLargeError", "MAX_IMAGE_PIXELS", "image_size",
+           "load_image", "load_image_bytes", "to_rgb", "check_image_complete"]
 
 # Refuse images above this many pixels before decoding them (decompression bombs). Pillow's own bomb check
 # (``PIL.Image.MAX_IMAGE_PIXELS``, twice of which raises) applies as well and is reported the same way.
@@ -36,6 +38,14 @@ _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFE
 
 class ImageDecodeError(ValueError):
     """An image file could not be read; the message names the file and the problem."""
+
+
+class NotAnImageError(ImageDecodeError):
+    """The bytes are in no image format Pillow knows (not a corrupt image: no image at all)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The header asks for more pixels than the limit (a possible decompression bomb), refused before decoding."""
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -80,16 +90,16 @@ def _upright_size(img: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
 
 
-def _check_pixels(p: Path, img: Image.Image, max_pixels: int) -> None:
+def _check_pixels(p: Path | str, img: Image.Image, max_pixels: int) -> None:
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageDecodeError(f"{p}: invalid image size {w}x{h} in the header")
     if w * h > max_pixels:
-        raise ImageDecodeError(f"{p}: {w}x{h} pixels exceeds the limit of {max_pixels} pixels "
+        raise ImageTooLargeError(f"{p}: {w}x{h} pixels exceeds the limit of {max_pixels} pixels "
                                "(refused before decoding: possible decompression bomb)")
 
 
-def _bomb_message(p: Path, e: Exception) -> str:
+def _bomb_message(p: Path | str, e: Exception) -> str:
     return f"{p}: image exceeds the pixel limit (refused before decoding: possible decompression bomb; {e})"
 
 
@@ -104,9 +114,35 @@ def _open_checked(p: Path, max_pixels: int) -> Iterator[Image.Image]:
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(_bomb_message(p, e)) from e
+        raise ImageTooLargeError(_bomb_message(p, e)) from e
+    except UnidentifiedImageError as e:
+        raise NotAnImageError(f"{p}: cannot decode image (not in a known image format: {e})") from e
     except _DECODE_ERRORS as e:
         raise ImageDecodeError(f"{p}: cannot decode image ({e})") from e
+
+
+def load_image_bytes(data: bytes, name: str = "<image bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an encoded image held in memory (an upload) to an ``[H, W, 3]`` RGB uint8 array, as
+    :func:`load_image` decodes a file (EXIF orientation applied, size checked from the header first).
+
+    Raises :class:`NotAnImageError` (no known image format, or empty), :class:`ImageTooLargeError` (more than
+    ``max_pixels`` pixels) or :class:`ImageDecodeError` (truncated or corrupt), each naming ``name``.
+    """
+    if not data:
+        raise NotAnImageError(f"{name}: empty image (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            _check_pixels(name, img, max_pixels)
+            img.load()
+            return np.array(to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(_bomb_message(name, e)) from e
+    except UnidentifiedImageError as e:
+        raise NotAnImageError(f"{name}: cannot decode image (not in a known image format)") from e
+    except _DECODE_ERRORS as e:
+        raise ImageDecodeError(f"{name}: cannot decode image ({e})") from e
 
 
 def image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
@@ -148,7 +184,7 @@ def check_image_complete(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PI
                 img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
             img.load()
         except Image.DecompressionBombError as e:
-            raise ImageDecodeError(_bomb_message(p, e)) from e
+            raise ImageTooLargeError(_bomb_message(p, e)) from e
         except _DECODE_ERRORS as e:
             raise ImageDecodeError(f"{p}: cannot decode image ({e})") from e
         return h, w

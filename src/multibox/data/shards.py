@@ -49,12 +49,12 @@ from urllib.parse import urlparse
 import numpy as np
 import torch.distributed as dist
 import torch.utils.data
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..fileio import atomic_write_bytes
 from ..limits import LimitError, check_num_classes
-from .image_io import MAX_IMAGE_PIXELS, ImageDecodeError, to_rgb
+from .image_io import MAX_IMAGE_PIXELS, load_image_bytes
 from .types import DetectionDataset, Target
 
 __all__ = [
@@ -241,25 +241,13 @@ def _validate_index(where: str, doc: dict[str, Any], shards: list[ShardInfo], cl
 
 
 def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to ``[H, W, 3]`` RGB uint8 with the rules of :func:`~multibox.data.load_image`.
+    """Decode encoded image bytes to ``[H, W, 3]`` RGB uint8 with the rules of :func:`~multibox.data.load_image`
+    (:func:`~multibox.data.image_io.load_image_bytes`).
 
     EXIF orientation is applied; any PIL mode becomes 8-bit RGB. ``name`` appears in errors
     (:class:`~multibox.data.ImageDecodeError`).
     """
-    if not data:
-        raise ImageDecodeError(f"{name}: empty image (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ImageDecodeError(f"{name}: {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return np.array(to_rgb(img), dtype=np.uint8)
-    except ImageDecodeError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"{name}: cannot decode image ({e})") from e
+    return load_image_bytes(data, name, MAX_IMAGE_PIXELS)
 
 
 def _target_to_json(target: Target) -> dict[str, Any]:
