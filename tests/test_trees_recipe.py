@@ -170,3 +170,38 @@ def test_prepare_trees_on_the_real_photos(tmp_path):
     info = json.loads((root / "trees.json").read_text())
     assert info["splits"]["test"] == {"images": 2, "boxes": 98, "difficult": 0}  # 61 + 37 trees
     assert info["splits"]["train"]["images"] == 68 and info["splits"]["holdout"]["images"] == 20
+
+
+def test_anchor_fit_on_the_real_trees():
+    """`multibox anchors fit`'s coverage on the real training tiles against torchvision's box_iou over the same
+    priors, and the recipe's priors covering more boxes than the stride-16 start (docs/small-objects.md)."""
+    import torch
+    import torchvision
+
+    from multibox.anchor_fit import collect_boxes, fit_report, model_priors, prior_coverage
+    from multibox.anchors import cxcywh_to_xyxy
+    from multibox.data.datasets import open_dataset
+    from multibox.engine.trainer import ensure_trees
+
+    try:
+        root = ensure_trees(load_config("trees_mobilenetv2"))  # the cached root the recipe uses
+    except real.RealDataUnavailable as e:
+        pytest.fail(f"the deepforest photos could not be fetched (needs PyPI once, then cached): {e}")
+    ds = open_dataset(root, format="voc", split="train", classes=root / "classes.txt")
+    boxes = collect_boxes(ds)
+    assert len(boxes) == 1261 and boxes.num_images == 68
+    recipe = load_config("trees_mobilenetv2").model.kwargs
+    shares = {}
+    for name, kwargs in {"recipe": dict(recipe), "stride16": {"image_size": [448, 448], "s_min": 0.06,
+                                                             "s_max": 0.5}}.items():
+        priors = model_priors("ssd300_mobilenetv2", 2, kwargs)
+        cov = prior_coverage(boxes, priors)
+        ref = torchvision.ops.box_iou(torch.from_numpy(boxes.boxes.astype(np.float64)),
+                                      cxcywh_to_xyxy(priors.priors.to(torch.float64))).max(1).values.numpy()
+        np.testing.assert_allclose(cov.best_iou, ref, atol=1e-9)
+        shares[name] = float((ref >= 0.5).mean())
+        report = fit_report(boxes, priors)
+        assert report["boxes"]["count"] == 1261
+        assert report["current"]["share_matched"] == pytest.approx(float((ref >= 0.5).mean()))
+        assert report["proposal"]["share_matched"] >= report["current"]["share_matched"] - 0.02
+    assert shares["recipe"] > 0.95 > shares["stride16"] > 0.8
