@@ -65,7 +65,11 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
 
 
 def backbone_name(backbone: torch.nn.Module) -> str | None:
-    """The registered name whose factory is the class of ``backbone`` (``None`` when none is)."""
+    """The registered name whose factory is the class of ``backbone``, or the ``registered_name`` that a factory
+    function set on it (``None`` when neither is registered)."""
+    named = getattr(backbone, "registered_name", None)
+    if isinstance(named, str) and named in _REGISTRY:
+        return named
     for name, (fn, _) in _REGISTRY.items():
         if type(backbone) is fn:
             return name
