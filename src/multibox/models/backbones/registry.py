@@ -54,7 +54,10 @@ def list_backbones() -> list[str]:
 
 
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
-    """Build backbone ``name`` with the factory's keyword arguments; ``KeyError`` naming the registered ones."""
+    """Build backbone ``name`` with the factory's keyword arguments; ``KeyError`` naming the registered ones.
+    ``"timm:NAME"`` is the ``timm`` backbone with ``model_name="NAME"`` (any timm model)."""
+    if name.startswith("timm:") and len(name) > len("timm:"):
+        name, kwargs = "timm", {"model_name": name[len("timm:"):], **kwargs}
     if name not in _REGISTRY:
         _discover()
     try:
