@@ -209,7 +209,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         try:
             return fn(name)
         except ImportError as err:  # an optional dependency (timm) is missing: listed, not built
-            return {"name": name, "unavailable": str(err)}
+            return {"name": name, "backbone": None, "unavailable": str(err)}
 
     infos = [info_or_reason(model_info, name) for name in list_models()]
     backbones = [info_or_reason(backbone_info, name) for name in list_backbones()]
