@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import platform
 import statistics
 import time
@@ -110,6 +111,7 @@ def run_models_benchmark(json_path: Path | None = None, models: str | None = Non
 
     names = select_models(models)
     torch.set_num_threads(threads)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
     print(f"{'model':<24} {'params':>12} {'GFLOPs':>8} {'fp32 ms':>9} {'fast ms':>9}")
     for name in names:
@@ -131,6 +133,9 @@ def run_models_benchmark(json_path: Path | None = None, models: str | None = Non
         "num_classes": 21,
         "fast_path": "channels_last + bf16 autocast (weights fp32), as multibox bench core",
         "gflops_counting": "torch.utils.flop_counter.FlopCounterMode, multiply-add = 2 FLOPs",
+        # other work on the machine inflates the latencies: the 1-minute load average before and after the run
+        "load_average_1min": [load_before[0] if load_before else None,
+                              os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
         "models": rows,
     }
     if json_path is not None:
