@@ -73,6 +73,7 @@ def _bench_one(name: str, repeats: int) -> dict[str, Any]:
     import torch  # heavy: see the note at the top
 
     from ..models import build_model
+    from ..models.backbones.registry import backbone_name
 
     torch.manual_seed(0)
     try:
@@ -83,12 +84,14 @@ def _bench_one(name: str, repeats: int) -> dict[str, Any]:
     x = torch.randn(1, 3, h, w)
     row: dict[str, Any] = {
         "name": name,
-        "backbone": getattr(model.backbone, "registered_name", None) or type(model.backbone).__name__,
+        "backbone": backbone_name(model.backbone) or type(model.backbone).__name__,
         "input": [int(h), int(w)],
         "num_priors": model.num_priors,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "gflops": count_gflops(model, x),
     }
+    if hasattr(model.backbone, "timm_name"):  # which timm model
+        row["backbone"] = f"timm:{model.backbone.timm_name}"
     with torch.inference_mode():
         row["latency_fp32_s"] = _median_latency(lambda: model(x), repeats)
         fast_model = model.to(memory_format=torch.channels_last)
