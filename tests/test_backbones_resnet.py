@@ -207,3 +207,26 @@ def test_timm_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_timm)
     with pytest.raises(ImportError, match=r"needs the optional dependency timm.*pip install 'multibox\[timm\]'"):
         build_model("ssd300_timm", num_classes=3)
+
+
+def test_models_listing_without_timm(monkeypatch, capsys):
+    import builtins
+    import json
+
+    from multibox.cli import main
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm" or name.startswith("timm."):
+            raise ImportError("No module named 'timm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    assert main(["models", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = {m["name"]: m for m in doc["models"]}
+    assert "pip install 'multibox[timm]'" in rows["ssd300_timm"]["unavailable"]
+    assert rows["ssd300_timm"]["backbone"] is None
+    assert rows["ssd300_resnet50_nvidia"]["num_priors"] == 8732
+    assert "unavailable" in {b["name"]: b for b in doc["backbones"]}["timm"]
