@@ -147,15 +147,19 @@ class ResNetBackbone(_PretrainedMixin, Backbone):
         taps: stages returned (2 = ``layer2`` .. 4 = ``layer4``), ascending; stages after the last tap are not
             built.
         layer3_stride: stride of the first block of ``layer3`` (1 in NVIDIA's SSD300: ``layer3`` at stride 8).
+        zero_init_residual: the last BN of each block starts at weight 0 (each block the identity: Goyal et al.
+            2017), so that a randomly initialized deep ResNet does not blow up its outputs (without it a random
+            ResNet-152 SSD starts with logits near 70); ImageNet weights replace it.
 
     ``out_channels``: ``(64, 128, 256, 512)[stage - 1] * expansion`` per tap; ``strides``: 4, 8, 16, 32 for
     stages 1..4 (halved from ``layer3`` on when ``layer3_stride == 1``); map sizes are ``ceil(H / stride)``.
-    Init: Kaiming-normal convs (fan_out), BatchNorm 1 / 0, as torchvision.
+    Init: Kaiming-normal convs (fan_out), BatchNorm 1 / 0, as torchvision (``zero_init_residual=True``).
     """
 
     layout_hint = "expected a torchvision / timm resnet state dict (keys 'conv1.weight', 'layer1.0.conv1.weight', ...)"
 
-    def __init__(self, depth: int = 50, taps: Sequence[int] = (2, 3, 4), layer3_stride: int = 2) -> None:
+    def __init__(self, depth: int = 50, taps: Sequence[int] = (2, 3, 4), layer3_stride: int = 2,
+                 zero_init_residual: bool = True) -> None:
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")
@@ -184,10 +188,16 @@ class ResNetBackbone(_PretrainedMixin, Backbone):
             if stage in taps:
                 self.out_channels.append(ch)
                 self.strides.append(stride_total)
+        _init_resnet(self)
+        if zero_init_residual:  # each block starts as the identity: a deep random ResNet keeps bounded outputs
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
         name = f"resnet{depth}"
         self.imagenet_file_patterns = (f"{name}-*.pth", f"{name}.pth", f"{name}*.safetensors",
                                        f"models--timm--{name}.*/snapshots/*/model.safetensors")
-        _init_resnet(self)
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, taps={self.taps}, layer3_stride={self.layer3_stride}"
