@@ -60,3 +60,24 @@ def test_roofline_counts_hand_computed_flops():
     assert train_step_gflop(Tiny(), (1, 3, 5, 5)) * 1e9 == 5400 + 800 + 5400 + 800 + 800
     r = rate_summary(10.0, {"ours": 0.1, "peer": 0.2}, "peer", peak=200.0)
     assert r == {"ours_gflops": 100.0, "peer_gflops": 50.0, "peer_fraction_of_peak": 0.25, "speedup_bound": 4.0}
+
+
+def test_bench_models_writes_json(tmp_path, capsys):
+    import torch
+
+    from multibox.bench.models import count_gflops
+    from multibox.models import model_info
+
+    # FLOPs counted by hand: a 3x3 conv, 3 -> 8 channels, padded, on 10x10: 2 * 8 * 3 * 9 * 100 multiply-adds
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert abs(count_gflops(conv, torch.randn(1, 3, 10, 10)) - 2 * 8 * 3 * 9 * 100 / 1e9) < 1e-12
+    out = tmp_path / "models.json"
+    assert main(["bench", "models", "--models", "ssd7", "--repeats", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    (row,) = r["models"]
+    assert row["name"] == "ssd7" and row["num_parameters"] == model_info("ssd7")["num_parameters"]
+    assert row["num_priors"] == model_info("ssd7")["num_priors"]
+    assert row["gflops"] > 0 and row["latency_fp32_s"] > 0 and row["latency_fast_s"] > 0
+    assert "ssd7" in capsys.readouterr().out
+    assert main(["bench", "models", "--models", "nope*"]) == 2
+    assert "matches no registered model" in capsys.readouterr().err

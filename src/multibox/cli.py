@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .commands.options import (
@@ -204,14 +205,23 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json, "--json")
-    infos = [model_info(name) for name in list_models()]
-    backbones = [backbone_info(name) for name in list_backbones()]
+    def info_or_reason(fn: Any, name: str) -> dict[str, Any]:  # noqa: ANN401
+        try:
+            return fn(name)
+        except ImportError as err:  # an optional dependency (timm) is missing: listed, not built
+            return {"name": name, "backbone": None, "unavailable": str(err)}
+
+    infos = [info_or_reason(model_info, name) for name in list_models()]
+    backbones = [info_or_reason(backbone_info, name) for name in list_backbones()]
     if args.json != "-":
         w = max([len("name"), *(len(i["name"]) for i in infos)])
-        b = max([len("backbone"), *(len(str(i["backbone"])) for i in infos)])
+        b = max([len("backbone"), *(len(str(i.get("backbone"))) for i in infos)])
         print(f"{'name':<{w}} {'backbone':<{b}} {'input':>9} {'maps':>4} {'priors':>7} {'params (21 cls)':>16}  "
               "feature maps")
         for i in infos:
+            if "unavailable" in i:
+                print(f"{i['name']:<{w}} {'-':<{b}} unavailable: {i['unavailable']}")
+                continue
             size = "x".join(str(v) for v in i["image_size"])
             maps = ", ".join(f"{h}x{w}" for h, w in i["feature_sizes"])
             print(f"{i['name']:<{w}} {i['backbone'] or '-':<{b}} {size:>9} {i['num_feature_maps']:>4} "
@@ -220,6 +230,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         w = max([len("backbone"), *(len(i["name"]) for i in backbones)])
         print(f"{'backbone':<{w}} {'strides':>10} {'out channels':>14} {'params':>12}  description")
         for i in backbones:
+            if "unavailable" in i:
+                print(f"{i['name']:<{w}} unavailable: {i['unavailable']}")
+                continue
             strides = ",".join(str(s) for s in i["strides"])
             chans = ",".join(str(c) for c in i["out_channels"])
             print(f"{i['name']:<{w}} {strides:>10} {chans:>14} {i['num_parameters']:>12,}  {i['description']}")
@@ -305,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
     add_quiet_option(bc)
     bc.set_defaults(func=_cmd_bench_core)
-    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo", "serve"])
+    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo", "serve", "models"])
 
     _add_plugin_commands(sub, "multibox.commands", TOP_COMMANDS)
 

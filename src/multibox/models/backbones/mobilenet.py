@@ -25,11 +25,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Backbone
+from .base import Backbone, load_state_dict_file
 from .registry import register_backbone
 
 __all__ = [
@@ -345,25 +344,6 @@ class MobileNetV2Backbone(Backbone):
             return self.load_pretrained(state_dict)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict from a PyTorch file, on the CPU (``torch.load(weights_only=True)``; a top-level
-    ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped). Errors name the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch.load raises many types for bad files
-        raise ValueError(f"{path}: not a readable PyTorch weights file ({type(err).__name__}: {err})") from err
-    if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model"):
-            if isinstance(obj.get(wrapper), Mapping):
-                obj = obj[wrapper]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
-        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
-    return dict(obj)
 
 
 # ------------------------------------------------------------------------------------------------ MobileNetV1

@@ -54,7 +54,10 @@ def list_backbones() -> list[str]:
 
 
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
-    """Build backbone ``name`` with the factory's keyword arguments; ``KeyError`` naming the registered ones."""
+    """Build backbone ``name`` with the factory's keyword arguments; ``KeyError`` naming the registered ones.
+    ``"timm:NAME"`` is the ``timm`` backbone with ``model_name="NAME"`` (any timm model)."""
+    if name.startswith("timm:") and len(name) > len("timm:"):
+        name, kwargs = "timm", {"model_name": name[len("timm:"):], **kwargs}
     if name not in _REGISTRY:
         _discover()
     try:
@@ -65,7 +68,11 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
 
 
 def backbone_name(backbone: torch.nn.Module) -> str | None:
-    """The registered name whose factory is the class of ``backbone`` (``None`` when none is)."""
+    """The registered name whose factory is the class of ``backbone``, or the ``registered_name`` that a factory
+    function set on it (``None`` when neither is registered)."""
+    named = getattr(backbone, "registered_name", None)
+    if isinstance(named, str) and named in _REGISTRY:
+        return named
     for name, (fn, _) in _REGISTRY.items():
         if type(backbone) is fn:
             return name
