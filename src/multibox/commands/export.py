@@ -33,12 +33,12 @@ from .options import (
     write_json_output,
 )
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "run_torchscript"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` parser."""
-    p = subparsers.add_parser("export", help="export a detector's network (ONNX)",
+    p = subparsers.add_parser("export", help="export a detector's network (ONNX, TorchScript)",
                               description="Export a zoo model or a detector file to another runtime's format.")
     sub = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
     o = sub.add_parser("onnx", help="the network as an ONNX graph (+ priors and input spec)",
@@ -57,6 +57,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite_option(o, "an existing output file")
     add_progress_options(o)
     o.set_defaults(func=run)
+
+    t = sub.add_parser("torchscript", help="the network as a TorchScript archive (torch.jit.load, no multibox)",
+                       description="The network traced to TorchScript (input images [B, 3, H, W] float32, resized "
+                                   "and normalized as the detector's input spec says; outputs cls_logits "
+                                   "[B, P, C], box_deltas [B, P, 4]); with --postprocess decoding and NMS "
+                                   "(scripted) follow: outputs boxes [B, K, 4] normalized xyxy, scores [B, K], "
+                                   "labels [B, K], num_detections [B]. Loads with torch.jit.load alone; the "
+                                   "class names and input spec are the archive's extra file multibox.json and "
+                                   "FILE.json. Checked against eager PyTorch on a random batch.")
+    t.add_argument("model", help="zoo name or detector file (bundle or checkpoint)")
+    t.add_argument("--out", required=True, help="output .pt file")
+    t.add_argument("--batch-size", type=positive_int, default=1, help="batch size of the traced example (default 1)")
+    t.add_argument("--postprocess", action="store_true", help="append decoding and NMS (the model's own settings)")
+    t.add_argument("--conf", type=probability,
+                   help="with --postprocess: score threshold in [0, 1] (default: the model's)")
+    add_json_option(t, "the export's summary (the FILE.json sidecar's content)")
+    add_overwrite_option(t, "an existing output file")
+    add_progress_options(t)
+    t.set_defaults(func=run_torchscript)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,4 +122,52 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB, opset {args.opset}, input [B, 3, {h}, {w}] "
           f"{det.input_spec.channel_order} mean {list(det.input_spec.mean)} std {list(det.input_spec.std)}; {check}), "
           f"{priors_path} and {out.with_suffix('.json')}")
+    return 0
+
+
+def _spec_dict(det: object) -> dict:
+    spec = det.input_spec  # type: ignore[attr-defined]
+    return dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(vars(spec))
+
+
+def run_torchscript(args: argparse.Namespace) -> int:
+    """``multibox export torchscript`` (see its description)."""
+    # the exporter (torch) loads when the command runs: every command module is imported for --help
+    from ..export.torchscript import META_FILE, export_torchscript
+
+    out = check_output_file(args.out)
+    if out.suffix not in (".pt", ".ts"):
+        raise UsageError(f"--out {out}: the output file must end in .pt (or .ts)")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"--out {out}: exists; give --overwrite to replace it")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.conf is not None and not args.postprocess:
+        raise UsageError("--conf only applies with --postprocess")
+    det = load_detector(args.model, "cpu", 1, "eager")
+    post = None
+    if args.postprocess:
+        post = det.postprocess_for(None) if args.conf is None else \
+            det.bundle.make_postprocess(conf_threshold=args.conf)
+        if int(post.keep_top_k) <= 0:
+            raise UsageError(f"{args.model}: keep_top_k {post.keep_top_k} gives no fixed output size; "
+                             "export without --postprocess")
+    meta = {"model": args.model, "class_names": det.class_names, "input_spec": _spec_dict(det),
+            "postprocess": dict(det.bundle.postprocess) if post is None else
+            {"mode": post.mode, "conf_threshold": post.conf_threshold, "top_k": post.top_k,
+             "nms_threshold": post.nms_threshold, "keep_top_k": post.keep_top_k, "clip": post.clip,
+             "score": post.score},
+            "variances": list(getattr(det.bundle, "variances", ())), "num_priors": int(det.bundle.priors.shape[0])}
+    info = export_torchscript(det.model, out, det.input_spec.image_size, batch_size=args.batch_size,
+                              postprocess=post, meta=meta)
+    meta = {**info, **meta, "extra_file": META_FILE}
+    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(meta, indent=2, default=str) + "\n").encode())
+    if args.json:
+        write_json_output(args.json, meta)
+    if is_quiet(args) or args.json == "-":
+        return 0
+    h, w = det.input_spec.image_size
+    print(f"wrote {out} ({info['bytes'] / 1e6:.1f} MB, input [B, 3, {h}, {w}] {det.input_spec.channel_order} "
+          f"mean {list(det.input_spec.mean)} std {list(det.input_spec.std)}; max |torchscript - eager| = "
+          f"{info['max_abs_diff']:.2e}; outputs {', '.join(info['outputs'])}) and {out.with_suffix('.json')}")
     return 0
