@@ -23,6 +23,7 @@ from ..fileio import atomic_write_bytes
 from .detect import load_detector
 from .options import (
     UsageError,
+    add_calibration_options,
     add_json_option,
     add_overwrite_option,
     add_progress_options,
@@ -53,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "[B, K, 4] normalized xyxy, scores [B, K], labels [B, K], num_detections [B]")
     o.add_argument("--conf", type=probability,
                    help="with --postprocess: score threshold in [0, 1] (default: the model's)")
+    o.add_argument("--int8", action="store_true",
+                   help="post-training static int8 quantization (ONNX Runtime QDQ, per-channel int8 weights), "
+                        "calibrated on --calibrate DIR; run it with --runtime onnxruntime-int8 --int8-model FILE")
+    add_calibration_options(o)
     add_json_option(o, "the export's summary (the FILE.json sidecar's content)")
     add_overwrite_option(o, "an existing output file")
     add_progress_options(o)
@@ -94,14 +99,27 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     if args.conf is not None and not args.postprocess:
         raise UsageError("--conf only applies with --postprocess")
+    calib_flags = [f for f, v in (("--calibrate", args.calibrate), ("--calib-images", args.calib_images),
+                                  ("--method", args.method), ("--keep-float", args.keep_float)) if v is not None]
+    if calib_flags and not args.int8:
+        raise UsageError(f"{', '.join(calib_flags)}: only with --int8")
+    if args.int8 and not args.calibrate:
+        raise UsageError("--int8 needs --calibrate DIR (a folder of images like those the model will see)")
+    if args.int8 and args.postprocess:
+        raise UsageError("--int8 exports the network only; the runtime onnxruntime-int8 appends the "
+                         "post-processing itself (leave out --postprocess)")
     det = load_detector(args.model, "cpu", 1, "eager")
     post = None
     if args.postprocess:
         post = det.postprocess_for(None) if args.conf is None else \
             det.bundle.make_postprocess(conf_threshold=args.conf)
+    quant = None
+    if args.int8:
+        quant = {"calibrate": args.calibrate, "calib_images": args.calib_images or 200,
+                 "method": args.method or "minmax", "keep_float": list(args.keep_float or ())}
     info = export_onnx(det.model, out, det.input_spec.image_size, batch_size=args.batch_size,
                        dynamic_batch=not args.static_batch, opset=args.opset, postprocess=post,
-                       num_classes=len(det.class_names))
+                       num_classes=len(det.class_names), int8=quant, input_spec=det.input_spec)
     priors_path = out.with_suffix(".priors.npy")
     buf = io.BytesIO()
     np.save(buf, det.bundle.priors.detach().cpu().float().numpy())
@@ -113,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(out.with_suffix(".json"), (json.dumps(meta, indent=2, default=str) + "\n").encode())
     check = "not checked (onnxruntime missing)" if info["max_abs_diff"] is None else \
         f"max |onnxruntime - torch| = {info['max_abs_diff']:.2e}"
+    if quant:
+        err = info["int8"]["error"]
+        check = (f"int8 ({quant['method']}, {info['int8']['calibration_images']} calibration images, "
+                 f"{len(info['int8']['float_nodes'])} nodes kept in float): relative RMS error vs float "
+                 f"cls_logits {err['cls_logits']:.4f}, box_deltas {err['box_deltas']:.4f}")
     check += f"; outputs {', '.join(info['outputs'])}"
     if args.json:
         write_json_output(args.json, meta)
