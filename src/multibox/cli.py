@@ -349,7 +349,7 @@ def build_anchors_fit_parser() -> argparse.ArgumentParser:
 # sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
 DATA_COMMANDS = ["convert", "check", "synth", "pack", "formats"]
 # "importer" registers `multibox import`
-TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "zoo", "serve"]
+TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "quant", "zoo", "serve"]
 
 
 def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, names: list[str]) -> None:
@@ -366,7 +366,7 @@ def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, n
 def command_name(args: argparse.Namespace) -> str:
     """The command a user typed, for error messages: ``"data convert"``, ``"bench zoo"``, ``"eval"``."""
     words = [args.command]
-    for attr in ("anchors_command", "data_command", "bench_command", "zoo_command"):
+    for attr in ("anchors_command", "data_command", "bench_command", "zoo_command", "quant_command"):
         if getattr(args, attr, None):
             words.append(getattr(args, attr))
     if args.command in ("export", "import") and isinstance(getattr(args, "format", None), str):
