@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
     add_quiet_option(bc)
     bc.set_defaults(func=_cmd_bench_core)
-    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo", "serve"])
+    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo", "serve", "export"])
 
     _add_plugin_commands(sub, "multibox.commands", TOP_COMMANDS)
 
