@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from multibox.cli import main
 
 
@@ -60,3 +62,19 @@ def test_roofline_counts_hand_computed_flops():
     assert train_step_gflop(Tiny(), (1, 3, 5, 5)) * 1e9 == 5400 + 800 + 5400 + 800 + 800
     r = rate_summary(10.0, {"ours": 0.1, "peer": 0.2}, "peer", peak=200.0)
     assert r == {"ours_gflops": 100.0, "peer_gflops": 50.0, "peer_fraction_of_peak": 0.25, "speedup_bound": 4.0}
+
+
+def test_bench_export_writes_json(tmp_path):
+    """Smoke run of ``bench export`` on the tiny ssd7 (timings are not checked, only the JSON contract)."""
+    out = tmp_path / "export.json"
+    assert main(["bench", "export", "--models", "ssd7", "--repeats", "1", "--json", str(out), "-q"]) == 0
+    r = json.loads(out.read_text())
+    m = r["models"]["ssd7"]
+    assert m["gflop_per_image"] > 0 and m["calibration_images"] >= 1
+    for b in (1, 8):
+        row = m["network"][f"batch_{b}"]
+        for k in ("eager", "onnxruntime_fp32", "onnxruntime_int8"):
+            assert row[k]["ms"] > 0 and row[k]["gflops"] > 0
+        assert row["int8_speedup_vs_fp32_runtime"] == pytest.approx(
+            row["onnxruntime_fp32"]["ms"] / row["onnxruntime_int8"]["ms"])
+    assert r["threads"] == 2 and len(r["load_average_before"]) == 3

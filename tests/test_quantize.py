@@ -56,6 +56,10 @@ def test_int8_graph_has_per_channel_int8_weights_and_float_where_asked(calib_dir
         assert w.data_type == onnx.TensorProto.INT8
         assert list(scale.dims) == [w.dims[0]]  # per output channel
         assert producers[conv.input[0]].op_type == "DequantizeLinear"  # int8 activations in
+        # a quantized bias (int32): what ONNX Runtime needs to fuse the conv into QLinearConv; the exporter shares
+        # equal (zero) biases of a fresh network through Identity nodes, which the export inlines first
+        assert len(conv.input) == 3 and producers[conv.input[2]].op_type == "DequantizeLinear"
+        assert inits[producers[conv.input[2]].input[0]].data_type == onnx.TensorProto.INT32
 
 
 def test_keep_float_words_and_patterns():

@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=2, help="threads for every runtime (default 2)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed calls per case (default 5)")
     p.add_argument("--models", nargs="+", default=["ssd300_vgg16", "ssdlite320_mobilenetv2", "face", "person"],
-                   choices=["ssd300_vgg16", "ssdlite320_mobilenetv2", "face", "person"],
-                   help="which models (default all; face / person only when the zoo has them cached)")
+                   choices=["ssd300_vgg16", "ssdlite320_mobilenetv2", "face", "person", "ssd7"],
+                   help="which models (default all but ssd7, the tiny smoke-test model; face / person only when the "
+                        "zoo has them cached)")
     p.add_argument("--calibrate", metavar="DIR", help="calibration images (default: the real photos above)")
     p.add_argument("--calib-images", type=positive_int, default=200, metavar="N",
                    help="calibrate on the first N images (default 200: all of the default set)")
@@ -223,7 +224,8 @@ def run_export_benchmark(json_path: Path | None = None, threads: int = 2, repeat
                     continue
                 det = Detector.from_pretrained(zoo_names[key], runtime="onnxruntime", batch_size=1)
             else:
-                model = build_model(key, num_classes=21).eval()
+                model = build_model(key, num_classes=21, **({"image_size": (96, 128)} if key == "ssd7" else {}))
+                model = model.eval()
                 det = Detector.from_model(model, runtime="onnxruntime", batch_size=1)
             r = _bench_model(key, det, calib_dir, calib_images, repeats, tmp, end_to_end=key in zoo_names)
             result["models"][key] = r
