@@ -216,3 +216,34 @@ def test_int8_keeps_fp32_detections_on_real_photos(tmp_path, name):
             assert iou >= 0.9 and abs(s - float(score)) <= 0.05, (name, iou, s, float(score))
             checked += 1
     assert checked >= 3  # the person / the face in each of the three photos
+
+
+def test_eval_passes_the_int8_options_to_the_detector(tmp_path, calib_dir, monkeypatch, capsys):
+    """``eval CKPT --runtime onnxruntime-int8 --calibrate DIR ...`` loads the detector with those options (the
+    default loader builds an int8 Detector from them), and without the runtime the flags are refused."""
+    from multibox.commands import eval as eval_cmd
+
+    bundle = make_bundle()
+    model_file = tmp_path / "det.safetensors"
+    save_bundle(bundle, model_file)
+    seen = {}
+
+    def loader(path, device, **kw):
+        seen.update(kw)
+        raise ValueError("stop here")  # the options are what this test is about
+
+    monkeypatch.setattr(eval_cmd, "_default_loader", loader)
+    data = tmp_path / "synth"
+    assert main(["data", "synth", str(data), "--num-images", "2", "-q"]) == 0
+    args = ["eval", str(model_file), "--data", str(data), "--runtime", "onnxruntime-int8",
+            "--calibrate", str(calib_dir), "--calib-images", "3", "--method", "percentile", "--keep-float", "heads"]
+    assert main(args) == 2
+    assert seen["runtime_options"] == {"calibrate": str(calib_dir), "calib_images": 3, "method": "percentile",
+                                       "keep_float": ["heads"]}
+    assert main(["eval", str(model_file), "--data", str(data), "--calibrate", str(calib_dir)]) == 2
+    assert "only with --runtime onnxruntime-int8" in capsys.readouterr().err
+    monkeypatch.undo()
+    det = eval_cmd._default_loader(model_file, "cpu", runtime="onnxruntime-int8", batch_size=2,
+                                   runtime_options=seen["runtime_options"])
+    out = det.detect_arrays([photo(), photo(seed=2)])
+    assert det.runtime_name == "onnxruntime-int8" and len(out) == 2
