@@ -256,9 +256,10 @@ def test_queue_full_is_503_at_once(bundle_file):
         second = pool.submit(_detect, url, _png(2))  # waits in the queue
         while model.batcher.depth < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        t0 = time.perf_counter()
         third = _detect(url, _png(3))
-        assert third.status_code == 503 and time.perf_counter() - t0 < 1.0
+        # answered at once: while the first request is still held, not after the queue moved (no timing: the
+        # machine may be loaded)
+        assert third.status_code == 503 and not first.done() and not second.done()
         assert int(third.headers["retry-after"]) >= 1 and "busy" in third.json()["error"]
         gate.set()
         assert first.result().status_code == 200 and second.result().status_code == 200

@@ -22,7 +22,7 @@ import io
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..fileio import UsageError, atomic_write_bytes, check_output_dir, check_output_file
@@ -79,26 +79,26 @@ def show_progress(args: argparse.Namespace | None = None, stream: object = None)
         return False
 
 
-def probability(text: str) -> float:
-    """argparse type: a float in ``[0, 1]`` (``nan``, ``inf`` and values outside are errors)."""
+def finite_float(text: str, ok: Callable[[float], bool], bounds: str, what: str = "a number") -> float:
+    """``float(text)`` for an argparse type: ``ArgumentTypeError("'text' is not <what>")`` when it does not parse,
+    ``"'text' <bounds>"`` when it is ``nan`` / ``inf`` or ``ok(value)`` is false."""
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1]")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not math.isfinite(v) or not ok(v):
+        raise argparse.ArgumentTypeError(f"{text!r} {bounds}")
     return v
+
+
+def probability(text: str) -> float:
+    """argparse type: a float in ``[0, 1]`` (``nan``, ``inf`` and values outside are errors)."""
+    return finite_float(text, lambda v: 0.0 <= v <= 1.0, "is not in [0, 1]")
 
 
 def overlap_fraction(text: str) -> float:
     """argparse type: a float in ``[0, 1)`` (the overlap of neighbouring tiles, a fraction of the tile)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1) (a fraction of the tile)")
-    return v
+    return finite_float(text, lambda v: 0.0 <= v < 1.0, "is not in [0, 1) (a fraction of the tile)")
 
 
 def add_tile_options(p: argparse.ArgumentParser) -> None:

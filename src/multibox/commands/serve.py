@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import math
 import os
 import sys
 from pathlib import Path
 
 from ..interop.zoo import ZOO, ZooUnavailable
 from .detect import DEFAULT_MODEL
-from .options import UsageError, add_quiet_option, is_quiet, positive_int, probability
+from .options import UsageError, add_quiet_option, finite_float, is_quiet, positive_int, probability
 
 __all__ = ["register", "run", "settings_from_args", "is_loopback"]
 
@@ -38,23 +37,12 @@ def _port(text: str) -> int:
 
 
 def _non_negative_ms(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not math.isfinite(v) or not 0 <= v <= 10_000:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in 0..10000 milliseconds")
-    return v
+    return finite_float(text, lambda v: 0 <= v <= 10_000, "must be in 0..10000 milliseconds",
+                        "a number of milliseconds")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-    return v
+    return finite_float(text, lambda v: v > 0, "must be a finite number > 0")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
