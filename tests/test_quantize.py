@@ -247,3 +247,17 @@ def test_eval_passes_the_int8_options_to_the_detector(tmp_path, calib_dir, monke
                                    runtime_options=seen["runtime_options"])
     out = det.detect_arrays([photo(), photo(seed=2)])
     assert det.runtime_name == "onnxruntime-int8" and len(out) == 2
+
+
+def test_calibration_methods_give_different_ranges(calib_dir):
+    """ONNX Runtime's entropy calibrator through quantize_static has one KL candidate (128 bins for 128 quantized
+    bins), the full range, which made ``entropy`` identical to ``minmax``; ours calibrates it with 2048 bins."""
+    bundle = make_bundle()
+    graph = _float_graph(bundle)
+    from multibox.export.quantize import calibration_inputs
+
+    calib = calibration_inputs(calib_dir, bundle.input_spec, 3)
+    graphs = {m: quantize_onnx(graph, calib, method=m) for m in ("minmax", "entropy", "percentile")}
+    assert len(set(graphs.values())) == 3
+    with pytest.raises(ValueError, match="--method 'kl'"):
+        quantize_onnx(graph, calib, method="kl")

@@ -22,7 +22,9 @@ at load time. PT2E was not measured (docs/quantization.md).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
 import logging
 import math
 import os
@@ -184,6 +186,27 @@ def _method(method: str) -> Any:  # noqa: ANN401
             "percentile": q.CalibrationMethod.Percentile}[method]
 
 
+def _entropy_ranges(src: Path, reader: _Reader, cache: Path, tmp: Path) -> None:
+    """Entropy (KL) calibration of the graph at ``src`` into the range cache ``cache``, with 2048 histogram bins.
+
+    ``quantize_static`` cannot pass the histogram size, and with ONNX Runtime's default for entropy (128 bins, as
+    many as the quantized bins) the KL search has a single candidate, the full range: ``entropy`` then gives a
+    graph byte-identical to ``minmax`` (measured on the face SSD with ONNX Runtime 1.32). Calibrating here with
+    2048 bins (the percentile calibrator's default) and handing the ranges over through the calibration cache
+    makes it an actual entropy calibration.
+    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    calibrator = create_calibrator(src, sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+                                   augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), cache)
+    reader.rewind()
+
+
 def quantize_onnx(model: bytes, calibration: Tensor, *, method: str = "minmax", per_channel: bool = True,
                   keep_float: Sequence[str] = (), only: Sequence[str] | None = None,
                   activation: str = "uint8", cache: str | os.PathLike | None = None) -> bytes:
@@ -209,11 +232,15 @@ def quantize_onnx(model: bytes, calibration: Tensor, *, method: str = "minmax", 
     act = q.QuantType.QUInt8 if activation == "uint8" else q.QuantType.QInt8
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint at WARNING level
-    try:
-        with tempfile.TemporaryDirectory(prefix="multibox-int8-") as tmp:
+    try:  # the histogram calibrators print their progress: kept off standard output (`--json -` writes there)
+        with tempfile.TemporaryDirectory(prefix="multibox-int8-") as tmp, contextlib.redirect_stdout(io.StringIO()):
             src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(model)
-            q.quantize_static(str(src), str(dst), _Reader(calibration), quant_format=q.QuantFormat.QDQ,
+            reader = _Reader(calibration)
+            if method == "entropy" and (cache is None or not Path(cache).is_file()):
+                cache = Path(cache) if cache is not None else Path(tmp) / "entropy-ranges.json"
+                _entropy_ranges(src, reader, cache, Path(tmp))
+            q.quantize_static(str(src), str(dst), reader, quant_format=q.QuantFormat.QDQ,
                               op_types_to_quantize=None, per_channel=per_channel, reduce_range=False,
                               activation_type=act, weight_type=q.QuantType.QInt8,
                               nodes_to_exclude=exclude, nodes_to_quantize=list(only) if only is not None else None,
