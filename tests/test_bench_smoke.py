@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from multibox.cli import main
 
 
@@ -81,3 +83,19 @@ def test_bench_models_writes_json(tmp_path, capsys):
     assert "ssd7" in capsys.readouterr().out
     assert main(["bench", "models", "--models", "nope*"]) == 2
     assert "matches no registered model" in capsys.readouterr().err
+
+
+def test_bench_export_writes_json(tmp_path):
+    """Smoke run of ``bench export`` on the tiny ssd7 (timings are not checked, only the JSON contract)."""
+    out = tmp_path / "export.json"
+    assert main(["bench", "export", "--models", "ssd7", "--repeats", "1", "--json", str(out), "-q"]) == 0
+    r = json.loads(out.read_text())
+    m = r["models"]["ssd7"]
+    assert m["gflop_per_image"] > 0 and m["calibration_images"] >= 1
+    for b in (1, 8):
+        row = m["network"][f"batch_{b}"]
+        for k in ("eager", "onnxruntime_fp32", "onnxruntime_int8"):
+            assert row[k]["ms"] > 0 and row[k]["gflops"] > 0
+        assert row["int8_speedup_vs_fp32_runtime"] == pytest.approx(
+            row["onnxruntime_fp32"]["ms"] / row["onnxruntime_int8"]["ms"])
+    assert r["threads"] == 2 and len(r["load_average_before"]) == 3

@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
     add_quiet_option(bc)
     bc.set_defaults(func=_cmd_bench_core)
-    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo", "serve", "models"])
+    _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo", "serve", "models", "export"])
 
     _add_plugin_commands(sub, "multibox.commands", TOP_COMMANDS)
 
@@ -362,7 +362,7 @@ def build_anchors_fit_parser() -> argparse.ArgumentParser:
 # sets ``func``. Listed here so that ``--help`` shows them in a fixed order.
 DATA_COMMANDS = ["convert", "check", "synth", "pack", "formats"]
 # "importer" registers `multibox import`
-TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "zoo", "serve"]
+TOP_COMMANDS = ["train", "eval", "detect", "importer", "export", "quant", "zoo", "serve"]
 
 
 def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, names: list[str]) -> None:
@@ -379,7 +379,7 @@ def _add_plugin_commands(subparsers: argparse._SubParsersAction, package: str, n
 def command_name(args: argparse.Namespace) -> str:
     """The command a user typed, for error messages: ``"data convert"``, ``"bench zoo"``, ``"eval"``."""
     words = [args.command]
-    for attr in ("anchors_command", "data_command", "bench_command", "zoo_command"):
+    for attr in ("anchors_command", "data_command", "bench_command", "zoo_command", "quant_command"):
         if getattr(args, attr, None):
             words.append(getattr(args, attr))
     if args.command in ("export", "import") and isinstance(getattr(args, "format", None), str):

@@ -137,6 +137,9 @@ class Detector:
             :class:`~multibox.export.onnx.OnnxUnavailable` without ``onnx`` / ``onnxruntime``).
         postprocess: overrides of the bundle's post-processing settings (``nms_threshold``, ``keep_top_k``, ...),
             or a ready :class:`~multibox.postprocess.PostProcess` to use as it is.
+        runtime_options: options of the named ``runtime`` (:meth:`multibox.runtime.base.Runtime.configure`), e.g.
+            for ``"onnxruntime-int8"`` ``{"model": "det.int8.onnx"}`` or ``{"calibrate": "photos/",
+            "calib_images": 200, "method": "minmax", "keep_float": ["first"]}`` (:mod:`multibox.runtime.ort_int8`).
 
     Attributes: ``class_names`` (background first), ``input_spec``, ``name``, ``bundle``, ``device``,
     ``runtime`` (as asked), ``runtime_name`` (in use).
@@ -144,16 +147,21 @@ class Detector:
 
     def __init__(self, bundle: DetectorBundle, device: str | torch.device = "cpu", *, conf: float | None = None,
                  batch_size: int = 8, runtime: str = AUTO, postprocess: dict[str, Any] | nn.Module | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, runtime_options: dict[str, Any] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = check_device(device)  # "tpu", or cuda without a GPU: a ValueError naming it
+        self.input_spec: InputSpec = bundle.input_spec
+        self._runtime = None
         if runtime != AUTO:
-            get_runtime(runtime).check(self.device)  # unknown names and unusable runtimes fail here, clearly
+            # unknown names, bad options and unusable runtimes fail here, clearly
+            self._runtime = get_runtime(runtime).configure(runtime_options or {}, self.input_spec)
+            self._runtime.check(self.device)
+        elif runtime_options:
+            raise ValueError("runtime_options need a runtime named, not 'auto'")
         self.runtime = runtime
         self.bundle = bundle
         self.model = bundle.model.to(self.device).eval()
-        self.input_spec: InputSpec = bundle.input_spec
         self.class_names = list(bundle.class_names)
         self.conf = conf
         self.batch_size = int(batch_size)
@@ -244,8 +252,11 @@ class Detector:
             if name == EAGER:
                 break
             try:
-                net = get_runtime(name).build(self.model, x)
-                if outputs_close(network_outputs(net(x)), ref, _TRACE_RTOL):
+                runtime = self._runtime if name == self.runtime and self._runtime is not None else get_runtime(name)
+                net = runtime.build(self.model, x)
+                got = network_outputs(net(x))
+                if runtime.exact and outputs_close(got, ref, _TRACE_RTOL) or \
+                        not runtime.exact and all(a.shape == b.shape for a, b in zip(got, ref, strict=True)):
                     chosen = (name, net)
                     break
                 problem = f"the {name} network gives other outputs than eager mode"
@@ -482,7 +493,9 @@ class Detector:
         fused = self._fused[b]
         key = (b, float(post.conf_threshold))
         if fused is not None and key not in self._fused_ok:
-            ref = post.forward_padded(*self._eager(x))
+            # an approximate (int8) runtime: the fused graph must match PyTorch's post-processing of its own outputs
+            exact = self._runtime is None or self._runtime.exact
+            ref = post.forward_padded(*(self._eager(x) if exact else network_outputs(self._networks[b](x))))
             self._fused_ok[key] = _same_padded(fused(x, post.conf_threshold), ref)
             if not self._fused_ok[key]:
                 warnings.warn(f"{self.name}: the fused post-processing gives other detections than PyTorch's at "

@@ -44,6 +44,7 @@ from ..fileio import atomic_write_bytes
 from ..interop.zoo import ZOO, ZooUnavailable
 from .options import (
     UsageError,
+    add_int8_runtime_options,
     add_json_option,
     add_overwrite_option,
     add_progress_options,
@@ -51,6 +52,7 @@ from .options import (
     add_tta_option,
     check_output_dir,
     check_output_file,
+    int8_runtime_options,
     is_quiet,
     positive_int,
     probability,
@@ -70,7 +72,7 @@ DEFAULT_MODEL = "face-res10-300"
 RESULTS_FILE = "detections.json"
 _RUNTIME_HELP = ("how the network runs: auto (default: ONNX Runtime on the CPU when installed, else traced "
                  "PyTorch, checked against eager mode) or one of eager, jit, jit+channels_last, channels_last, "
-                 "onnxruntime")
+                 "onnxruntime, onnxruntime-int8 (with --int8-model FILE or --calibrate DIR)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--yolo", action="store_true", help="also write yolo/<name>.txt per image and yolo/classes.txt")
     p.add_argument("--no-draw", action="store_true", help="do not write annotated images")
     p.add_argument("--video-stride", type=positive_int, default=1, help="use every N-th video frame (default 1)")
+    add_int8_runtime_options(p)
     add_tile_options(p)
     add_tta_option(p)
     add_json_option(p, "a summary (images, detections, files, seconds)")
@@ -102,16 +105,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_detector(spec: str, device: str = "cpu", batch_size: int = 8, runtime: str = "auto") -> Any:  # noqa: ANN401
+def load_detector(spec: str, device: str = "cpu", batch_size: int = 8, runtime: str = "auto",  # noqa: ANN401
+                  runtime_options: dict[str, Any] | None = None) -> Any:
     """A :class:`~multibox.detector.Detector` from a detector file or a zoo name (``KeyError`` /
-    ``FileNotFoundError`` naming ``spec`` otherwise)."""
+    ``FileNotFoundError`` naming ``spec`` otherwise); ``runtime_options``: see the Detector."""
     from ..detector import Detector  # torch and the model code: imported when a command runs, not for --help
 
     p = Path(spec)
+    kw = {"batch_size": batch_size, "runtime": runtime, "runtime_options": runtime_options}
     if p.is_file():
-        return Detector.from_file(p, device, batch_size=batch_size, runtime=runtime)
+        return Detector.from_file(p, device, **kw)
     if spec in ZOO:
-        return Detector.from_pretrained(spec, device, batch_size=batch_size, runtime=runtime)
+        return Detector.from_pretrained(spec, device, **kw)
     if p.suffix in (".safetensors", ".pt") or "/" in spec or "\\" in spec:
         raise FileNotFoundError(f"{p}: no such detector file")
     raise KeyError(f"{spec!r} is neither a detector file nor a zoo model; zoo models: {', '.join(sorted(ZOO))}")
@@ -237,9 +242,10 @@ def run(args: argparse.Namespace) -> int:
                          "replace its outputs, or another --out")
     if args.json:
         check_output_file(args.json, "--json")
+    runtime_options = int8_runtime_options(args)
     sources = expand_sources(list(args.sources))
     try:
-        detector = load_detector(args.model, args.device, args.batch_size, args.runtime)
+        detector = load_detector(args.model, args.device, args.batch_size, args.runtime, runtime_options)
     except ZooUnavailable as e:
         print(f"multibox detect: error: {e}", file=sys.stderr)
         return 2

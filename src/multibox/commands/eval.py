@@ -31,12 +31,14 @@ from ..fileio import atomic_write_bytes
 from ..metrics.registry import get_metric, list_metrics, metric_table
 from .options import (
     UsageError,
+    add_int8_runtime_options,
     add_json_option,
     add_progress_options,
     add_tile_options,
     add_tta_option,
     check_output_dir,
     check_output_file,
+    int8_runtime_options,
     is_quiet,
     non_negative_int,
     positive_int,
@@ -94,7 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="device to run a model on (default cpu)")
     p.add_argument("--runtime", default="auto",
                    help="how a CHECKPOINT's network runs, as in multibox detect: auto (default) or one of eager, "
-                        "jit, jit+channels_last, channels_last, onnxruntime")
+                        "jit, jit+channels_last, channels_last, onnxruntime, onnxruntime-int8 (with --int8-model "
+                        "FILE or --calibrate DIR)")
+    add_int8_runtime_options(p)
     add_tile_options(p)
     add_tta_option(p)
     p.set_defaults(func=run)
@@ -106,7 +110,8 @@ def _classes(spec: str | None) -> Any:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def _default_loader(path: Path, device: str, runtime: str = "auto", batch_size: int = 8) -> Any:  # noqa: ANN401
+def _default_loader(path: Path, device: str, runtime: str = "auto", batch_size: int = 8,  # noqa: ANN401
+                    runtime_options: dict[str, Any] | None = None) -> Any:
     """The detector in ``path`` (a multibox checkpoint or any detector bundle, e.g. an imported Caffe or TF SSD),
     loaded exactly as ``multibox detect --model PATH`` loads it, with the evaluation's post-processing settings
     (:data:`multibox.engine.evaluator.EVAL_POSTPROCESS`)."""
@@ -114,7 +119,8 @@ def _default_loader(path: Path, device: str, runtime: str = "auto", batch_size: 
     from ..detector import Detector
     from ..engine.evaluator import EVAL_POSTPROCESS
 
-    return Detector.from_file(path, device, runtime=runtime, batch_size=batch_size, postprocess=EVAL_POSTPROCESS)
+    return Detector.from_file(path, device, runtime=runtime, batch_size=batch_size, postprocess=EVAL_POSTPROCESS,
+                              runtime_options=runtime_options)
 
 
 def run(args: argparse.Namespace, load: Callable[[Path, str], Any] | None = None) -> int:
@@ -218,7 +224,9 @@ def _run_model(args: argparse.Namespace, checkpoint: Path, data: str, load: Call
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
     ds = open_dataset(data, split=args.split, classes=_classes(args.classes))
-    model = load(checkpoint, args.device, runtime=args.runtime, batch_size=args.batch_size)
+    options = int8_runtime_options(args)
+    extra = {"runtime_options": options} if options else {}  # custom loaders (tests) need not know the option
+    model = load(checkpoint, args.device, runtime=args.runtime, batch_size=args.batch_size, **extra)
     result = evaluate_model(model, ds, metric=args.metric, batch_size=args.batch_size, num_workers=args.workers,
                             device=args.device, progress=show_progress(args),
                             runtime=args.runtime, tile=tile, overlap=overlap, tta=args.tta)

@@ -23,6 +23,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..fileio import UsageError, atomic_write_bytes, check_output_dir, check_output_file
 
@@ -30,7 +31,8 @@ __all__ = [
     "UsageError", "add_json_option", "add_overwrite_option", "add_progress_options", "show_progress", "is_quiet",
     "probability", "positive_int", "check_output_dir", "check_output_file", "quiet_output", "add_quiet_option",
     "non_negative_int", "positive_seconds", "write_json_output", "overlap_fraction", "add_tile_options",
-    "tile_settings", "DEFAULT_OVERLAP",
+    "tile_settings", "DEFAULT_OVERLAP", "add_calibration_options", "add_int8_runtime_options",
+    "int8_runtime_options", "INT8_METHODS",
 ]
 
 #: ``--overlap`` when ``--tile`` is given without it.
@@ -116,6 +118,54 @@ def add_tta_option(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: detect in mirrored / turned copies and fuse the boxes (weighted "
                         "box fusion): hflip (2 views), flips (4), dihedral (all 8 mirrors and quarter turns, for "
                         "overhead photos); costs one network pass per view (default: off)")
+
+
+INT8_METHODS = ("minmax", "entropy", "percentile")  # multibox.export.quantize.METHODS (not imported: --help)
+
+
+def add_calibration_options(p: argparse.ArgumentParser) -> None:
+    """``--calibrate DIR``, ``--calib-images N``, ``--method``, ``--keep-float NAME``: int8 calibration
+    (docs/quantization.md)."""
+    p.add_argument("--calibrate", metavar="DIR",
+                   help="int8: a folder of images to calibrate the activation ranges on (pre-processed as the "
+                        "model does)")
+    p.add_argument("--calib-images", type=positive_int, default=None, metavar="N",
+                   help="int8: calibrate on the first N images of --calibrate, sorted by path (default 200)")
+    p.add_argument("--method", choices=INT8_METHODS, default=None,
+                   help="int8: activation range calibration (default minmax)")
+    p.add_argument("--keep-float", action="append", default=None, metavar="NAME",
+                   help="int8: leave these layers in float: an ONNX node name or pattern, 'first' (the first "
+                        "convolution) or 'heads' (the prediction convolutions); repeatable ('multibox quant "
+                        "analyze' ranks the layers)")
+
+
+def add_int8_runtime_options(p: argparse.ArgumentParser) -> None:
+    """``--int8-model FILE`` and the calibration options: the options of ``--runtime onnxruntime-int8``."""
+    p.add_argument("--int8-model", metavar="FILE",
+                   help="with --runtime onnxruntime-int8: the int8 graph written by 'multibox export onnx MODEL "
+                        "--int8 --calibrate DIR' (or give --calibrate DIR to quantize when loading)")
+    add_calibration_options(p)
+
+
+def int8_runtime_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``runtime_options`` for the Detector from :func:`add_int8_runtime_options`' flags (``None`` when none is
+    given); :class:`UsageError` when they are given without ``--runtime onnxruntime-int8``, or mixed wrongly."""
+    given = {"model": args.int8_model, "calibrate": args.calibrate, "calib_images": args.calib_images,
+             "method": args.method, "keep_float": args.keep_float}
+    given = {k: v for k, v in given.items() if v is not None}
+    runtime = getattr(args, "runtime", None)
+    if runtime != "onnxruntime-int8":
+        if given:
+            flags = ", ".join("--" + ("int8-model" if k == "model" else k.replace("_", "-")) for k in given)
+            raise UsageError(f"{flags}: only with --runtime onnxruntime-int8")
+        return None
+    if ("model" in given) == ("calibrate" in given):
+        raise UsageError("--runtime onnxruntime-int8 needs either --int8-model FILE (from 'multibox export onnx "
+                         "MODEL --int8 --calibrate DIR') or --calibrate DIR" +
+                         (", not both" if "model" in given else ""))
+    if "model" in given and len(given) > 1:
+        raise UsageError("--calib-images, --method and --keep-float only apply with --calibrate DIR")
+    return given
 
 
 def tile_settings(args: argparse.Namespace) -> tuple[int | None, float]:

@@ -24,8 +24,8 @@ first), then ``eager``; the :class:`~multibox.detector.Detector` uses the first 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -84,11 +84,23 @@ class Runtime:
         auto_rank: device type (``"cpu"``, ``"cuda"``, ... or ``"*"`` for any) -> rank in ``"auto"`` (higher is
             tried first); a device type without a rank never gets this runtime from ``"auto"``.
         description: one line for listings.
+        exact: whether its outputs equal eager mode's (within 1e-4 relative; the Detector checks it on the first
+            batch). ``False`` (an int8 runtime): approximate by design; the Detector then checks only the output
+            shapes, and the fused post-processing against PyTorch's on the runtime's own outputs.
     """
 
     name: ClassVar[str] = ""
     auto_rank: ClassVar[dict[str, int]] = {}
     description: ClassVar[str] = ""
+    exact: ClassVar[bool] = True
+
+    def configure(self, options: Mapping[str, Any], input_spec: Any = None) -> Runtime:  # noqa: ANN401
+        """This runtime with ``options`` (``Detector(..., runtime_options={...})``; ``input_spec``: the detector's
+        :class:`~multibox.models.spec.InputSpec`, for runtimes that pre-process data themselves, e.g. calibration
+        images). The default takes no options: any is a ``ValueError`` naming it."""
+        if options:
+            raise ValueError(f"runtime {self.name!r} takes no options, got {', '.join(sorted(options))}")
+        return self
 
     def check(self, device: torch.device) -> None:
         """Raise a clear error (``ValueError``, or ``ImportError`` naming the package to install) when this
