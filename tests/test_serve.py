@@ -289,7 +289,12 @@ def test_models_health_docs_page(service):
                                                    "max_batch": 4}]}
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{url}/readyz").json() == {"status": "ready", "models": ["tiny"]}
-    assert httpx.get(f"{url}/docs").status_code == 200
+    docs = httpx.get(f"{url}/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "https://" not in docs.text and "http://" not in docs.text  # nothing from the internet
+    js = httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000 and "javascript" in js.headers["content-type"]
+    assert httpx.get(f"{url}/docs-assets/secret.txt").status_code == 404
     spec = httpx.get(f"{url}/openapi.json").json()
     assert "/v1/detect" in spec["paths"] and "multipart/form-data" in json.dumps(spec["paths"]["/v1/detect"])
     page = httpx.get(f"{url}/")

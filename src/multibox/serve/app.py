@@ -43,13 +43,14 @@ from dataclasses import asdict, dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 from importlib import resources
-from pathlib import PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import ClientDisconnect
 
@@ -320,8 +321,28 @@ def create_app(models: Sequence[tuple[str, Detector]], settings: ServeSettings) 
             for m in served.values():
                 await m.batcher.stop()
 
-    app = FastAPI(title="multibox serve", version="1", lifespan=lifespan,
+    app = FastAPI(title="multibox serve", version="1", lifespan=lifespan, docs_url=None,
                   description="SSD object detection over HTTP (docs/serve.md).")
+    docs_assets = _swagger_assets()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page() -> Response:
+        """Swagger UI for ``/openapi.json``, its script and style served from the package ``swagger-ui-bundle``
+        (nothing from the internet)."""
+        if docs_assets is None:
+            return _error(404, "the OpenAPI page needs the package swagger-ui-bundle (pip install "
+                               "'multibox[serve]'); the spec is at /openapi.json")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="multibox serve: API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="")
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if docs_assets is None or name not in docs_assets:
+            return _error(404, "not found")
+        kind = "text/css" if name.endswith(".css") else "text/javascript"
+        return Response(docs_assets[name], media_type=kind,
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=86400"})
     app.state.metrics = metrics
     app.state.models = served
     app.state.settings = settings
@@ -440,6 +461,20 @@ def create_app(models: Sequence[tuple[str, Detector]], settings: ServeSettings) 
         return _static_response(static, name)
 
     return app
+
+
+def _swagger_assets() -> dict[str, bytes] | None:
+    """``swagger-ui-bundle.js`` and ``swagger-ui.css`` read from the installed ``swagger_ui_bundle`` package, or
+    ``None`` when it is not installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    folder = Path(str(swagger_ui_path))
+    try:
+        return {n: (folder / n).read_bytes() for n in ("swagger-ui-bundle.js", "swagger-ui.css")}
+    except OSError:
+        return None
 
 
 def _static_response(static: dict[str, bytes], name: str) -> Response:
