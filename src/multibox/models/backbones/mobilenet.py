@@ -28,7 +28,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Backbone, load_state_dict_file
+from .base import Backbone, copy_matching_state_dict, load_state_dict_file
 from .registry import register_backbone
 
 __all__ = [
@@ -302,39 +302,8 @@ class MobileNetV2Backbone(Backbone):
         when a shape differs (e.g. another ``width_mult``), a value is not a tensor, or a backbone parameter or
         buffer is absent from ``state_dict`` (``num_batches_tracked`` may be absent). Nothing is loaded then.
         """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
-        own = self.state_dict()
-        take: dict[str, Tensor] = {}
-        loaded: list[str] = []
-        skipped: list[str] = []
-        problems: list[str] = []
-        for key, value in state_dict.items():
-            name = key[len("module."):] if key.startswith("module.") else key
-            if name not in own:
-                skipped.append(key)
-                continue
-            if not isinstance(value, Tensor):
-                problems.append(f"{key} is a {type(value).__name__}, not a tensor")
-                continue
-            if tuple(value.shape) != tuple(own[name].shape):
-                problems.append(f"{key} has shape {tuple(value.shape)}, the backbone needs {tuple(own[name].shape)}")
-                continue
-            take[name] = value
-            loaded.append(key)
-        what = f"MobileNetV2Backbone(width_mult={self.width_mult:g})"
-        if problems:
-            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-            raise ValueError(f"cannot load the state dict into {what}: " + "; ".join(problems[:5]) + more)
-        required = [k for k in own if not k.endswith("num_batches_tracked")]
-        missing = [k for k in required if k not in take]
-        if missing:
-            raise ValueError(
-                f"the state dict lacks {len(missing)} of the {len(required)} parameters and buffers of {what}, e.g. "
-                f"{', '.join(missing[:3])}; expected a torchvision mobilenet_v2 state dict (keys 'features.N...')"
-            )
-        self.load_state_dict(take, strict=False)
-        return {"loaded": loaded, "skipped": skipped}
+        return copy_matching_state_dict(self, state_dict, f"MobileNetV2Backbone(width_mult={self.width_mult:g})",
+                                        "expected a torchvision mobilenet_v2 state dict (keys 'features.N...')")
 
     def load_pretrained_file(self, path: str | os.PathLike) -> dict[str, list[str]]:
         """:meth:`load_pretrained` from a ``.pth`` file (read with ``torch.load(weights_only=True)``); errors
