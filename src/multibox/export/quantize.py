@@ -40,10 +40,11 @@ from torch import Tensor
 from ..data.datasets.common import IMAGE_EXTENSIONS
 from ..data.image_io import load_image
 from ..data.transforms import preprocess
+from ..models.qat import qat_convs, qat_disabled
 from .onnx import INPUT_NAME, OUTPUT_NAMES, require
 
 __all__ = ["METHODS", "KEEP_FLOAT_WORDS", "inline_identity_initializers", "calibration_files", "calibration_inputs",
-           "conv_nodes", "resolve_keep_float", "quantize_onnx", "sensitivity", "output_error"]
+           "conv_nodes", "resolve_keep_float", "quantize_onnx", "sensitivity", "output_error", "qat_overrides"]
 
 METHODS = ("minmax", "entropy", "percentile")
 KEEP_FLOAT_WORDS = ("first", "heads")
@@ -209,7 +210,8 @@ def _entropy_ranges(src: Path, reader: _Reader, cache: Path, tmp: Path) -> None:
 
 def quantize_onnx(model: bytes, calibration: Tensor, *, method: str = "minmax", per_channel: bool = True,
                   keep_float: Sequence[str] = (), only: Sequence[str] | None = None,
-                  activation: str = "uint8", cache: str | os.PathLike | None = None) -> bytes:
+                  activation: str = "uint8", cache: str | os.PathLike | None = None,
+                  overrides: dict[str, list[dict[str, Any]]] | None = None) -> bytes:
     """The int8 QDQ graph of the float graph ``model`` (bytes), calibrated on ``calibration`` ``[N, 3, h, w]``
     (network inputs, pre-processed).
 
@@ -217,7 +219,9 @@ def quantize_onnx(model: bytes, calibration: Tensor, *, method: str = "minmax", 
     per output channel; ``keep_float``: entries for :func:`resolve_keep_float`; ``only``: quantize these nodes and
     no other (sensitivity analysis); ``activation``: ``"uint8"`` (u8 activations x s8 weights, the VNNI
     instruction's native pair) or ``"int8"``; ``cache``: a file for the calibrated ranges (reused when it exists,
-    so several quantizations of one graph calibrate once).
+    so several quantizations of one graph calibrate once); ``overrides``: ONNX Runtime ``TensorQuantOverrides``
+    (tensor name -> ``[{"rmin": ..., "rmax": ...}]``), the ranges a quantization-aware trained model learned
+    (:func:`qat_overrides`); the other tensors are calibrated.
     """
     q = require("onnxruntime.quantization")
     onnx = require("onnx")
@@ -246,7 +250,8 @@ def quantize_onnx(model: bytes, calibration: Tensor, *, method: str = "minmax", 
                               nodes_to_exclude=exclude, nodes_to_quantize=list(only) if only is not None else None,
                               calibrate_method=_method(method),
                               calibration_cache_path=str(cache) if cache is not None else None,
-                              extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                              extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                             **({"TensorQuantOverrides": overrides} if overrides else {})})
             out = onnx.load(str(dst))
     finally:
         logging.getLogger().setLevel(quiet)
@@ -301,3 +306,56 @@ def sensitivity(model: bytes, calibration: Tensor, inputs: Tensor, *, method: st
     rows.sort(key=lambda r: -r["alone"]["total"] if math.isfinite(r["alone"]["total"]) else -math.inf)
     return {"method": method, "per_channel": per_channel, "calibration_images": int(calibration.shape[0]),
             "eval_images": int(inputs.shape[0]), "all_int8": full, "layers": rows}
+
+
+def qat_overrides(model: torch.nn.Module, graph: bytes, example: Tensor) -> dict[str, list[dict[str, Any]]]:
+    """ONNX Runtime ``TensorQuantOverrides`` holding the ranges learned by the
+    :class:`~multibox.models.qat.QATConv2d` layers of ``model`` for its float graph ``graph`` (exported from
+    ``model`` with the fake quantization off): each QAT conv's input range on the input tensor of its ``Conv``
+    node, and for the prediction convs the output range on the node's output.
+
+    The convolutions are matched to the graph's ``Conv`` nodes by execution order (recorded by running ``model``
+    on ``example`` ``[1, 3, h, w]``) and checked by weight shape; a mismatch is a ``ValueError``. The activation
+    ranges are ``{"rmin", "rmax"}`` float32, from which ONNX Runtime computes the same uint8 scale and zero point
+    as :func:`multibox.models.qat.activation_qparams`.
+    """
+    from onnx import numpy_helper
+
+    onnx_model = _load(graph)
+    inits = {t.name: t for t in onnx_model.graph.initializer}
+    nodes = [n for n in onnx_model.graph.node if n.op_type == "Conv"]
+    order: list[torch.nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad(), qat_disabled(model):
+            model.eval()(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(order) != len(nodes):
+        raise ValueError(f"the float graph has {len(nodes)} Conv nodes but the model ran {len(order)} "
+                         "convolutions: cannot match the QAT ranges to the graph")
+    wanted = {id(m) for _, m in qat_convs(model)}
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def put(name: str, rng: Tensor) -> None:
+        lo, hi = (float(v) for v in rng.detach().cpu())
+        if name in out:  # one tensor read by several convs (the heads): they observed the same values
+            lo, hi = min(lo, float(out[name][0]["rmin"])), max(hi, float(out[name][0]["rmax"]))
+        out[name] = [{"rmin": np.array(lo, dtype=np.float32), "rmax": np.array(hi, dtype=np.float32)}]
+
+    for mod, node in zip(order, nodes, strict=True):
+        shape = tuple(mod.weight.shape)
+        init = inits.get(node.input[1])
+        got = tuple(numpy_helper.to_array(init).shape) if init is not None else None
+        if got is not None and got != shape:
+            raise ValueError(f"Conv node {node.name!r} has a weight of shape {got}, the model's conv at that "
+                             f"place {shape}: cannot match the QAT ranges to the graph")
+        if id(mod) not in wanted:
+            continue
+        if bool(mod.observed[0]):
+            put(node.input[0], mod.act_range)
+        if mod.quant_output and bool(mod.observed[1]):
+            put(node.output[0], mod.out_range)
+    return out

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..anchors import PriorConfig, config_from_scales
 from .backbones.base import Backbone
 from .backbones.registry import build_backbone, register_backbone
+from .binary import binarize_convs
 from .detector import SSD
 from .registry import register_model
 from .spec import InputSpec
@@ -92,9 +93,23 @@ def ssd7(
     priors: PriorConfig | None = None,
     image_size: Sequence[int] = (300, 300),
     input_spec: InputSpec | None = None,
+    binarize: bool = False,
+    activation_scale: bool = False,
 ) -> SSD:
-    """SSD7 at ``image_size`` (ignored when ``priors`` is given; then the priors' size is used)."""
+    """SSD7 at ``image_size`` (ignored when ``priors`` is given; then the priors' size is used).
+
+    ``binarize``: the binarized SSD7 (``model.kwargs.binarize=true``): backbone convolutions ``conv2`` ..
+    ``conv7`` become :class:`~multibox.models.binary.BinaryConv2d` (binary weights and activations, XNOR-Net
+    scales; ``activation_scale`` adds XNOR-Net's activation scale K); ``conv1`` and the prediction heads stay in
+    full precision. Each binary conv reads the ELU output of the block before it (after BatchNorm, so about half
+    of its values are negative and ``sign`` keeps information), which is why SSD7 is the family with this
+    option: the MobileNet and ResNet backbones feed each conv a ReLU / ReLU6 output, whose sign is constant.
+    """
     backbone = build_backbone("ssd7")
+    if binarize:
+        binarize_convs(backbone, keep_first=True, activation_scale=activation_scale)
+    elif activation_scale:
+        raise ValueError("activation_scale applies only with binarize=true")
     if priors is None:
         priors = ssd7_priors(image_size, backbone.strides)
     if input_spec is None:

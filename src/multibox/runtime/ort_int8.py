@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..export.onnx import export_onnx_bytes, require
-from ..export.quantize import METHODS, calibration_inputs, quantize_onnx
+from ..export.quantize import METHODS, calibration_inputs, qat_overrides, quantize_onnx
+from ..models.qat import has_qat, qat_disabled
 from .base import Runtime, register_runtime
 from .ort import OrtNetwork
 
@@ -98,9 +99,13 @@ class OnnxRuntimeInt8(Runtime):
             else:
                 calib = calibration_inputs(self.options["calibrate"], self.input_spec,
                                            int(self.options.get("calib_images", 200)))
-                float_graph = export_onnx_bytes(model.eval().cpu(), example[:1].cpu(), dynamic_batch=True)
+                model = model.eval().cpu()
+                with qat_disabled(model):  # a QAT model: its latent float weights, and its ranges below
+                    float_graph = export_onnx_bytes(model, example[:1].cpu(), dynamic_batch=True)
+                overrides = qat_overrides(model, float_graph, example[:1].cpu()) if has_qat(model) else None
                 self._graph = quantize_onnx(float_graph, calib, method=self.options.get("method", "minmax"),
-                                            keep_float=list(self.options.get("keep_float") or ()))
+                                            keep_float=list(self.options.get("keep_float") or ()),
+                                            overrides=overrides)
         return self._graph
 
     def build(self, model: nn.Module, example: Tensor) -> OrtNetwork:

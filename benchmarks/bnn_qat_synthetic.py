@@ -1,0 +1,203 @@
+"""Binarized SSD7 vs full precision, and int8 PTQ vs QAT, on the synthetic recipe (issue 13).
+
+Stages (each writes what the next reads under ``--runs``):
+
+* ``train``: the synthetic recipe (``configs/synthetic.yaml``: 2000 + 300 images of 128 px, AdamW 1e-3, cosine,
+  700 steps, batch 32, ssdlite augmentation) with ``model.name=ssd7`` (no ImageNet weights exist for it):
+
+  - ``fp32``: full precision; ``binary``: ``model.kwargs.binarize=true``; ``binary_k``: also XNOR-Net's
+    activation scale K (``activation_scale=true``); all three the same 700 steps;
+  - from ``fp32``'s last weights, 300 more steps at a constant lr of 1e-4: ``qat`` (``quant.qat=true``) and
+    ``fp32_more`` (the same steps without fake quantization, the control for "more training").
+
+* ``int8``: VOC07 mAP on the synthetic test split of ``fp32``, ``fp32_more`` (both as fp32 eager and as int8 PTQ,
+  ``onnxruntime-int8`` calibrated on the first ``--calib-images`` training images) and ``qat`` (its fake-quantized
+  PyTorch network, and its int8 graph exported with the ranges learned in QAT).
+* ``speed``: CPU latency of ``ssd7`` full precision vs binarized (eager PyTorch, ``--threads`` threads, median of
+  ``--repeats``) and the 1-bit packed size.
+
+``python benchmarks/bnn_qat_synthetic.py train --runs DIR --device cuda`` then ``... int8 --runs DIR --json F``
+and ``... speed --json F``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+COMMON = ["model.name=ssd7", "model.pretrained_backbone=null", "eval.every_steps=175", "checkpoint.every_steps=700"]
+RUNS = {
+    "fp32": ["model.kwargs={image_size: [128, 128]}"],
+    "binary": ["model.kwargs={image_size: [128, 128], binarize: true}"],
+    "binary_k": ["model.kwargs={image_size: [128, 128], binarize: true, activation_scale: true}"],
+}
+FINETUNE = ["model.kwargs={image_size: [128, 128]}", "steps=300", "optim.lr=0.0001", "schedule.name=constant",
+            "schedule.warmup_steps=0", "eval.every_steps=100", "checkpoint.every_steps=300"]
+
+
+def _train(name: str, overrides: list[str], runs: Path, device: str, workers: int) -> dict:
+    from multibox.config import load_config
+    from multibox.engine.trainer import Trainer
+
+    cfg = load_config("synthetic", [*COMMON, *overrides, f"device={device}", f"data.num_workers={workers}",
+                                    f"name={name}"])
+    t0 = time.perf_counter()
+    summary = Trainer(cfg, runs / name, progress=False, overwrite=True).run()
+    print(f"{name}: mAP {summary.get('mAP')} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return summary
+
+
+def stage_train(args: argparse.Namespace) -> None:
+    runs = Path(args.runs)
+    only = set(args.only.split(",")) if args.only else None
+    for name, extra in RUNS.items():
+        if only is None or name in only:
+            _train(name, extra, runs, args.device, args.workers)
+    base = runs / "fp32" / "checkpoints" / "last.safetensors"
+    for name, extra in (("qat", ["quant.qat=true"]), ("fp32_more", [])):
+        if only is None or name in only:
+            _train(name, [*FINETUNE, f"model.init_from={base}", *extra], runs, args.device, args.workers)
+
+
+def _calib_folder(root: Path, out: Path, n: int) -> Path:
+    """A folder of links to the first ``n`` training images (never the test split)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ids = (root / "ImageSets" / "Main" / "train.txt").read_text().split()[:n]
+    for i in ids:
+        src = next((root / "JPEGImages").glob(f"{i}.*"))
+        dst = out / src.name
+        if not dst.exists():
+            dst.symlink_to(src.resolve())
+    return out
+
+
+def stage_int8(args: argparse.Namespace) -> None:
+    from multibox.config import load_config
+    from multibox.detector import Detector
+    from multibox.engine.evaluator import EVAL_POSTPROCESS, evaluate_model
+    from multibox.engine.trainer import open_split, synthetic_root
+    from multibox.postprocess import PostProcess
+    from multibox.weights_io import load_model
+
+    torch.set_num_threads(args.threads)
+    runs = Path(args.runs)
+    cfg = load_config("synthetic", [])
+    test = open_split(cfg, "val", progress=False)
+    calib = _calib_folder(synthetic_root(cfg), runs / "calib", args.calib_images)
+    rows = []
+    for name in ("fp32", "fp32_more", "qat", "binary", "binary_k"):
+        ckpt = runs / name / "checkpoints" / "last.safetensors"
+        if not ckpt.is_file():
+            continue
+        model = load_model(ckpt)
+        runtimes = ["eager"] if name.startswith("binary") else ["eager", "onnxruntime-int8"]
+        for runtime in runtimes:
+            options = {"calibrate": str(calib), "calib_images": args.calib_images} if runtime != "eager" else None
+            t0 = time.perf_counter()
+            det = Detector.from_model(model, "cpu", batch_size=8, runtime=runtime, runtime_options=options,
+                                      postprocess=PostProcess.from_model(model, **EVAL_POSTPROCESS))
+            res = evaluate_model(det, test, metric="voc07", progress=False)
+            row = {"run": name, "runtime": runtime, "network": (
+                "fake-quant int8 (PyTorch)" if name == "qat" and runtime == "eager" else
+                "int8 QDQ, QAT ranges" if name == "qat" else "int8 QDQ, PTQ minmax" if runtime != "eager" else
+                "binary" if name.startswith("binary") else "fp32"),
+                "mAP": res.mAP, "per_class": res.per_class,
+                "seconds": round(time.perf_counter() - t0, 1)}
+            print(json.dumps({k: v for k, v in row.items() if k != "per_class"}), file=sys.stderr, flush=True)
+            rows.append(row)
+    summaries = {}
+    for name in ("fp32", "binary", "binary_k", "qat", "fp32_more"):
+        path = runs / name / "summary.json"
+        if path.is_file():
+            summaries[name] = json.loads(path.read_text())
+    curves = {}
+    for name in summaries:
+        lines = (runs / name / "metrics.jsonl").read_text().splitlines()
+        curves[name] = [{"step": r["step"], "mAP": r.get("mAP")} for r in map(json.loads, lines)
+                        if r.get("kind") == "eval"]
+    _write(args.json, {"what": "synthetic recipe (ssd7, 128 px, test split 300 images, VOC07 mAP): binarized vs "
+                               "fp32, int8 PTQ vs QAT", "calib_images": args.calib_images,
+                       "threads": args.threads, "results": rows, "training": summaries, "eval_curves": curves,
+                       **_env()})
+
+
+def _median_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def stage_speed(args: argparse.Namespace) -> None:
+    from multibox.models import build_model
+    from multibox.models.binary import binary_size
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for size in (128, 300):
+        models = {"fp32": build_model("ssd7", num_classes=7, image_size=(size, size)).eval(),
+                  "binary": build_model("ssd7", num_classes=7, image_size=(size, size), binarize=True).eval(),
+                  "binary_k": build_model("ssd7", num_classes=7, image_size=(size, size), binarize=True,
+                                          activation_scale=True).eval()}
+        for batch in (1, 8):
+            x = torch.randn(batch, 3, size, size)
+            row = {"input": size, "batch": batch}
+            for kind in ("fp32", "binary", "binary_k", "fp32", "binary", "binary_k"):  # interleaved, best of two
+                ms = _median_ms(models[kind], x, args.repeats)
+                row[f"{kind}_ms"] = min(ms, row.get(f"{kind}_ms", float("inf")))
+            row["binary_vs_fp32"] = row["fp32_ms"] / row["binary_ms"]
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    size = binary_size(build_model("ssd7", num_classes=7, image_size=(128, 128), binarize=True))
+    _write(args.json, {"what": "ssd7 eager PyTorch CPU latency, fp32 vs binarized (no bit-packed kernels), and "
+                               "1-bit packed size (7 classes)", "threads": args.threads, "repeats": args.repeats,
+                       "latency": rows, "size": size, **_env()})
+
+
+def _env() -> dict:
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or
+            platform.machine(), "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0)
+            if torch.cuda.is_available() else None}
+
+
+def _write(path: str | None, data: dict) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    else:
+        print(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", choices=("train", "int8", "speed"))
+    p.add_argument("--runs", default="runs/bnn-qat")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--only", help="train only these runs (comma-separated)")
+    p.add_argument("--json")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--calib-images", type=int, default=200)
+    args = p.parse_args()
+    {"train": stage_train, "int8": stage_int8, "speed": stage_speed}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
