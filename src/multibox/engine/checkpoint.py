@@ -23,9 +23,9 @@ Two kinds of files live in a run's ``checkpoints/`` folder:
   ``format_version``      :data:`FORMAT_VERSION`
   ======================  ===========================================================================
 
-* ``NAME.safetensors``: the model weights only (the weight average when the run kept one), with string metadata ``model_name``, ``num_classes``,
-  ``class_names`` (JSON list), ``model_kwargs`` (JSON), ``config`` (JSON), ``step``, ``format_version`` and
-  ``format`` (``"multibox-weights"``).
+* ``NAME.safetensors``: the model weights only (the weight average when the run kept one), with string metadata
+  ``model_name``, ``num_classes``, ``class_names`` (JSON list), ``model_kwargs`` (JSON), ``config`` (JSON),
+  ``step``, ``format_version`` and ``format`` (``"multibox-weights"``).
 
 Every file is written to a temporary file in the same folder (``.NAME.XXXX.tmp``), flushed and fsynced,
 moved over the final name with ``os.replace`` and the folder is fsynced: a crash or ``kill -9`` during a save

@@ -7,9 +7,10 @@ statistics) is averaged into a shadow copy::
     ema   <- d_n * ema + (1 - d_n) * current
 
 so the average follows the weights closely at the start (``d_0 = 0.1``) and settles at ``decay`` (about
-``1 / (1 - decay)`` steps of memory). Integer entries (BatchNorm's ``num_batches_tracked``) are copied. The shadow copy is
-what the trainer evaluates and writes to ``.safetensors`` files; the ``.pt`` checkpoint keeps both (``model``: the
-trained weights, ``ema``: the average and its update count), so a resumed run continues exactly.
+``1 / (1 - decay)`` steps of memory). Integer entries (BatchNorm's ``num_batches_tracked``) are copied. The
+shadow copy is what the trainer evaluates and writes to ``.safetensors`` files; the ``.pt`` checkpoint keeps
+both (``model``: the trained weights, ``ema``: the average and its update count), so a resumed run continues
+exactly.
 """
 
 from __future__ import annotations

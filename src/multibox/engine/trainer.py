@@ -59,8 +59,8 @@ from ..models import build_model
 from ..models.backbones.base import find_pretrained_file
 from ..wheels import mobilenet_v2_imagenet_weights
 from .checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
-from .ema import ModelEma
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .ema import ModelEma
 from .evaluator import evaluate_model
 from .weights import freeze, load_backbone_weights, load_weights, set_frozen_bn_eval, trainable_only
 
