@@ -37,6 +37,9 @@ VARIANTS: dict[str, list[str]] = {
     "color2_scale_jitter": ["data.aug.color=2.0", "data.aug.scale_jitter=[0.6,1.4]"],
     "iou0.4": ["loss.iou_threshold=0.4"],
     "lr2e-3": ["optim.lr=0.002"],
+    "ema0.998": ["ema.decay=0.998"],
+    "focal": ["loss.name=focal"],
+    "loc_weight2": ["loss.loc_weight=2.0"],
 }
 
 

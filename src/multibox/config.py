@@ -26,7 +26,7 @@ from .metrics.registry import list_metrics
 
 __all__ = [
     "ModelConfig", "SynthDataConfig", "TreesDataConfig", "AugmentOptions", "DataConfig", "OptimConfig",
-    "ScheduleConfig", "LossConfig", "EvalConfig", "QuantConfig",
+    "ScheduleConfig", "LossConfig", "EmaConfig", "EvalConfig", "QuantConfig",
     "CheckpointConfig", "TrainConfig", "load_config", "config_with_overrides", "apply_overrides", "config_to_dict",
     "config_from_dict",
     "dump_config", "list_recipes", "recipe_path", "ConfigError",
@@ -162,12 +162,27 @@ class ScheduleConfig:
 
 @dataclass
 class LossConfig:
-    """MultiBox loss and matching (Caffe bipartite + per-prediction, or torchvision's argmax-forced)."""
+    """MultiBox loss and matching (Caffe bipartite + per-prediction, or torchvision's argmax-forced).
 
+    ``name``: ``multibox`` (softmax cross-entropy with hard negative mining, ``neg_pos_ratio``) or ``focal``
+    (softmax focal loss over every prior, no mining: ``focal_gamma``, ``focal_alpha`` the weight of the object
+    classes and ``1 - focal_alpha`` of the background; :class:`multibox.loss.FocalMultiBoxLoss`)."""
+
+    name: str = "multibox"
     neg_pos_ratio: float = 3.0
     loc_weight: float = 1.0
     match: str = "caffe"
     iou_threshold: float = 0.5
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+
+
+@dataclass
+class EmaConfig:
+    """Exponential moving average of the weights (:mod:`multibox.engine.ema`); ``decay`` 0 is off. With it on,
+    evaluations and ``.safetensors`` files use the averaged weights."""
+
+    decay: float = 0.0
 
 
 @dataclass
@@ -230,6 +245,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -243,6 +259,7 @@ class TrainConfig:
             "optim.name": (self.optim.name, ("sgd", "adam", "adamw")),
             "schedule.name": (self.schedule.name, ("multistep", "cosine", "constant")),
             "loss.match": (self.loss.match, ("caffe", "argmax")),
+            "loss.name": (self.loss.name, ("multibox", "focal")),
             "eval.metric": (self.eval.metric, tuple(list_metrics())),
             "eval.tta": (self.eval.tta, (None, "hflip", "flips", "dihedral")),
         }
@@ -269,6 +286,12 @@ class TrainConfig:
             raise ConfigError(f"{key}={getattr(trees, key.rsplit('.', 1)[1])}: need tile > 0, 0 <= overlap < 1 and "
                               "0 <= holdout < 1", key)
         _check_augment_options(self.data.aug)
+        if not 0.0 <= self.ema.decay < 1.0:
+            raise ConfigError(f"ema.decay={self.ema.decay}: must be in [0, 1) (0 = off)", "ema.decay")
+        if self.loss.focal_gamma < 0 or not 0.0 <= self.loss.focal_alpha <= 1.0:
+            key = "loss.focal_gamma" if self.loss.focal_gamma < 0 else "loss.focal_alpha"
+            raise ConfigError(f"{key}={getattr(self.loss, key.split('.')[1])}: need focal_gamma >= 0 and "
+                              "0 <= focal_alpha <= 1", key)
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr={self.optim.lr}: must be positive", "optim.lr")
         if sorted(self.schedule.milestones) != list(self.schedule.milestones):

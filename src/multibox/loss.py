@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LossOutput", "MultiBoxLoss", "hard_negative_mask"]
+__all__ = ["FocalMultiBoxLoss", "LossOutput", "MultiBoxLoss", "hard_negative_mask"]
 
 
 class LossOutput(NamedTuple):
@@ -127,6 +127,75 @@ class MultiBoxLoss(nn.Module):
         ce = ce.reshape(b, p)
         picked = positive | hard_negative_mask(ce, labels, self.neg_pos_ratio)
         conf = torch.where(picked, ce, torch.zeros_like(ce)).sum() / normalizer
+
+        total = conf + self.alpha * loc
+        return LossOutput(total, loc, conf, num_pos)
+
+
+class FocalMultiBoxLoss(nn.Module):
+    """SSD's loss with a softmax focal confidence term instead of hard negative mining (an option, ``loss.name:
+    focal``; the focal loss of Lin et al. 2017 in its softmax form).
+
+    ``loss = conf / N + alpha * loc / N`` with ``loc`` as in :class:`MultiBoxLoss` and, over every prior that is
+    not ignored (label ``>= 0``)::
+
+        conf = sum_priors  w_t * (1 - p_t) ** gamma * (-log p_t)
+
+    where ``p_t`` is the softmax probability of the prior's target class and ``w_t`` is ``focal_alpha`` for an
+    object target and ``1 - focal_alpha`` for background; ``N = max(1, number of positives in the batch)``.
+    ``gamma = 0`` and ``focal_alpha = 0.5`` give half the plain cross-entropy over all priors.
+
+    ``forward`` takes and returns what :class:`MultiBoxLoss` does.
+    """
+
+    def __init__(self, gamma: float = 2.0, focal_alpha: float = 0.25, alpha: float = 1.0, beta: float = 1.0) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if not 0.0 <= focal_alpha <= 1.0:
+            raise ValueError(f"focal_alpha must be in [0, 1], got {focal_alpha}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.gamma = float(gamma)
+        self.focal_alpha = float(focal_alpha)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, focal_alpha={self.focal_alpha}, alpha={self.alpha}, beta={self.beta}"
+
+    def forward(
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        target_labels: Tensor,
+        target_deltas: Tensor,
+    ) -> LossOutput:
+        """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets."""
+        if cls_logits.ndim != 3:
+            raise ValueError(f"cls_logits must be [B, P, C], got {tuple(cls_logits.shape)}")
+        b, p, c = cls_logits.shape
+        if box_deltas.shape != (b, p, 4) or target_deltas.shape != (b, p, 4):
+            raise ValueError(
+                f"box_deltas and target_deltas must be [B, P, 4] = {(b, p, 4)}, "
+                f"got {tuple(box_deltas.shape)} and {tuple(target_deltas.shape)}"
+            )
+        if target_labels.shape != (b, p):
+            raise ValueError(f"target_labels must be [B, P] = {(b, p)}, got {tuple(target_labels.shape)}")
+        labels = target_labels.to(torch.int64)
+        positive = labels > 0
+        num_pos = positive.sum()
+        normalizer = num_pos.clamp_min(1).to(torch.float32)
+
+        loc_all = F.smooth_l1_loss(box_deltas, target_deltas.to(box_deltas.dtype), reduction="none", beta=self.beta)
+        loc = torch.where(positive, loc_all.sum(dim=2), torch.zeros_like(loc_all[..., 0])).sum() / normalizer
+
+        log_p = F.log_softmax(cls_logits, dim=2)
+        log_pt = log_p.gather(2, labels.clamp_min(0).unsqueeze(2)).squeeze(2)
+        pt = log_pt.exp()
+        weight = torch.where(positive, torch.full_like(pt, self.focal_alpha), torch.full_like(pt, 1 - self.focal_alpha))
+        focal = weight * (1.0 - pt).pow(self.gamma) * (-log_pt)
+        conf = torch.where(labels >= 0, focal, torch.zeros_like(focal)).sum() / normalizer
 
         total = conf + self.alpha * loc
         return LossOutput(total, loc, conf, num_pos)

@@ -205,7 +205,8 @@ def load_weights_file(
     if isinstance(obj, Mapping) and "format_version" in obj:
         check_checkpoint_dict(obj, p)
         info = {k: obj[k] for k in ("model_name", "class_names", "model_kwargs", "config", "step") if k in obj}
-        obj = obj["model"]
+        ema = obj.get("ema")  # a run with ema.decay: its weights are the average (as in its .safetensors)
+        obj = ema["weights"] if isinstance(ema, Mapping) and isinstance(ema.get("weights"), Mapping) else obj["model"]
     elif isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict"):
             if isinstance(obj.get(wrapper), Mapping):

@@ -7,6 +7,8 @@ Two kinds of files live in a run's ``checkpoints/`` folder:
   ======================  ===========================================================================
   ``model``               the model's ``state_dict`` (``DataParallel`` / ``torch.compile`` prefixes removed)
   ``optimizer``           ``optimizer.state_dict()`` or ``None``
+  ``ema``                 ``None``, or the weight average (``ema.decay`` on; :mod:`multibox.engine.ema`):
+                          ``{"weights": state dict, "updates": int, "decay": float}``
   ``scheduler``           ``scheduler.state_dict()`` or ``None``
   ``scaler``              ``GradScaler.state_dict()`` or ``None``
   ``step`` / ``epoch``    ints: optimizer steps done, current epoch
@@ -21,9 +23,9 @@ Two kinds of files live in a run's ``checkpoints/`` folder:
   ``format_version``      :data:`FORMAT_VERSION`
   ======================  ===========================================================================
 
-* ``NAME.safetensors``: the model weights only, with string metadata ``model_name``, ``num_classes``,
-  ``class_names`` (JSON list), ``model_kwargs`` (JSON), ``config`` (JSON), ``step``, ``format_version`` and
-  ``format`` (``"multibox-weights"``).
+* ``NAME.safetensors``: the model weights only (the weight average when the run kept one), with string metadata
+  ``model_name``, ``num_classes``, ``class_names`` (JSON list), ``model_kwargs`` (JSON), ``config`` (JSON),
+  ``step``, ``format_version`` and ``format`` (``"multibox-weights"``).
 
 Every file is written to a temporary file in the same folder (``.NAME.XXXX.tmp``), flushed and fsynced,
 moved over the final name with ``os.replace`` and the folder is fsynced: a crash or ``kill -9`` during a save
@@ -69,6 +71,7 @@ __all__ = [
     "CheckpointManager",
     "capture_rng_state",
     "restore_rng_state",
+    "deployed_weights",
     "save_checkpoint",
     "save_weights",
     "load_checkpoint",
@@ -273,6 +276,15 @@ def _full_state(state: Mapping[str, Any]) -> dict[str, Any]:
         out["rng"] = capture_rng_state()
     out["format_version"] = FORMAT_VERSION
     return _plain(out, "state")
+
+
+def deployed_weights(state: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The weights a checkpoint state stands for: the moving average (``state["ema"]["weights"]``, written when
+    the run had ``ema.decay`` on) when present, else ``state["model"]``. ``.safetensors`` files hold these."""
+    ema = state.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("weights"), Mapping):
+        return model_state_dict(ema["weights"])
+    return model_state_dict(state["model"])
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
@@ -492,7 +504,7 @@ class CheckpointManager:
             pt_state = load_checkpoint(pt, map_location="cpu")
             if st_step == int(pt_state["step"]):
                 continue
-            rewritten.append(save_weights(st, pt_state["model"], model_name=pt_state["model_name"],
+            rewritten.append(save_weights(st, deployed_weights(pt_state), model_name=pt_state["model_name"],
                                           class_names=pt_state["class_names"],
                                           model_kwargs=pt_state.get("model_kwargs") or {},
                                           config=pt_state.get("config") or {}, step=int(pt_state["step"])))
@@ -531,7 +543,7 @@ class CheckpointManager:
         written["last"] = _write_pt(self.last_path, full)
         written["last_weights"] = save_weights(
             self.folder / "last.safetensors",
-            full["model"],
+            deployed_weights(full),
             model_name=full["model_name"],
             class_names=full["class_names"],
             model_kwargs=full["model_kwargs"],

@@ -53,7 +53,7 @@ from ..data.loader import build_loader, set_epoch
 from ..data.real import prepare_trees, trees_cache_name
 from ..data.synth import write_synthetic_voc
 from ..fileio import atomic_write_bytes, atomic_write_with
-from ..loss import MultiBoxLoss
+from ..loss import FocalMultiBoxLoss, MultiBoxLoss
 from ..matching import build_targets
 from ..models import build_model
 from ..models.backbones.base import find_pretrained_file
@@ -61,6 +61,7 @@ from ..models.qat import prepare_qat
 from ..wheels import mobilenet_v2_imagenet_weights
 from .checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .ema import ModelEma
 from .evaluator import evaluate_model
 from .weights import freeze, load_backbone_weights, load_weights, set_frozen_bn_eval, trainable_only
 
@@ -397,6 +398,7 @@ class Trainer:
         self.model = self._build_model()
         self.criterion = self._criterion()
         self.optimizer = build_optimizer(self.model, cfg)
+        self.ema = ModelEma(self.model, cfg.ema.decay) if cfg.ema.decay > 0 else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.precision == "auto":
@@ -464,7 +466,10 @@ class Trainer:
         return model
 
     def _criterion(self) -> nn.Module:
-        return MultiBoxLoss(neg_pos_ratio=self.cfg.loss.neg_pos_ratio, alpha=self.cfg.loss.loc_weight)
+        loss = self.cfg.loss
+        if loss.name == "focal":
+            return FocalMultiBoxLoss(gamma=loss.focal_gamma, focal_alpha=loss.focal_alpha, alpha=loss.loc_weight)
+        return MultiBoxLoss(neg_pos_ratio=loss.neg_pos_ratio, alpha=loss.loc_weight)
 
     def _transform(self) -> Callable[..., Any]:
         aug = self.cfg.data.aug
@@ -495,6 +500,7 @@ class Trainer:
         epoch, batch = divmod(self.step, self.steps_per_epoch)
         return {
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -525,6 +531,11 @@ class Trainer:
         except RuntimeError as err:
             raise ValueError(f"{path}: the checkpoint's weights do not fit the model {self.cfg.model.name}: "
                              f"{err}") from None
+        if self.ema is not None:
+            if not ckpt.get("ema"):
+                raise ValueError(f"{path}: the checkpoint has no weight average (ema) but ema.decay="
+                                 f"{self.cfg.ema.decay}; resume with ema.decay=0 or start a new run")
+            self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -619,6 +630,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         if self.dist.distributed:
             stats = all_reduce_sum(torch.stack([total.detach().float(), loss.loc.detach().float(),
                                                 loss.conf.detach().float()])) / self.dist.world_size
@@ -636,8 +649,9 @@ class Trainer:
         """Evaluate the model on the validation set (rank 0); returns the result's JSON dict."""
         if self.val_set is None or not self.dist.is_main:
             return None
-        self.model.eval()
-        result = evaluate_model(self.model, self.val_set, metric=self.cfg.eval.metric,
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        result = evaluate_model(model, self.val_set, metric=self.cfg.eval.metric,
                                 batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers,
                                 device=self.device, progress=self.progress, class_names=self.class_names,
                                 tta=self.cfg.eval.tta)
