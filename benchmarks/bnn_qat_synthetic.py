@@ -3,12 +3,13 @@
 Stages (each writes what the next reads under ``--runs``):
 
 * ``train``: the synthetic recipe (``configs/synthetic.yaml``: 2000 + 300 images of 128 px, AdamW 1e-3, cosine,
-  700 steps, batch 32, ssdlite augmentation) with ``model.name=ssd7`` (no ImageNet weights exist for it):
+  700 steps, batch 32, ssdlite augmentation; ``--steps`` / ``--batch-size`` reduce it, the warm-up scaled with the
+  steps) with ``model.name=ssd7`` (no ImageNet weights exist for it), evaluated at the end:
 
   - ``fp32``: full precision; ``binary``: ``model.kwargs.binarize=true``; ``binary_k``: also XNOR-Net's
-    activation scale K (``activation_scale=true``); all three the same 700 steps;
-  - from ``fp32``'s last weights, 300 more steps at a constant lr of 1e-4: ``qat`` (``quant.qat=true``) and
-    ``fp32_more`` (the same steps without fake quantization, the control for "more training").
+    activation scale K (``activation_scale=true``); all three the same steps;
+  - from ``fp32``'s last weights, ``--finetune-steps`` more steps at a constant lr of 1e-4: ``qat``
+    (``quant.qat=true``) and ``fp32_more`` (the same steps without fake quantization, the control for "more training").
 
 * ``int8``: VOC07 mAP on the synthetic test split of ``fp32``, ``fp32_more`` (both as fp32 eager and as int8 PTQ,
   ``onnxruntime-int8`` calibrated on the first ``--calib-images`` training images) and ``qat`` (its fake-quantized
@@ -33,14 +34,23 @@ from pathlib import Path
 
 import torch
 
-COMMON = ["model.name=ssd7", "model.pretrained_backbone=null", "eval.every_steps=175", "checkpoint.every_steps=700"]
+COMMON = ["model.name=ssd7", "model.pretrained_backbone=null", "eval.every_steps=0"]
 RUNS = {
     "fp32": ["model.kwargs={image_size: [128, 128]}"],
     "binary": ["model.kwargs={image_size: [128, 128], binarize: true}"],
     "binary_k": ["model.kwargs={image_size: [128, 128], binarize: true, activation_scale: true}"],
 }
-FINETUNE = ["model.kwargs={image_size: [128, 128]}", "steps=300", "optim.lr=0.0001", "schedule.name=constant",
-            "schedule.warmup_steps=0", "eval.every_steps=100", "checkpoint.every_steps=300"]
+FINETUNE = ["model.kwargs={image_size: [128, 128]}", "optim.lr=0.0001", "schedule.name=constant",
+            "schedule.warmup_steps=0"]
+
+
+def _budget(args: argparse.Namespace, finetune: bool) -> list[str]:
+    """Steps, batch and warm-up: the recipe's (700 steps of 32, 100 warm-up steps) unless reduced."""
+    steps = args.finetune_steps if finetune else args.steps
+    out = [f"steps={steps}", f"data.batch_size={args.batch_size}", f"checkpoint.every_steps={steps}"]
+    if not finetune:
+        out.append(f"schedule.warmup_steps={max(1, round(100 * steps / 700))}")
+    return out
 
 
 def _train(name: str, overrides: list[str], runs: Path, device: str, workers: int) -> dict:
@@ -60,11 +70,12 @@ def stage_train(args: argparse.Namespace) -> None:
     only = set(args.only.split(",")) if args.only else None
     for name, extra in RUNS.items():
         if only is None or name in only:
-            _train(name, extra, runs, args.device, args.workers)
+            _train(name, [*extra, *_budget(args, False)], runs, args.device, args.workers)
     base = runs / "fp32" / "checkpoints" / "last.safetensors"
     for name, extra in (("qat", ["quant.qat=true"]), ("fp32_more", [])):
         if only is None or name in only:
-            _train(name, [*FINETUNE, f"model.init_from={base}", *extra], runs, args.device, args.workers)
+            _train(name, [*FINETUNE, *_budget(args, True), f"model.init_from={base}", *extra], runs, args.device,
+                   args.workers)
 
 
 def _calib_folder(root: Path, out: Path, n: int) -> Path:
@@ -195,6 +206,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--calib-images", type=int, default=200)
+    p.add_argument("--steps", type=int, default=700, help="training steps of fp32 / binary (the recipe's 700)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch (the recipe's 32)")
+    p.add_argument("--finetune-steps", type=int, default=300, help="steps of qat / fp32_more (default 300)")
     args = p.parse_args()
     {"train": stage_train, "int8": stage_int8, "speed": stage_speed}[args.stage](args)
 

@@ -40,7 +40,7 @@ from torch import Tensor
 from ..data.datasets.common import IMAGE_EXTENSIONS
 from ..data.image_io import load_image
 from ..data.transforms import preprocess
-from ..models.qat import qat_convs, qat_disabled
+from ..models.qat import folded_batchnorm, qat_convs, qat_disabled
 from .onnx import INPUT_NAME, OUTPUT_NAMES, require
 
 __all__ = ["METHODS", "KEEP_FLOAT_WORDS", "inline_identity_initializers", "calibration_files", "calibration_inputs",
@@ -315,9 +315,10 @@ def qat_overrides(model: torch.nn.Module, graph: bytes, example: Tensor) -> dict
     node, and for the prediction convs the output range on the node's output.
 
     The convolutions are matched to the graph's ``Conv`` nodes by execution order (recorded by running ``model``
-    on ``example`` ``[1, 3, h, w]``) and checked by weight shape; a mismatch is a ``ValueError``. The activation
-    ranges are ``{"rmin", "rmax"}`` float32, from which ONNX Runtime computes the same uint8 scale and zero point
-    as :func:`multibox.models.qat.activation_qparams`.
+    on ``example`` ``[1, 3, h, w]``) and checked by weight shape; a mismatch is a ``ValueError``. The output range
+    of a :class:`~multibox.models.qat.QATBatchNorm2d` goes on its conv's output (the exporter folds it in). The
+    activation ranges are ``{"rmin", "rmax"}`` float32, from which ONNX Runtime computes the same uint8 scale and
+    zero point as :func:`multibox.models.qat.activation_qparams`.
     """
     from onnx import numpy_helper
 
@@ -358,4 +359,16 @@ def qat_overrides(model: torch.nn.Module, graph: bytes, example: Tensor) -> dict
             put(node.input[0], mod.act_range)
         if mod.quant_output and bool(mod.observed[1]):
             put(node.output[0], mod.out_range)
+        bn = folded_batchnorm(mod)
+        # the folded BatchNorm's output is the Conv node's; not when ONNX Runtime removes a Relu / Clip after it
+        # and quantizes that one's output range instead
+        if bn is not None and bool(bn.observed[0]) and not any(
+                n.op_type in ("Relu", "Clip") for n in onnx_model.graph.node if node.output[0] in n.input):
+            put(node.output[0], bn.out_range)
+    head = getattr(model, "head", None)
+    observed = getattr(head, "qat_out_observed", None)
+    if observed is not None:  # the concatenated outputs (the graph's outputs)
+        for k, name in enumerate(OUTPUT_NAMES):
+            if bool(observed[k]):
+                put(name, head.qat_out_range[k])
     return out
