@@ -4,7 +4,7 @@ Stages (each writes what the next reads under ``--runs``):
 
 * ``train``: the synthetic recipe (``configs/synthetic.yaml``: 2000 + 300 images of 128 px, AdamW 1e-3, cosine,
   700 steps, batch 32, ssdlite augmentation; ``--steps`` / ``--batch-size`` reduce it, the warm-up scaled with the
-  steps) with ``model.name=ssd7`` (no ImageNet weights exist for it), evaluated at the end:
+  steps) with ``model.name=ssd7`` (no ImageNet weights exist for it), evaluated by the ``int8`` stage:
 
   - ``fp32``: full precision; ``binary``: ``model.kwargs.binarize=true``; ``binary_k``: also XNOR-Net's
     activation scale K (``activation_scale=true``); all three the same steps;
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-COMMON = ["model.name=ssd7", "model.pretrained_backbone=null", "eval.every_steps=0"]
+COMMON = ["model.name=ssd7", "model.pretrained_backbone=null", "eval.every_steps=0", "eval.at_end=false"]
 RUNS = {
     "fp32": ["model.kwargs={image_size: [128, 128]}"],
     "binary": ["model.kwargs={image_size: [128, 128], binarize: true}"],
@@ -172,7 +172,8 @@ def stage_speed(args: argparse.Namespace) -> None:
             row["binary_vs_fp32"] = row["fp32_ms"] / row["binary_ms"]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    size = binary_size(build_model("ssd7", num_classes=7, image_size=(128, 128), binarize=True))
+    binary = build_model("ssd7", num_classes=7, image_size=(128, 128), binarize=True)
+    size = {"model": binary_size(binary), "backbone": binary_size(binary.backbone)}
     _write(args.json, {"what": "ssd7 eager PyTorch CPU latency, fp32 vs binarized (no bit-packed kernels), and "
                                "1-bit packed size (7 classes)", "threads": args.threads, "repeats": args.repeats,
                        "latency": rows, "size": size, **_env()})

@@ -145,14 +145,13 @@ def packed_binary_weights(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def binary_size(model: nn.Module) -> dict[str, Any]:
-    """Sizes of ``model``'s parameters and buffers in bytes: ``fp32_bytes`` (everything at 4 bytes), and
-    ``packed_bytes`` with each :class:`BinaryConv2d` weight as 1 bit per value (``np.packbits``) plus its fp32
-    ``alpha`` per output channel, everything else fp32. Also ``binary_params`` (weights stored as bits),
-    ``float_params`` and ``ratio`` (fp32 / packed)."""
+    """Sizes of ``model``'s stored tensors (its state dict's floating-point ones) in bytes: ``fp32_bytes``
+    (everything at 4 bytes), and ``packed_bytes`` with each :class:`BinaryConv2d` weight as 1 bit per value
+    (``np.packbits``) plus its fp32 ``alpha`` per output channel, everything else fp32. Also ``binary_params``
+    (weights stored as bits), ``float_params`` and ``ratio`` (fp32 / packed)."""
     packed = packed_binary_weights(model)
     binary_names = {f"{name}.weight" for name in packed}
-    tensors = dict(model.named_parameters())
-    tensors.update(dict(model.named_buffers()))
+    tensors = model.state_dict()  # what a weights file stores (not the priors, a non-persistent buffer)
     total = sum(t.numel() for t in tensors.values() if t.is_floating_point())
     binary = sum(tensors[n].numel() for n in binary_names)
     float_params = total - binary
