@@ -19,6 +19,17 @@ Stages (each writes what the next reads under ``--runs``):
 
 ``python benchmarks/bnn_qat_synthetic.py train --runs DIR --device cuda`` then ``... int8 --runs DIR --json F``
 and ``... speed --json F``.
+
+The ``int8`` stage also evaluates ``mnv2_fp32``, ``mnv2_fp32_more`` and ``mnv2_qat`` when present: the synthetic
+recipe's own model (SSD-MobileNetV2, ImageNet weights), trained with the command line (what was run for
+``benchmarks/results/bnn-qat-synthetic.json``, a reduced budget on the loaded 2-core machine)::
+
+    multibox train synthetic data.batch_size=16 eval.at_end=false steps=200 schedule.warmup_steps=29 \
+        checkpoint.every_steps=200 --out DIR/mnv2_fp32
+    multibox train synthetic data.batch_size=16 eval.at_end=false steps=50 checkpoint.every_steps=50 \
+        model.pretrained_backbone=null model.init_from=DIR/mnv2_fp32/checkpoints/last.safetensors \
+        optim.lr=0.0001 schedule.name=constant schedule.warmup_steps=0 [quant.qat=true] \
+        --out DIR/mnv2_fp32_more (DIR/mnv2_qat with quant.qat=true)
 """
 
 from __future__ import annotations
@@ -78,6 +89,15 @@ def stage_train(args: argparse.Namespace) -> None:
                    args.workers)
 
 
+RUN_NAMES = ("fp32", "fp32_more", "qat", "binary", "binary_k")
+
+
+def model_name(ckpt: Path) -> str:
+    """The model name recorded in a run's ``.pt`` checkpoint."""
+    pt = ckpt.with_suffix(".pt")
+    return str(torch.load(pt, weights_only=True, map_location="cpu").get("model_name")) if pt.is_file() else "?"
+
+
 def _calib_folder(root: Path, out: Path, n: int) -> Path:
     """A folder of links to the first ``n`` training images (never the test split)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -104,28 +124,29 @@ def stage_int8(args: argparse.Namespace) -> None:
     test = open_split(cfg, "val", progress=False)
     calib = _calib_folder(synthetic_root(cfg), runs / "calib", args.calib_images)
     rows = []
-    for name in ("fp32", "fp32_more", "qat", "binary", "binary_k"):
+    for name in (*RUN_NAMES, *(f"mnv2_{n}" for n in ("fp32", "fp32_more", "qat"))):
         ckpt = runs / name / "checkpoints" / "last.safetensors"
-        if not ckpt.is_file():
+        if not ckpt.is_file() or args.only and name not in args.only.split(","):
             continue
         model = load_model(ckpt)
-        runtimes = ["eager"] if name.startswith("binary") else ["eager", "onnxruntime-int8"]
+        runtimes = ["eager"] if "binary" in name else ["eager", "onnxruntime-int8"]
         for runtime in runtimes:
             options = {"calibrate": str(calib), "calib_images": args.calib_images} if runtime != "eager" else None
             t0 = time.perf_counter()
             det = Detector.from_model(model, "cpu", batch_size=8, runtime=runtime, runtime_options=options,
                                       postprocess=PostProcess.from_model(model, **EVAL_POSTPROCESS))
             res = evaluate_model(det, test, metric="voc07", progress=False)
-            row = {"run": name, "runtime": runtime, "network": (
-                "fake-quant int8 (PyTorch)" if name == "qat" and runtime == "eager" else
-                "int8 QDQ, QAT ranges" if name == "qat" else "int8 QDQ, PTQ minmax" if runtime != "eager" else
-                "binary" if name.startswith("binary") else "fp32"),
+            qat = name.endswith("qat")
+            row = {"run": name, "model": model_name(ckpt), "runtime": runtime, "network": (
+                "fake-quant int8 (PyTorch)" if qat and runtime == "eager" else
+                "int8 QDQ, QAT ranges" if qat else "int8 QDQ, PTQ minmax" if runtime != "eager" else
+                "binary" if "binary" in name else "fp32"),
                 "mAP": res.mAP, "per_class": res.per_class,
                 "seconds": round(time.perf_counter() - t0, 1)}
             print(json.dumps({k: v for k, v in row.items() if k != "per_class"}), file=sys.stderr, flush=True)
             rows.append(row)
     summaries = {}
-    for name in ("fp32", "binary", "binary_k", "qat", "fp32_more"):
+    for name in (*RUN_NAMES, "mnv2_fp32", "mnv2_fp32_more", "mnv2_qat"):
         path = runs / name / "summary.json"
         if path.is_file():
             summaries[name] = json.loads(path.read_text())
@@ -202,7 +223,7 @@ def main() -> None:
     p.add_argument("--runs", default="runs/bnn-qat")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--only", help="train only these runs (comma-separated)")
+    p.add_argument("--only", help="train / evaluate only these runs (comma-separated)")
     p.add_argument("--json")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
