@@ -29,6 +29,7 @@ IMPORTER_MODULES: dict[str, str] = {
     "caffe": "multibox.interop.caffe",
     "tf-od": "multibox.interop.tensorflow",
     "torchvision": "multibox.interop.torchvision",
+    "keras": "multibox.interop.keras",
 }
 
 
