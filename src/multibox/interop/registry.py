@@ -30,6 +30,7 @@ IMPORTER_MODULES: dict[str, str] = {
     "tf-od": "multibox.interop.tensorflow",
     "torchvision": "multibox.interop.torchvision",
     "keras": "multibox.interop.keras",
+    "tf-slim": "multibox.interop.slim",
 }
 
 
