@@ -19,7 +19,7 @@ class the scores above the threshold, ``tf.image.non_max_suppression``, then ``t
 Written to ``--out``:
 
 * ``ssd7.h5``: the SSD7 weight file itself as Keras writes it (``model.save``, legacy HDF5: layer groups under
-  ``model_weights``), and ``ssd7.weights.h5`` (Keras 3's ``save_weights`` format);
+  ``model_weights``; Keras 3's ``save_weights`` format names layers by class, ``conv2d_1``, and is refused);
 * ``reference.npz``: per architecture ``<arch>/images`` is not stored (tests rebuild the inputs from
   ``tests/data/tf_person/reference.npz``'s 300x300 photos, see ``network_input``), ``<arch>/conf`` (logits before
   the softmax, ``[N, P, C]``), ``<arch>/loc`` ``[N, P, 4]``, ``<arch>/anchors`` ``[P, 4]`` (normalized cx, cy, w,
@@ -322,7 +322,6 @@ def main() -> int:
         layouts[name] = h5_layout(saved)
         if name == "ssd7":
             model.save(args.out / "ssd7.h5")
-            model.save_weights(args.out / "ssd7.weights.h5")
         ref[f"{name}/conf"] = conf
         ref[f"{name}/loc"] = loc
         ref[f"{name}/anchors"] = anchors

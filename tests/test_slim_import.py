@@ -170,4 +170,4 @@ def test_cli_import_tf_slim(tmp_path: Path, ref: dict[str, np.ndarray], capsys: 
     assert main(["import", "tf-slim", str(tmp_path / "missing.ckpt"), "--arch", "ssd_300_vgg", "--out",
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "multibox import: error:" in err and "missing.ckpt.index" in err and "Traceback" not in err
+    assert "multibox import tf-slim: error:" in err and "missing.ckpt.index" in err and "Traceback" not in err

@@ -183,8 +183,8 @@ def _decode(v: Any) -> str:  # noqa: ANN401 (h5py attribute values: bytes or str
 def read_keras_weights(path: str | os.PathLike) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Every layer's weights in a Keras ``.h5`` file: ``{layer: [(weight short name, array), ...]}`` in the
     layer's own order (``weight_names``). Reads ``model.save_weights`` files (groups at the root), full
-    ``model.save`` files (under ``model_weights``) and Keras 3 ``.weights.h5`` files (``layers/<name>/vars/<i>``,
-    short names ``"0"``, ``"1"``, ...). Raises :class:`KerasImportError` naming the file otherwise."""
+    ``model.save`` files (under ``model_weights``). Keras 3's ``.weights.h5`` (layers named by class, ``conv2d_1``)
+    and anything else raise :class:`KerasImportError` naming the file."""
     import h5py  # a dependency, but only this importer reads HDF5: `multibox import --list` must not load it
 
     p = Path(path)
@@ -207,13 +207,10 @@ def read_keras_weights(path: str | os.PathLike) -> dict[str, list[tuple[str, np.
                     out[lname] = [(_short(n), np.asarray(g[n], dtype=np.float32)) for n in names]
                 except (KeyError, TypeError, ValueError) as e:
                     raise KerasImportError(f"{p}: layer {lname!r}: unreadable weight ({e})") from None
-        elif "layers" in f and isinstance(f["layers"], h5py.Group):
-            for lname, g in f["layers"].items():
-                vars_ = g.get("vars")
-                if not isinstance(vars_, h5py.Group):
-                    continue
-                keys = sorted(vars_.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
-                out[lname] = [(k, np.asarray(vars_[k], dtype=np.float32)) for k in keys]
+        elif "layers" in f and isinstance(f["layers"], h5py.Group) and "vars" in f:
+            raise KerasImportError(f"{p}: a Keras 3 .weights.h5 file, which names layers by class (conv2d, "
+                                   "conv2d_1, ...) instead of ssd_keras' layer names; save the model with "
+                                   "model.save('x.h5') (or Keras 2's save_weights) and import that")
         else:
             raise KerasImportError(f"{p}: not a Keras weight file (no layer_names attribute, no model_weights "
                                    "or layers group)")
@@ -350,7 +347,7 @@ def keras_layer_map(cfg: KerasSSDConfig) -> dict[str, str]:
 
 def _find(weights: Sequence[tuple[str, np.ndarray]], names: Sequence[str], index: int) -> np.ndarray:
     """The weight whose short name ends with one of ``names``; by position ``index`` when the file gives only
-    positional names (Keras 3)."""
+    positional names."""
     for short, arr in weights:
         if any(short == n or short.endswith("_" + n) for n in names):
             return arr
