@@ -83,6 +83,20 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+def assert_same_detections(scores: torch.Tensor, boxes: torch.Tensor, ref_scores: torch.Tensor,
+                           ref_boxes: torch.Tensor) -> None:
+    """Both lists score-sorted: the scores equal rank by rank (1e-4), and every reference box has its own match
+    among ours (score within 1e-4, box within 1e-3): boxes whose scores differ by ~1e-6 may come in either order
+    (float noise of two frameworks), nothing else may differ."""
+    k = len(ref_scores)
+    torch.testing.assert_close(scores[:k], ref_scores, rtol=0, atol=1e-4)
+    used = torch.zeros(len(scores), dtype=torch.bool)
+    for i in range(k):
+        ok = ~used & ((scores - ref_scores[i]).abs() <= 1e-4) & ((boxes - ref_boxes[i]).abs().amax(1) <= 1e-3)
+        assert ok.any(), f"reference detection {i} (score {float(ref_scores[i]):.6f}) has no match"
+        used[int(ok.nonzero()[0])] = True
+
+
 @pytest.mark.parametrize("arch", ["ssd_300_vgg", "ssd_512_vgg"])
 def test_slim_ssd_matches_tensorflow(tmp_path: Path, ref: dict[str, np.ndarray], arch: str) -> None:
     prefix = rebuild_checkpoint(tmp_path, arch, ref)
@@ -111,11 +125,9 @@ def test_slim_ssd_matches_tensorflow(tmp_path: Path, ref: dict[str, np.ndarray],
             scores, boxes = d.scores[ours], d.boxes[ours]
             if len(tf_c) < 200:  # TF stops at 200 per class; we report every box NMS keeps (docs/importers.md)
                 assert len(scores) == len(tf_c)
-            k = len(tf_c)
-            torch.testing.assert_close(scores[:k], torch.from_numpy(tf_c[:, 0]), rtol=0, atol=1e-4)
-            tf_xyxy = torch.from_numpy(tf_c[:, [2, 1, 4, 3]])
-            torch.testing.assert_close(boxes[:k], tf_xyxy, rtol=0, atol=1e-3)
-            compared += k
+            assert_same_detections(scores, boxes, torch.from_numpy(tf_c[:, 0]),
+                                   torch.from_numpy(tf_c[:, [2, 1, 4, 3]]))
+            compared += len(tf_c)
     assert compared > 100
 
 
@@ -129,7 +141,7 @@ def test_anchors_match_hand_computed_values() -> None:
     expected = [[c, c, 21 / 300, 21 / 300], [c, c, s, s], [c, c, 21 * math.sqrt(2) / 300, 21 / math.sqrt(2) / 300],
                 [c, c, 21 / math.sqrt(2) / 300, 21 * math.sqrt(2) / 300]]
     np.testing.assert_allclose(a[:4], expected, rtol=1e-6)
-    np.testing.assert_allclose(a[-6:, :2], 0.5, rtol=1e-6)  # block11: one location at (150, 150) px
+    np.testing.assert_allclose(a[-4:, :2], 0.5, rtol=1e-6)  # block11: one location (4 anchors) at (150, 150) px
 
 
 def test_reader_errors_name_the_file(tmp_path: Path, ref: dict[str, np.ndarray]) -> None:
@@ -166,7 +178,7 @@ def test_cli_import_tf_slim(tmp_path: Path, ref: dict[str, np.ndarray], capsys: 
     assert "voc.safetensors" in capsys.readouterr().out
     report = json.loads((tmp_path / "o" / "voc.json").read_text())
     assert report["num_priors"] == 8732 and report["postprocess"]["top_k"] == 400
-    assert report["postprocess"]["keep_top_k"] == 200 * 20
+    assert report["postprocess"]["keep_top_k"] == 0  # no overall cap
     assert main(["import", "tf-slim", str(tmp_path / "missing.ckpt"), "--arch", "ssd_300_vgg", "--out",
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

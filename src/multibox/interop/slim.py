@@ -24,8 +24,8 @@ slots such as ``.../Momentum``, moving averages) are ignored.
 **Decoding** is its ``detected_bboxes``: softmax, ``CENTER_SIZE`` decoding with ``prior_scaling`` (0.1, 0.1, 0.2,
 0.2), per class the scores ``> select_threshold`` (0.01), the 400 best (``select_top_k``), NMS at 0.45, and at most
 ``keep_top_k`` (200) boxes **per class**; it keeps no overall cap and never clips. multibox's post-processing has
-the per-class cut before NMS and an overall ``keep_top_k`` (set to ``200 * (C - 1)`` here, i.e. none) but no
-per-class cap after NMS: a class that keeps more than 200 boxes after NMS of its 400 candidates reports them all,
+the per-class cut before NMS and an overall ``keep_top_k`` (0 here: none) but no per-class cap after NMS: a
+class that keeps more than 200 boxes after NMS of its 400 candidates reports them all,
 where SSD-Tensorflow stops at 200 (the first 200 are the same).
 
 **Pre-processing** is its ``ssd_vgg_preprocessing`` for evaluation: RGB, minus (123, 117, 104), no scaling, the
@@ -210,7 +210,7 @@ def convert_slim(ckpt: TFCheckpoint, cfg: SlimSSDConfig, class_names: Sequence[s
                                            "channel_order": input_spec.channel_order,
                                            "mean": list(input_spec.mean), "std": list(input_spec.std)}}
     post = {"mode": "per_class", "conf_threshold": float(cfg.select_threshold), "top_k": int(cfg.select_top_k),
-            "nms_threshold": float(cfg.nms_threshold), "keep_top_k": int(cfg.keep_top_k) * (num_classes - 1),
+            "nms_threshold": float(cfg.nms_threshold), "keep_top_k": 0,  # no overall cap, as SSD-Tensorflow
             "clip": False, "background_index": 0}
     info = {"input_spec": input_spec, "variances": tuple(float(v) for v in cfg.prior_scaling), "postprocess": post,
             "feature_sizes": [list(s) for s in feature_sizes], "variables": needed}
