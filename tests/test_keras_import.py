@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -204,6 +205,43 @@ def test_the_comparison_can_fail(ref: dict[str, np.ndarray]) -> None:
     assert _rel_err(out.cls_logits, unpermuted) > 1e-2
     permuted = unpermuted[:, info["prior_order"]]
     assert _rel_err(out.cls_logits, permuted) <= 1e-4
+
+
+def test_full_model_file_gives_its_anchor_and_decoding_settings(tmp_path: Path) -> None:
+    """A ``model.save`` file of ssd_keras carries its AnchorBoxes / DecodeDetections configs in ``model_config``;
+    they replace the preset (steps and offsets are not in them); options on the command line win over both."""
+    scales = (0.1, 0.2, 0.4, 0.7, 1.0)
+    layers = [{"class_name": "AnchorBoxes", "config": {
+        "name": f"anchors{s}", "img_height": 300, "img_width": 480, "this_scale": scales[k],
+        "next_scale": scales[k + 1], "aspect_ratios": [1.0, 2.0, 0.5], "two_boxes_for_ar1": True,
+        "clip_boxes": True, "variances": [0.1, 0.1, 0.2, 0.2], "coords": "centroids", "normalize_coords": True}}
+        for k, s in enumerate("4567")]
+    layers.append({"class_name": "DecodeDetections", "config": {"name": "decoded_predictions",
+                                                                "confidence_thresh": 0.05, "top_k": 100}})
+    path = tmp_path / "full.h5"
+    shutil.copy(DATA / "ssd7.h5", path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Model", "config": {"layers": layers}})
+    out = import_keras(path, tmp_path, arch="ssd7")
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["anchors"]["scales"] == list(scales) and report["anchors"]["clip_boxes"] is True
+    assert report["prior_order"] == "identity"  # ratio 1 first now: Keras' order is ours
+    assert report["variances"] == [0.1, 0.1, 0.2, 0.2]
+    assert report["postprocess"]["conf_threshold"] == 0.05 and report["postprocess"]["keep_top_k"] == 100
+    assert "scales" in report["source"]["settings_from_model_config"]
+    expected = replace(KERAS_ARCHS["ssd7"], scales=scales, aspect_ratios=((1.0, 2.0, 0.5),) * 4, clip_boxes=True,
+                       variances=(0.1, 0.1, 0.2, 0.2))
+    anchors = keras_anchors(expected, [(37, 60), (18, 30), (9, 15), (4, 7)])
+    torch.testing.assert_close(load_bundle(out).priors, torch.from_numpy(anchors), rtol=0, atol=0)
+    assert main(["import", "keras", str(path), "--arch", "ssd7", "--out", str(tmp_path), "--name", "cli",
+                 "--top-k", "7"]) == 0
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    assert cli["postprocess"]["keep_top_k"] == 7 and cli["anchors"]["scales"] == list(scales)
+    layers[0]["config"]["coords"] = "minmax"
+    with h5py.File(path, "r+") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Model", "config": {"layers": layers}})
+    with pytest.raises(KerasImportError, match=r"full\.h5: AnchorBoxes coords 'minmax'"):
+        import_keras(path, tmp_path, arch="ssd7")
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -17,8 +17,10 @@ Files written by ``model.save_weights("x.h5")`` (layer groups at the root) and b
 bias of an SSD7 conv is folded into the running mean of the batch norm after it, and Keras' epsilon (0.001) into
 its running variance.
 
-**What the file does not hold** is given by ``--arch`` (the defaults of ssd_keras' training scripts) and may be
-overridden, exactly with ssd_keras' argument names (:class:`KerasSSDConfig`): the image size, ``scales``,
+**What the file does not hold** is given by ``--arch`` (the defaults of ssd_keras' training scripts), replaced by
+what a full ``model.save`` file's ``model_config`` says of its ``AnchorBoxes`` and ``DecodeDetections`` layers
+(:func:`config_from_file`; steps and offsets are not in their config), and may be overridden on the command line,
+exactly with ssd_keras' argument names (:class:`KerasSSDConfig`): the image size, ``scales``,
 ``aspect_ratios`` per predictor layer, ``two_boxes_for_ar1``, ``steps``, ``offsets``, ``clip_boxes``,
 ``variances`` (``coords`` must be ``centroids``), ``subtract_mean`` / ``divide_by_stddev`` / ``swap_channels``
 and the decoding settings ``confidence_thresh``, ``iou_threshold``, ``top_k``.
@@ -64,7 +66,7 @@ from .registry import parse_classes, parse_floats, register_importer
 
 __all__ = ["KerasImportError", "KerasSSDConfig", "KERAS_ARCHS", "read_keras_weights", "keras_anchors",
            "keras_layer_map", "convert_keras", "import_keras",
-           "config_from_args"]
+           "config_from_args", "config_from_file"]
 
 
 class KerasImportError(ValueError):
@@ -323,6 +325,59 @@ def _input_spec(cfg: KerasSSDConfig) -> InputSpec:
                      std=tuple(std))  # type: ignore[arg-type]
 
 
+def config_from_file(path: str | os.PathLike, cfg: KerasSSDConfig) -> tuple[KerasSSDConfig, list[str]]:
+    """``cfg`` updated from the ``model_config`` a full ``model.save`` file carries: its ``AnchorBoxes`` layers
+    (``<source>_mbox_priorbox`` / ``anchors<source>``: image size, ``this_scale`` / ``next_scale``,
+    ``aspect_ratios``, ``two_boxes_for_ar1``, ``clip_boxes`` (``limit_boxes`` in early versions), ``variances``,
+    ``coords``) and its ``DecodeDetections`` layer (``confidence_thresh``, ``iou_threshold``, ``top_k``). Steps and
+    offsets are not in ssd_keras' layer config and stay as given. Returns ``(config, the fields read)``; a file
+    without ``model_config`` (``save_weights``) leaves ``cfg`` as it is."""
+    import h5py  # see read_keras_weights
+
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError:
+        return cfg, []  # read_keras_weights reports unreadable files
+    if raw is None:
+        return cfg, []
+    try:
+        model = json.loads(_decode(raw))
+        layers = {layer.get("config", {}).get("name", layer.get("name")): layer for layer in
+                  model["config"]["layers"]}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise KerasImportError(f"{p}: unreadable model_config attribute") from None
+    names = [f"anchors{s}" if cfg.model == "ssd7" else f"{s}_mbox_priorbox" for s in cfg.sources]
+    found = [layers.get(n) for n in names]
+    o: dict[str, Any] = {}
+    if all(layer is not None and layer.get("class_name") == "AnchorBoxes" for layer in found):
+        confs = [layer["config"] for layer in found]  # type: ignore[index]
+        try:
+            c0 = confs[0]
+            if str(c0.get("coords", "centroids")) != "centroids":
+                raise KerasImportError(f"{p}: AnchorBoxes coords {c0.get('coords')!r}: only 'centroids' is "
+                                       "supported (as ssd_keras' DecodeDetections)")
+            o["image_size"] = (int(c0["img_height"]), int(c0["img_width"]))
+            o["scales"] = tuple(float(c["this_scale"]) for c in confs) + (float(confs[-1]["next_scale"]),)
+            o["aspect_ratios"] = tuple(tuple(float(a) for a in c["aspect_ratios"]) for c in confs)
+            o["two_boxes_for_ar1"] = bool(c0["two_boxes_for_ar1"])
+            o["clip_boxes"] = bool(c0.get("clip_boxes", c0.get("limit_boxes", False)))
+            o["variances"] = tuple(float(v) for v in c0["variances"])
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, KerasImportError):
+                raise
+            raise KerasImportError(f"{p}: model_config: AnchorBoxes layer {names[0]!r} lacks {e}") from None
+    decode = next((layer for layer in layers.values() if layer.get("class_name") in
+                   ("DecodeDetections", "DecodeDetectionsFast")), None)
+    if decode is not None:
+        c = decode.get("config", {})
+        for key, typ in (("confidence_thresh", float), ("iou_threshold", float), ("top_k", int)):
+            if key in c:
+                o[key] = typ(c[key])
+    return (replace(cfg, **o) if o else cfg), sorted(o)
+
+
 # ---------------------------------------------------------------------------------------------- conversion
 def keras_layer_map(cfg: KerasSSDConfig) -> dict[str, str]:
     """Keras layer name -> the multibox module it fills (``backbone.conv1_1``, ``head.classification.0``, ...)."""
@@ -467,15 +522,21 @@ def _copy(dst: Tensor, src: Tensor | float, lname: str, source: object) -> None:
 
 def import_keras(path: str | os.PathLike, out_dir: str | os.PathLike, *, arch: str = "ssd300",
                  config: KerasSSDConfig | None = None, name: str | None = None,
-                 class_names: Sequence[str] | None = None) -> Path:
+                 class_names: Sequence[str] | None = None, model_config_fields: Sequence[str] = ()) -> Path:
     """Convert an ssd_keras ``.h5`` file into ``out_dir/<name>.safetensors`` plus a JSON report
     ``out_dir/<name>.json``. ``arch`` is a key of :data:`KERAS_ARCHS`; ``config`` replaces its settings whole
     (e.g. ``dataclasses.replace(KERAS_ARCHS["ssd7"], image_size=(240, 320))``). ``name`` defaults to the file's
-    stem. Returns the bundle's path; raises :class:`KerasImportError` naming the file."""
+    stem. Without ``config``, what a full ``model.save`` file says of its anchors and decoding
+    (:func:`config_from_file`) replaces the preset's values. Returns the bundle's path; raises
+    :class:`KerasImportError` naming the file."""
     if arch not in KERAS_ARCHS:
         raise KerasImportError(f"--arch: unknown ssd_keras architecture {arch!r} (one of {', '.join(KERAS_ARCHS)})")
-    cfg = config or KERAS_ARCHS[arch]
     p = Path(path)
+    from_file = list(model_config_fields)  # what the caller took from the file (for the report)
+    if config is None:
+        cfg, from_file = config_from_file(p, KERAS_ARCHS[arch])
+    else:
+        cfg = config
     weights = read_keras_weights(p)
     model, priors, spec, info = convert_keras(weights, cfg, class_names=class_names, source=p)
     stem = name or p.stem
@@ -483,7 +544,7 @@ def import_keras(path: str | os.PathLike, out_dir: str | os.PathLike, *, arch: s
         raise KerasImportError(f"invalid bundle name {stem!r}")
     sha = hashlib.sha256(p.read_bytes()).hexdigest()
     source = {"format": "ssd_keras .h5", "file": p.name, "sha256": sha, "importer": "multibox.interop.keras",
-              "arch": arch, "feature_sizes": info["feature_sizes"],
+              "arch": arch, "feature_sizes": info["feature_sizes"], "settings_from_model_config": from_file,
               "anchor_order": "Keras anchors reordered to Caffe order (squares first) per location"}
     bundle = DetectorBundle(model=model, priors=priors, input_spec=info["input_spec"],
                             class_names=list(spec["class_names"]), builder="multibox", spec=spec,
@@ -560,9 +621,10 @@ def _three(text: str, what: str) -> tuple[float, float, float] | None:
     return vals  # type: ignore[return-value]
 
 
-def config_from_args(args: argparse.Namespace) -> KerasSSDConfig:
-    """``--arch``'s :class:`KerasSSDConfig` with the command line's overrides (``'none'`` sets ``None``)."""
-    base = KERAS_ARCHS[args.arch]
+def config_from_args(args: argparse.Namespace, base: KerasSSDConfig | None = None) -> KerasSSDConfig:
+    """``base`` (default ``--arch``'s :class:`KerasSSDConfig`) with the command line's overrides (``'none'``
+    sets ``None``)."""
+    base = base or KERAS_ARCHS[args.arch]
     o: dict[str, Any] = {}
     if args.image_size:
         hw = parse_floats(args.image_size, 2, "--image-size")
@@ -597,9 +659,11 @@ def config_from_args(args: argparse.Namespace) -> KerasSSDConfig:
 
 def _run_cli(args: argparse.Namespace) -> Path:
     classes = parse_classes(args.classes)
-    cfg = config_from_args(args)
+    base, fields = config_from_file(args.weights, KERAS_ARCHS[args.arch])  # preset < file's model_config < options
+    cfg = config_from_args(args, base)
     check_output_dir(args.out, "--out")
-    return import_keras(args.weights, args.out, arch=args.arch, config=cfg, name=args.name, class_names=classes)
+    return import_keras(args.weights, args.out, arch=args.arch, config=cfg, name=args.name, class_names=classes,
+                        model_config_fields=fields)
 
 
 register_importer(
