@@ -271,6 +271,16 @@ def test_wrong_arch_and_bad_files_are_clear_errors(tmp_path: Path) -> None:
         read_keras_weights(empty)
     with pytest.raises(KerasImportError, match="file not found"):
         read_keras_weights(tmp_path / "nope.h5")
+    huge = tmp_path / "huge.h5"  # a compressed dataset that claims 2^28 values is refused before it is read
+    with h5py.File(huge, "w") as f:
+        f.attrs["layer_names"] = np.array([b"conv1"])
+        f.create_group("conv1").attrs["weight_names"] = np.array([b"conv1/kernel:0"])
+        f["conv1"].create_dataset("conv1/kernel:0", shape=(1 << 14, 1 << 14), dtype=np.float32, chunks=(256, 256),
+                                  compression="gzip", fillvalue=1.0)
+    assert huge.stat().st_size < 100_000
+    with pytest.raises(KerasImportError, match=r"huge\.h5: layer 'conv1': weight 'conv1/kernel:0' is missing or "
+                                               r"larger than"):
+        read_keras_weights(huge)
     keras3 = tmp_path / "m.weights.h5"  # Keras 3 save_weights: layers named by class, not by ssd_keras' names
     with h5py.File(keras3, "w") as f:
         f.create_group("vars")

@@ -168,6 +168,9 @@ KERAS_ARCHS: dict[str, KerasSSDConfig] = {
         subtract_mean=(127.5,) * 3, divide_by_stddev=(127.5,) * 3),
 }
 
+#: the most values one weight array may hold (VGG's fc6 has 4.7 million); a larger one is refused unread
+_MAX_WEIGHT_ELEMENTS = 1 << 27
+
 _VGG_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2",
                "conv4_3", "conv5_1", "conv5_2", "conv5_3", "fc6", "fc7")
 
@@ -205,6 +208,11 @@ def read_keras_weights(path: str | os.PathLike) -> dict[str, list[tuple[str, np.
                     raise KerasImportError(f"{p}: layer {lname!r} is listed but has no group")
                 g = root[lname]
                 names = [_decode(n) for n in g.attrs.get("weight_names", [])]
+                for n in names:  # a compressed dataset may claim any size: bound it before reading
+                    size = getattr(g.get(n), "size", None)
+                    if size is None or size > _MAX_WEIGHT_ELEMENTS:
+                        raise KerasImportError(f"{p}: layer {lname!r}: weight {n!r} is missing or larger than "
+                                               f"{_MAX_WEIGHT_ELEMENTS} values")
                 try:
                     out[lname] = [(_short(n), np.asarray(g[n], dtype=np.float32)) for n in names]
                 except (KeyError, TypeError, ValueError) as e:
