@@ -12,7 +12,8 @@ ssd_keras' layer names and layouts (written for this script from the project's p
 ``<source>_mbox_conf`` / ``<source>_mbox_loc``; SSD7's ``conv1`` .. ``conv7`` + ``bn1`` .. ``bn7`` + ELU,
 ``classes4`` .. / ``boxes4`` ..), fills them with seeded random weights (:func:`layer_weights`; the predictor
 convolutions are scaled so that logits and box offsets have a spread of about 1.5 and 0.5, so that scores are
-neither flat nor saturated), runs them on two real photos and decodes the predictions with TensorFlow ops
+neither flat nor saturated), runs them on real photos (SSD300 the astronaut, SSD512 Grace Hopper, SSD7 both)
+and decodes the predictions with TensorFlow ops
 following ssd_keras' ``AnchorBoxes`` and ``DecodeDetections`` (softmax, centroid decoding with the variances, per
 class the scores above the threshold, ``tf.image.non_max_suppression``, then ``tf.nn.top_k`` over all classes).
 
@@ -73,20 +74,20 @@ def layer_weights(seed: int, name: str, shapes: list[tuple[int, ...]], kind: str
 
 
 ARCHS = {
-    "ssd300": dict(image_size=(300, 300), n_classes=21, images=2,
+    "ssd300": dict(image_size=(300, 300), n_classes=21, images=(0,),
                    sources=["conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"],
                    scales=[0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05],
                    ars=[[1.0, 2.0, 0.5], [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0], [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0],
                         [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0], [1.0, 2.0, 0.5], [1.0, 2.0, 0.5]],
                    steps=[8, 16, 32, 64, 100, 300], variances=[0.1, 0.1, 0.2, 0.2],
                    mean=[123.0, 117.0, 104.0], std=None, swap=[2, 1, 0]),
-    "ssd512": dict(image_size=(512, 512), n_classes=6, images=1,
+    "ssd512": dict(image_size=(512, 512), n_classes=6, images=(1,),
                    sources=["conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2", "conv10_2"],
                    scales=[0.07, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05],
                    ars=[[1.0, 2.0, 0.5]] + [[1.0, 2.0, 0.5, 3.0, 1.0 / 3.0]] * 4 + [[1.0, 2.0, 0.5]] * 2,
                    steps=[8, 16, 32, 64, 128, 256, 512], variances=[0.1, 0.1, 0.2, 0.2],
                    mean=[123.0, 117.0, 104.0], std=None, swap=[2, 1, 0]),
-    "ssd7": dict(image_size=(300, 480), n_classes=6, images=2, sources=["4", "5", "6", "7"],
+    "ssd7": dict(image_size=(300, 480), n_classes=6, images=(0, 1), sources=["4", "5", "6", "7"],
                  scales=[0.08, 0.16, 0.32, 0.64, 0.96], ars=[[0.5, 1.0, 2.0]] * 4, steps=None,
                  variances=[1.0, 1.0, 1.0, 1.0], mean=[127.5] * 3, std=[127.5] * 3, swap=None),
 }
@@ -98,7 +99,7 @@ def network_input(photos: np.ndarray, arch: dict) -> np.ndarray:
     h, w = arch["image_size"]
     rows = (np.arange(h) * photos.shape[1]) // h
     cols = (np.arange(w) * photos.shape[2]) // w
-    x = photos[: arch["images"]][:, rows][:, :, cols].astype(np.float32)
+    x = photos[list(arch["images"])][:, rows][:, :, cols].astype(np.float32)
     x = x - np.asarray(arch["mean"], dtype=np.float32)
     if arch["std"] is not None:
         x = x / np.asarray(arch["std"], dtype=np.float32)

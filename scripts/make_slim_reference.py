@@ -13,7 +13,8 @@ facts: ``<scope>/conv1/conv1_1/weights`` .., ``conv6`` (rate 6), ``conv7``, ``bl
 ``SAME`` padding for the VGG convs and poolings, explicit 1-pixel pads before the stride-2 extras, a
 ``global_step``), assigns seeded random weights (:func:`layer_weights`; predictor scales chosen so that logits and
 offsets spread by about 1.5 and 0.5), saves a V2 checkpoint with ``tf.compat.v1.train.Saver`` and runs the graph
-on two real photos (SSD512: one), preprocessed as its ``ssd_vgg_preprocessing`` does for evaluation (RGB minus
+on a real photo (SSD300 the astronaut, SSD512 Grace
+Hopper), preprocessed as its ``ssd_vgg_preprocessing`` does for evaluation (RGB minus
 123, 117, 104). Its decoding is reproduced with TF ops after ``detected_bboxes``: softmax, decoding with
 ``prior_scaling``, per class the scores above 0.01 (others zeroed), ``tf.nn.top_k`` 400, then
 ``tf.image.non_max_suppression`` keeping at most 200 per class at IoU 0.45.
@@ -41,12 +42,12 @@ SEED = 20261205
 PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "data" / "tf_person" / "reference.npz"
 R2, R4 = [2.0, 0.5], [2.0, 0.5, 3.0, 1.0 / 3.0]
 ARCHS = {
-    "ssd_300_vgg": dict(size=300, n_classes=21, images=2,
+    "ssd_300_vgg": dict(size=300, n_classes=21, images=(0,),
                         feat=["block4", "block7", "block8", "block9", "block10", "block11"],
                         sizes=[(21.0, 45.0), (45.0, 99.0), (99.0, 153.0), (153.0, 207.0), (207.0, 261.0),
                                (261.0, 315.0)],
                         ratios=[R2, R4, R4, R4, R2, R2], steps=[8, 16, 32, 64, 100, 300]),
-    "ssd_512_vgg": dict(size=512, n_classes=6, images=1,
+    "ssd_512_vgg": dict(size=512, n_classes=6, images=(1,),
                         feat=["block4", "block7", "block8", "block9", "block10", "block11", "block12"],
                         sizes=[(20.48, 51.2), (51.2, 133.12), (133.12, 215.04), (215.04, 296.96),
                                (296.96, 378.88), (378.88, 460.8), (460.8, 542.72)],
@@ -69,7 +70,7 @@ def layer_weights(seed: int, scope: str, kshape: tuple[int, ...], gain: float = 
 def network_input(photos: np.ndarray, arch: dict) -> np.ndarray:
     size = arch["size"]
     idx = (np.arange(size) * photos.shape[1]) // size
-    x = photos[: arch["images"]][:, idx][:, :, idx].astype(np.float32)
+    x = photos[list(arch["images"])][:, idx][:, :, idx].astype(np.float32)
     return np.ascontiguousarray(x - np.array([123.0, 117.0, 104.0], dtype=np.float32))
 
 

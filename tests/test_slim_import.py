@@ -27,7 +27,7 @@ from multibox.interop.tf_checkpoint import CheckpointError, TFCheckpoint
 DATA = Path(__file__).parent / "data" / "slim_ssd"
 PHOTOS = Path(__file__).parent / "data" / "tf_person" / "reference.npz"
 SEED = 20261205
-SETUP = {"ssd_300_vgg": (2, 21), "ssd_512_vgg": (1, 6)}
+SETUP = {"ssd_300_vgg": ((0,), 21), "ssd_512_vgg": ((1,), 6)}  # photos, classes
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def network_images(arch: str) -> torch.Tensor:
     n = SETUP[arch][0]
     size = SLIM_ARCHS[arch].image_size[0]
     with np.load(PHOTOS) as z:
-        photos = z["images"][:n]
+        photos = z["images"][list(n)]
     idx = (np.arange(size) * photos.shape[1]) // size
     return torch.from_numpy(np.ascontiguousarray(photos[:, idx][:, :, idx])).permute(0, 3, 1, 2)
 
