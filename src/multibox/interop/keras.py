@@ -141,8 +141,13 @@ class KerasSSDConfig:
 _VOC300_RATIOS = ((1.0, 2.0, 0.5), (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0), (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0),
                   (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0), (1.0, 2.0, 0.5), (1.0, 2.0, 0.5))
 
+#: the predictor sources of the MobileNetV1 variants: ``conv_pw_11`` and ``conv_pw_13`` (19x19, 10x10 at
+#: 300x300), then the extra blocks' ``conv14_2`` .. ``conv17_2``
+_MOBILENET_SOURCES = ("conv11", "conv13", "conv14_2", "conv15_2", "conv16_2", "conv17_2")
+
 #: ``--arch`` presets: ssd_keras' training defaults (SSD300/SSD512: Pascal VOC scales, the weights ported from
-#: the original Caffe SSD; SSD7: ``ssd7_training``'s settings).
+#: the original Caffe SSD; SSD7: ``ssd7_training``'s settings; the MobileNetV1 variants: SSD300's VOC scales and
+#: ratios, steps from the map sizes, Keras' MobileNet input ``x / 127.5 - 1`` in RGB).
 KERAS_ARCHS: dict[str, KerasSSDConfig] = {
     "ssd300": KerasSSDConfig(
         model="ssd300_vgg16", sources=("conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"),
@@ -162,6 +167,14 @@ KERAS_ARCHS: dict[str, KerasSSDConfig] = {
         swap_channels=(2, 1, 0),
         extras=tuple((f"conv{6 + i}_{j}", f"extras.conv{8 + i}.{part}")
                      for i in range(5) for j, part in ((1, "reduce"), (2, "expand")))),
+    "ssd300_mobilenetv1_3x3": KerasSSDConfig(
+        model="ssd300_mobilenetv1_keras_3x3", sources=_MOBILENET_SOURCES, image_size=(300, 300),
+        scales=(0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05), aspect_ratios=_VOC300_RATIOS, steps=None, offsets=None,
+        subtract_mean=(127.5,) * 3, divide_by_stddev=(127.5,) * 3),
+    "ssd300_mobilenetv1_1x1": KerasSSDConfig(
+        model="ssd300_mobilenetv1_keras_1x1", sources=_MOBILENET_SOURCES, image_size=(300, 300),
+        scales=(0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05), aspect_ratios=_VOC300_RATIOS, steps=None, offsets=None,
+        subtract_mean=(127.5,) * 3, divide_by_stddev=(127.5,) * 3),
     "ssd7": KerasSSDConfig(
         model="ssd7", sources=("4", "5", "6", "7"), image_size=(300, 480), scales=(0.08, 0.16, 0.32, 0.64, 0.96),
         aspect_ratios=((0.5, 1.0, 2.0),) * 4, steps=None, offsets=None, variances=(1.0, 1.0, 1.0, 1.0),
@@ -398,14 +411,39 @@ def keras_layer_map(cfg: KerasSSDConfig) -> dict[str, str]:
             out[f"classes{s}"] = f"head.classification.{k}"
             out[f"boxes{s}"] = f"head.regression.{k}"
         return out
-    for name in _VGG_LAYERS:
-        out[name] = f"backbone.{name}"
-    out["conv4_3_norm"] = "backbone.l2norm"
+    if _is_mobilenet(cfg):
+        out["conv1"] = "backbone.conv1"
+        out["conv1_bn"] = "backbone.conv1_bn"
+        for k in range(1, 14):
+            for part in (f"conv_dw_{k}", f"conv_dw_{k}_bn", f"conv_pw_{k}", f"conv_pw_{k}_bn"):
+                out[part] = f"backbone.{part}"
+        for i in range(14, 18):
+            for j in (1, 2):
+                out[f"conv{i}_{j}"] = f"extras.conv{i}_{j}"
+                out[f"bn{i}_{j}"] = f"extras.bn{i}_{j}"
+    else:
+        for name in _VGG_LAYERS:
+            out[name] = f"backbone.{name}"
+        out["conv4_3_norm"] = "backbone.l2norm"
     out.update(dict(cfg.extras))
     for k, s in enumerate(cfg.sources):
         out[f"{s}_mbox_conf"] = f"head.classification.{k}"
         out[f"{s}_mbox_loc"] = f"head.regression.{k}"
     return out
+
+
+def _is_mobilenet(cfg: KerasSSDConfig) -> bool:
+    return cfg.model.startswith("ssd300_mobilenetv1_keras")
+
+
+def _mobilenet_alpha(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], source: object) -> float:
+    """Keras' width multiplier of a MobileNetV1 file: ``conv_pw_13``'s output channels over 1024 (``int(c *
+    alpha)`` channels per layer; a wrong guess shows as a shape error naming the layer)."""
+    try:
+        channels = int(_find(weights["conv_pw_13"], ["kernel"], 0).shape[-1])
+    except (KeyError, IndexError):
+        raise KerasImportError(f"{source}: layer 'conv_pw_13' has no kernel") from None
+    return channels / 1024.0
 
 
 def _find(weights: Sequence[tuple[str, np.ndarray]], names: Sequence[str], index: int) -> np.ndarray:
@@ -460,8 +498,14 @@ def convert_keras(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], cfg: 
                             "input_spec": {"image_size": list(input_spec.image_size),
                                            "channel_order": input_spec.channel_order,
                                            "mean": list(input_spec.mean), "std": list(input_spec.std)}}
+    model_kwargs: dict[str, Any] = {}
+    if _is_mobilenet(cfg):
+        alpha = _mobilenet_alpha(weights, source)
+        if alpha != 1.0:
+            model_kwargs["alpha"] = alpha
+            spec["kwargs"]["alpha"] = alpha
     model = build_model(cfg.model, num_classes=num_classes, class_names=class_names, priors=priors_cfg,
-                        input_spec=input_spec).eval()
+                        input_spec=input_spec, **model_kwargs).eval()
     spec["class_names"] = list(model.class_names)
     modules = dict(model.named_modules())
     orders = [_location_order(a, cfg.two_boxes_for_ar1) for a in cfg.aspect_ratios]
@@ -478,14 +522,21 @@ def convert_keras(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], cfg: 
                 elif isinstance(mod, nn.BatchNorm2d):
                     gamma, beta, mean, var = (torch.from_numpy(_find(w, [n], i)) for i, n in
                                               enumerate(("gamma", "beta", "moving_mean", "moving_variance")))
-                    conv_bias = weights[lname.replace("bn", "conv")]
-                    bias = torch.from_numpy(_find(conv_bias, ["bias"], 1)) if len(conv_bias) > 1 else 0.0
+                    shift: Tensor | float = 0.0
+                    if cfg.model == "ssd7":  # SSD7's convs have a bias and our conv before the BN has none
+                        conv_w = weights[lname.replace("bn", "conv")]
+                        if len(conv_w) > 1:
+                            shift = torch.from_numpy(_find(conv_w, ["bias"], 1))
                     _copy(mod.weight, gamma, lname, source)
                     _copy(mod.bias, beta, lname, source)
-                    _copy(mod.running_mean, mean - bias, lname, source)  # BN(conv + b): the bias shifts the mean
+                    _copy(mod.running_mean, mean - shift, lname, source)  # BN(conv + b): b shifts the mean
                     _copy(mod.running_var, var + (1e-3 - mod.eps), lname, source)  # Keras' epsilon is 0.001
                 else:
-                    kernel = torch.from_numpy(_find(w, ["kernel"], 0)).permute(3, 2, 0, 1)
+                    kernel = torch.from_numpy(_find(w, ["kernel"], 0))
+                    if mod.groups > 1:  # DepthwiseConv2D: [kh, kw, C, 1] -> [C, 1, kh, kw]
+                        kernel = kernel.permute(2, 3, 0, 1)
+                    else:  # Conv2D: [kh, kw, in, out] -> [out, in, kh, kw]
+                        kernel = kernel.permute(3, 2, 0, 1)
                     bias = torch.from_numpy(_find(w, ["bias"], 1)) if len(w) > 1 else None
                     if target in head_index:
                         k, per_box = head_index[target]
@@ -496,6 +547,8 @@ def convert_keras(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], cfg: 
                         if bias is None:
                             raise KerasImportError(f"{source}: layer {lname!r} has no bias")
                         _copy(mod.bias, bias, lname, source)
+                    elif bias is not None and cfg.model != "ssd7":  # (SSD7's bias went into its batch norm)
+                        raise KerasImportError(f"{source}: layer {lname!r} has a bias where {cfg.model} has none")
             except KeyError as e:
                 raise KerasImportError(f"{source}: layer {lname!r} has no {e.args[0]} weight "
                                        f"(it holds {[s for s, _ in w]})") from None
