@@ -6,13 +6,21 @@ Runs in a SEPARATE virtual environment with TensorFlow / Keras (the multibox tes
     /tmp/kerasenv/bin/pip install tensorflow-cpu h5py numpy pillow
     TF_ENABLE_ONEDNN_OPTS=0 /tmp/kerasenv/bin/python scripts/make_keras_reference.py --out tests/data/keras_ssd
 
-No trained ssd_keras file can be fetched here, so the script builds the three architectures in Keras with
+``--archs A B`` rebuilds only those architectures and keeps the others' entries in ``reference.npz`` /
+``layout.json``.
+
+No trained ssd_keras file can be fetched here, so the script builds the architectures in Keras with
 ssd_keras' layer names and layouts (written for this script from the project's published facts: ``conv1_1`` ..
 ``fc7``, ``conv6_1`` .., ``conv4_3_norm`` (an ``L2Normalization`` layer whose weight is ``conv4_3_norm_gamma``),
 ``<source>_mbox_conf`` / ``<source>_mbox_loc``; SSD7's ``conv1`` .. ``conv7`` + ``bn1`` .. ``bn7`` + ELU,
-``classes4`` .. / ``boxes4`` ..), fills them with seeded random weights (:func:`layer_weights`; the predictor
+``classes4`` .. / ``boxes4`` ..; the MobileNetV1 fork's ``conv1``, ``conv1_bn``, ``conv_dw_k`` (``DepthwiseConv2D``),
+``conv_dw_k_bn``, ``conv_pw_k``, ``conv_pw_k_bn`` of Keras applications' MobileNetV1 in its Keras 2.1 form (``"same"``
+padding on the stride-2 depthwise convs: 19x19 / 10x10 taps at ``conv_pw_11`` / ``conv_pw_13``), the extras
+``conv14_1`` + ``bn14_1`` .. ``conv17_2`` + ``bn17_2`` and ``conv11_mbox_conf`` .. ``conv17_2_mbox_loc`` with 3x3 or
+1x1 kernels), fills them with seeded random weights (:func:`layer_weights`; the predictor
 convolutions are scaled so that logits and box offsets have a spread of about 1.5 and 0.5, so that scores are
-neither flat nor saturated), runs them on real photos (SSD300 the astronaut, SSD512 Grace Hopper, SSD7 both)
+neither flat nor saturated), runs them on real photos (SSD300 and MobileNetV1-3x3 the astronaut, SSD512 and
+MobileNetV1-1x1 Grace Hopper, SSD7 both)
 and decodes the predictions with TensorFlow ops
 following ssd_keras' ``AnchorBoxes`` and ``DecodeDetections`` (softmax, centroid decoding with the variances, per
 class the scores above the threshold, ``tf.image.non_max_suppression``, then ``tf.nn.top_k`` over all classes).
@@ -29,8 +37,8 @@ Written to ``--out``:
   and ``<arch>/checksum/<layer>`` (float64 sums of every weight array, so tests can prove they regenerated the
   very weights Keras used);
 * ``layout.json``: the HDF5 layout of each saved file (``layer_names``, each layer's ``weight_names`` and the
-  dataset shapes): for SSD300 / SSD512 (105 / 110 MB of weights) only the layout is kept and tests rebuild the
-  file from it and from :func:`layer_weights`.
+  dataset shapes): for SSD300 / SSD512 / the MobileNetV1 variants (105 / 110 / 35 / 24 MB of weights) only the
+  layout is kept and tests rebuild the file from it and from :func:`layer_weights`.
 """
 
 from __future__ import annotations

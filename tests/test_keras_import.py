@@ -1,10 +1,11 @@
 """ssd_keras importer (``multibox import keras``): anchors, h5 layouts, and parity with Keras on real photos.
 
 The references in ``tests/data/keras_ssd`` were made by ``scripts/make_keras_reference.py`` with TensorFlow /
-Keras in a separate environment (see that folder's README): the SSD300, SSD512 and SSD7 networks with ssd_keras'
-layer names, seeded random weights, raw head outputs and ``DecodeDetections``-style detections on two real photos.
-SSD7's weight file is stored as Keras wrote it; the SSD300 / SSD512 files (105 / 110 MB) are rebuilt here from
-their recorded HDF5 layout and the same seeded weights (checked against Keras' checksums). TensorFlow is not needed.
+Keras in a separate environment (see that folder's README): the SSD300, SSD512, SSD7 and MobileNetV1 SSD300 (3x3 and
+1x1 heads) networks with ssd_keras' layer names, seeded random weights, raw head outputs and
+``DecodeDetections``-style detections on two real photos. SSD7's weight file is stored as Keras wrote it; the
+SSD300 / SSD512 / MobileNetV1 files (105 / 110 / 35 / 24 MB) are rebuilt here from their recorded HDF5 layout and the
+same seeded weights (checked against Keras' checksums). TensorFlow is not needed.
 """
 
 from __future__ import annotations

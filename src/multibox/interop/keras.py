@@ -8,7 +8,14 @@ not needed) and rebuilds the network as a multibox model loaded with its weights
   4x4 conv), ``conv4_3_norm`` (``L2Normalization``, its ``gamma`` of shape ``[512]``), and per source map
   ``<source>_mbox_conf`` / ``<source>_mbox_loc`` (3x3 convs, sources ``conv4_3_norm``, ``fc7``, ``conv6_2`` ..);
 * ``ssd7`` (``ssd7``): ``conv1`` .. ``conv7`` (5x5 then 3x3 convs with bias), ``bn1`` .. ``bn7``
-  (``BatchNormalization``, epsilon 0.001), predictors ``classes4`` .. ``classes7`` / ``boxes4`` .. ``boxes7``.
+  (``BatchNormalization``, epsilon 0.001), predictors ``classes4`` .. ``classes7`` / ``boxes4`` .. ``boxes7``;
+* ``ssd300_mobilenetv1_3x3`` / ``ssd300_mobilenetv1_1x1`` (``ssd300_mobilenetv1_keras_3x3`` / ``_1x1``, the ssd_keras
+  fork's MobileNetV1 SSDs): Keras applications' MobileNetV1 ``conv1``, ``conv1_bn``, ``conv_dw_k`` (a
+  ``DepthwiseConv2D``, kernel ``[3, 3, C, 1]`` -> ``[C, 1, 3, 3]``), ``conv_dw_k_bn``, ``conv_pw_k``,
+  ``conv_pw_k_bn`` (k = 1..13, no conv bias), the extras ``conv14_1`` / ``bn14_1`` / ``conv14_2`` / ``bn14_2`` ..
+  ``bn17_2`` (convs with bias), predictors ``<s>_mbox_conf`` / ``<s>_mbox_loc`` for ``s`` in ``conv11``,
+  ``conv13``, ``conv14_2`` .. ``conv17_2`` (3x3 or 1x1); Keras' width multiplier ``alpha`` is read off
+  ``conv_pw_13`` (``1024 * alpha`` channels).
 
 Files written by ``model.save_weights("x.h5")`` (layer groups at the root) and by ``model.save("x.h5")`` (under
 ``model_weights``) are read the same way: a layer group lists its weights in its ``weight_names`` attribute
@@ -653,8 +660,8 @@ def _add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", help="output file stem (default: the weights file's stem)")
     p.add_argument("--classes", help="class names, background first: a file (one per line) or comma-separated")
-    p.add_argument("--image-size", help="H,W the model was built for (ssd300: 300,300; ssd512: 512,512; ssd7: "
-                                        "300,480)")
+    p.add_argument("--image-size", help="H,W the model was built for (ssd300 and the MobileNetV1 variants: 300,300; "
+                                        "ssd512: 512,512; ssd7: 300,480)")
     p.add_argument("--scales", help="comma-separated scales, one more than the predictor layers")
     p.add_argument("--aspect-ratios", help="per predictor layer, ';'-separated lists (e.g. '1,2,0.5;1,2,0.5,3,"
                                            "0.3333333333333333;...'); one list for all layers (aspect_ratios_global)")
@@ -728,8 +735,10 @@ def _run_cli(args: argparse.Namespace) -> Path:
 
 
 register_importer(
-    "keras", help="ssd_keras .h5 weights (SSD300, SSD512, SSD7)", builders=("multibox",), source_arg="weights",
-    description="Convert an ssd_keras-family Keras .h5 weight file (SSD300, SSD512, SSD7) into a detector bundle: "
+    "keras", help="ssd_keras .h5 weights (SSD300, SSD512, SSD7, MobileNetV1 SSD300 3x3 / 1x1)", builders=("multibox",),
+    source_arg="weights",
+    description="Convert an ssd_keras-family Keras .h5 weight file (SSD300, SSD512, SSD7, the MobileNetV1 SSD300 "
+                "variants with 3x3 or 1x1 heads) into a detector bundle: "
                 "the same network, ssd_keras' AnchorBoxes and DecodeDetections semantics. --arch gives what the "
                 "file does not hold (ssd_keras' training defaults); override with the anchor options. h5py reads "
                 "the file; neither TensorFlow nor Keras is needed. See docs/importers.md.",
