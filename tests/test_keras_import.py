@@ -304,6 +304,12 @@ def test_mobilenetv1_width_multiplier_round_trip(tmp_path: Path) -> None:
         a, b = src(x), bundle.model(x)
     torch.testing.assert_close(b.cls_logits, a.cls_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(b.box_deltas, a.box_deltas, rtol=1e-5, atol=1e-5)
+    with h5py.File(path, "r+") as f:  # a bias where Keras applications' MobileNet has none is not dropped silently
+        f["conv_pw_3"].create_dataset("conv_pw_3/bias", data=np.ones(64, np.float32))
+        f["conv_pw_3"].attrs["weight_names"] = np.array([b"conv_pw_3/kernel", b"conv_pw_3/bias"])
+    with pytest.raises(KerasImportError, match=r"half\.h5: layer 'conv_pw_3' has a bias where "
+                                               r"ssd300_mobilenetv1_keras_1x1 has none"):
+        import_keras(path, tmp_path, arch="ssd300_mobilenetv1_1x1", name="biased")
 
 
 def test_the_comparison_can_fail(ref: dict[str, np.ndarray]) -> None:
