@@ -6,13 +6,21 @@ Runs in a SEPARATE virtual environment with TensorFlow / Keras (the multibox tes
     /tmp/kerasenv/bin/pip install tensorflow-cpu h5py numpy pillow
     TF_ENABLE_ONEDNN_OPTS=0 /tmp/kerasenv/bin/python scripts/make_keras_reference.py --out tests/data/keras_ssd
 
-No trained ssd_keras file can be fetched here, so the script builds the three architectures in Keras with
+``--archs A B`` rebuilds only those architectures and keeps the others' entries in ``reference.npz`` /
+``layout.json``.
+
+No trained ssd_keras file can be fetched here, so the script builds the architectures in Keras with
 ssd_keras' layer names and layouts (written for this script from the project's published facts: ``conv1_1`` ..
 ``fc7``, ``conv6_1`` .., ``conv4_3_norm`` (an ``L2Normalization`` layer whose weight is ``conv4_3_norm_gamma``),
 ``<source>_mbox_conf`` / ``<source>_mbox_loc``; SSD7's ``conv1`` .. ``conv7`` + ``bn1`` .. ``bn7`` + ELU,
-``classes4`` .. / ``boxes4`` ..), fills them with seeded random weights (:func:`layer_weights`; the predictor
+``classes4`` .. / ``boxes4`` ..; the MobileNetV1 fork's ``conv1``, ``conv1_bn``, ``conv_dw_k`` (``DepthwiseConv2D``),
+``conv_dw_k_bn``, ``conv_pw_k``, ``conv_pw_k_bn`` of Keras applications' MobileNetV1 in its Keras 2.1 form (``"same"``
+padding on the stride-2 depthwise convs: 19x19 / 10x10 taps at ``conv_pw_11`` / ``conv_pw_13``), the extras
+``conv14_1`` + ``bn14_1`` .. ``conv17_2`` + ``bn17_2`` and ``conv11_mbox_conf`` .. ``conv17_2_mbox_loc`` with 3x3 or
+1x1 kernels), fills them with seeded random weights (:func:`layer_weights`; the predictor
 convolutions are scaled so that logits and box offsets have a spread of about 1.5 and 0.5, so that scores are
-neither flat nor saturated), runs them on real photos (SSD300 the astronaut, SSD512 Grace Hopper, SSD7 both)
+neither flat nor saturated), runs them on real photos (SSD300 and MobileNetV1-3x3 the astronaut, SSD512 and
+MobileNetV1-1x1 Grace Hopper, SSD7 both)
 and decodes the predictions with TensorFlow ops
 following ssd_keras' ``AnchorBoxes`` and ``DecodeDetections`` (softmax, centroid decoding with the variances, per
 class the scores above the threshold, ``tf.image.non_max_suppression``, then ``tf.nn.top_k`` over all classes).
@@ -29,8 +37,8 @@ Written to ``--out``:
   and ``<arch>/checksum/<layer>`` (float64 sums of every weight array, so tests can prove they regenerated the
   very weights Keras used);
 * ``layout.json``: the HDF5 layout of each saved file (``layer_names``, each layer's ``weight_names`` and the
-  dataset shapes): for SSD300 / SSD512 (105 / 110 MB of weights) only the layout is kept and tests rebuild the
-  file from it and from :func:`layer_weights`.
+  dataset shapes): for SSD300 / SSD512 / the MobileNetV1 variants (105 / 110 / 35 / 24 MB of weights) only the
+  layout is kept and tests rebuild the file from it and from :func:`layer_weights`.
 """
 
 from __future__ import annotations
@@ -52,7 +60,8 @@ def layer_weights(seed: int, name: str, shapes: list[tuple[int, ...]], kind: str
                   ) -> list[np.ndarray]:
     """Seeded random weights of one layer (the same in tests): ``kind`` ``conv`` (He-normal kernel
     ``[kh, kw, in, out]`` and a small bias, both times ``gain``), ``bn`` (gamma, beta, moving mean, moving
-    variance) or ``l2`` (gamma around 20)."""
+    variance), ``dw`` (a depthwise kernel ``[kh, kw, C, 1]``, He-normal over ``kh * kw``) or ``l2`` (gamma
+    around 20)."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if kind == "conv":
         k = shapes[0]
@@ -61,6 +70,9 @@ def layer_weights(seed: int, name: str, shapes: list[tuple[int, ...]], kind: str
         if len(shapes) > 1:
             out.append(rng.standard_normal(shapes[1], dtype=np.float32) * np.float32(0.05 * gain))
         return out
+    if kind == "dw":  # DepthwiseConv2D kernel [kh, kw, C, 1]: fan-in kh * kw
+        k = shapes[0]
+        return [rng.standard_normal(k, dtype=np.float32) * np.float32(math.sqrt(2.0 / (k[0] * k[1])) * gain)]
     if kind == "bn":
         c = shapes[0]
         gamma = np.float32(1) + np.float32(0.1) * rng.standard_normal(c, dtype=np.float32)
@@ -87,10 +99,24 @@ ARCHS = {
                    ars=[[1.0, 2.0, 0.5]] + [[1.0, 2.0, 0.5, 3.0, 1.0 / 3.0]] * 4 + [[1.0, 2.0, 0.5]] * 2,
                    steps=[8, 16, 32, 64, 128, 256, 512], variances=[0.1, 0.1, 0.2, 0.2],
                    mean=[123.0, 117.0, 104.0], std=None, swap=[2, 1, 0]),
+    # the MobileNetV1 SSD300 variants of the ssd_keras fork: Keras applications' MobileNetV1 (Keras 2.1 layout:
+    # "same" padding on the stride-2 depthwise convs, so 19x19 / 10x10 taps), four extra blocks, 3x3 or 1x1 heads
+    "ssd300_mobilenetv1_3x3": dict(image_size=(300, 300), n_classes=21, images=(0,), head_kernel=3,
+                                   sources=["conv11", "conv13", "conv14_2", "conv15_2", "conv16_2", "conv17_2"],
+                                   scales=[0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05],
+                                   ars=[[1.0, 2.0, 0.5]] + [[1.0, 2.0, 0.5, 3.0, 1.0 / 3.0]] * 3
+                                   + [[1.0, 2.0, 0.5]] * 2,
+                                   steps=None, variances=[0.1, 0.1, 0.2, 0.2], mean=[127.5] * 3, std=[127.5] * 3,
+                                   swap=None),
     "ssd7": dict(image_size=(300, 480), n_classes=6, images=(0, 1), sources=["4", "5", "6", "7"],
                  scales=[0.08, 0.16, 0.32, 0.64, 0.96], ars=[[0.5, 1.0, 2.0]] * 4, steps=None,
                  variances=[1.0, 1.0, 1.0, 1.0], mean=[127.5] * 3, std=[127.5] * 3, swap=None),
 }
+ARCHS["ssd300_mobilenetv1_1x1"] = dict(ARCHS["ssd300_mobilenetv1_3x3"], images=(1,), head_kernel=1)
+
+#: ``(stride, pointwise channels)`` of Keras applications' MobileNetV1 blocks ``conv_dw_k`` / ``conv_pw_k``
+MOBILENET_BLOCKS = [(1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512), (1, 512), (1, 512), (1, 512),
+                    (1, 512), (1, 512), (2, 1024), (1, 1024)]
 
 
 def network_input(photos: np.ndarray, arch: dict) -> np.ndarray:
@@ -138,6 +164,31 @@ def build(keras, name: str, arch: dict):  # noqa: ANN001, ANN201 (Keras objects)
             if i < 7:
                 x = L.MaxPooling2D(2, name=f"pool{i}")(x)
         conv_name, loc_name = "classes{}", "boxes{}"
+    elif name.startswith("ssd300_mobilenetv1"):
+        # Keras applications' MobileNetV1 (alpha 1): conv1 + conv1_bn + ReLU6, then per block k conv_dw_k
+        # (depthwise 3x3) + conv_dw_k_bn + ReLU6, conv_pw_k (1x1) + conv_pw_k_bn + ReLU6; no conv bias
+        x = L.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="conv1")(x0)
+        x = L.BatchNormalization(axis=3, name="conv1_bn")(x)
+        x = L.ReLU(6.0, name="conv1_relu")(x)
+        for k, (stride, out) in enumerate(MOBILENET_BLOCKS, start=1):
+            x = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"conv_dw_{k}")(x)
+            x = L.BatchNormalization(axis=3, name=f"conv_dw_{k}_bn")(x)
+            x = L.ReLU(6.0, name=f"conv_dw_{k}_relu")(x)
+            x = L.Conv2D(out, 1, padding="same", use_bias=False, name=f"conv_pw_{k}")(x)
+            x = L.BatchNormalization(axis=3, name=f"conv_pw_{k}_bn")(x)
+            x = L.ReLU(6.0, name=f"conv_pw_{k}_relu")(x)
+            if k in (11, 13):
+                feats[f"conv{k}"] = x
+        # the fork's extra blocks: convK_1 (1x1) + bnK_1 + ReLU, convK_2 (3x3 stride 2, "same") + bnK_2 + ReLU
+        for i, (mid, out) in enumerate([(256, 512), (128, 256), (128, 256), (64, 128)], start=14):
+            x = L.Conv2D(mid, 1, padding="same", name=f"conv{i}_1")(x)
+            x = L.BatchNormalization(axis=3, name=f"bn{i}_1")(x)
+            x = L.Activation("relu", name=f"relu{i}_1")(x)
+            x = L.Conv2D(out, 3, strides=2, padding="same", name=f"conv{i}_2")(x)
+            x = L.BatchNormalization(axis=3, name=f"bn{i}_2")(x)
+            x = L.Activation("relu", name=f"relu{i}_2")(x)
+            feats[f"conv{i}_2"] = x
+        conv_name, loc_name = "{}_mbox_conf", "{}_mbox_loc"
     else:
         x = x0
         for block, (n, f) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
@@ -166,8 +217,9 @@ def build(keras, name: str, arch: dict):  # noqa: ANN001, ANN201 (Keras objects)
     confs, locs = [], []
     for s, ars in zip(arch["sources"], arch["ars"], strict=True):
         nb = n_boxes(ars)
-        cc = L.Conv2D(nb * c, 3, padding="same", name=conv_name.format(s))(feats[s])
-        ll = L.Conv2D(nb * 4, 3, padding="same", name=loc_name.format(s))(feats[s])
+        hk = arch.get("head_kernel", 3)
+        cc = L.Conv2D(nb * c, hk, padding="same", name=conv_name.format(s))(feats[s])
+        ll = L.Conv2D(nb * 4, hk, padding="same", name=loc_name.format(s))(feats[s])
         confs.append(L.Reshape((-1, c), name=conv_name.format(s) + "_reshape")(cc))
         locs.append(L.Reshape((-1, 4), name=loc_name.format(s) + "_reshape")(ll))
     conf = L.Concatenate(axis=1, name="mbox_conf")(confs)
@@ -177,7 +229,7 @@ def build(keras, name: str, arch: dict):  # noqa: ANN001, ANN201 (Keras objects)
 
 def kind_of(layer) -> str:  # noqa: ANN001
     t = type(layer).__name__
-    return {"Conv2D": "conv", "BatchNormalization": "bn", "L2Normalization": "l2"}.get(t, "")
+    return {"Conv2D": "conv", "DepthwiseConv2D": "dw", "BatchNormalization": "bn", "L2Normalization": "l2"}.get(t, "")
 
 
 def set_weights(model, gains: dict[str, float]) -> dict[str, float]:  # noqa: ANN001
@@ -291,8 +343,15 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.tmp.mkdir(parents=True, exist_ok=True)
     photos = np.load(PHOTOS)["images"]
-    ref: dict[str, np.ndarray] = {"tf_version": np.array(tf.__version__), "keras_version": np.array(keras.__version__)}
+    ref: dict[str, np.ndarray] = {}
     layouts = {}
+    if (args.out / "reference.npz").is_file():  # keep the architectures not rebuilt this time
+        with np.load(args.out / "reference.npz") as z:
+            ref = {k: z[k] for k in z.files if k.split("/", 1)[0] not in args.archs}
+    if (args.out / "layout.json").is_file():
+        layouts = {k: v for k, v in json.loads((args.out / "layout.json").read_text()).items() if k not in args.archs}
+    ref["tf_version"] = np.array(tf.__version__)
+    ref["keras_version"] = np.array(keras.__version__)
     for name in args.archs:
         arch = ARCHS[name]
         model = build(keras, name, arch)

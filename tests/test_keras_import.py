@@ -1,10 +1,11 @@
 """ssd_keras importer (``multibox import keras``): anchors, h5 layouts, and parity with Keras on real photos.
 
 The references in ``tests/data/keras_ssd`` were made by ``scripts/make_keras_reference.py`` with TensorFlow /
-Keras in a separate environment (see that folder's README): the SSD300, SSD512 and SSD7 networks with ssd_keras'
-layer names, seeded random weights, raw head outputs and ``DecodeDetections``-style detections on two real photos.
-SSD7's weight file is stored as Keras wrote it; the SSD300 / SSD512 files (105 / 110 MB) are rebuilt here from
-their recorded HDF5 layout and the same seeded weights (checked against Keras' checksums). TensorFlow is not needed.
+Keras in a separate environment (see that folder's README): the SSD300, SSD512, SSD7 and MobileNetV1 SSD300 (3x3 and
+1x1 heads) networks with ssd_keras' layer names, seeded random weights, raw head outputs and
+``DecodeDetections``-style detections on two real photos. SSD7's weight file is stored as Keras wrote it; the
+SSD300 / SSD512 / MobileNetV1 files (105 / 110 / 35 / 24 MB) are rebuilt here from their recorded HDF5 layout and the
+same seeded weights (checked against Keras' checksums). TensorFlow is not needed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ DATA = Path(__file__).parent / "data" / "keras_ssd"
 PHOTOS = Path(__file__).parent / "data" / "tf_person" / "reference.npz"
 SEED = 20261204
 #: the photos (of tests/data/tf_person) and class counts of the reference per architecture (see the README)
-SETUP = {"ssd300": ((0,), 21), "ssd512": ((1,), 6), "ssd7": ((0, 1), 6)}
+SETUP = {"ssd300": ((0,), 21), "ssd512": ((1,), 6), "ssd7": ((0, 1), 6), "ssd300_mobilenetv1_3x3": ((0,), 21),
+         "ssd300_mobilenetv1_1x1": ((1,), 21)}
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +61,38 @@ def layer_weights(name: str, shapes: list[tuple[int, ...]], kind: str, gain: flo
         if len(shapes) > 1:
             out.append(rng.standard_normal(shapes[1], dtype=np.float32) * np.float32(0.05 * gain))
         return out
+    if kind == "dw":
+        k = shapes[0]
+        return [rng.standard_normal(k, dtype=np.float32) * np.float32(math.sqrt(2.0 / (k[0] * k[1])) * gain)]
+    if kind == "bn":
+        c = shapes[0]
+        gamma = np.float32(1) + np.float32(0.1) * rng.standard_normal(c, dtype=np.float32)
+        beta = np.float32(0.1) * rng.standard_normal(c, dtype=np.float32)
+        mean = np.float32(0.1) * rng.standard_normal(c, dtype=np.float32)
+        var = np.float32(1) + np.float32(0.1) * np.abs(rng.standard_normal(c, dtype=np.float32))
+        return [gamma, beta, mean, var]
     assert kind == "l2"
     return [np.float32(20) + rng.standard_normal(shapes[0], dtype=np.float32)]
 
 
-def write_vgg_h5(path: Path, arch: str, layout: dict, ref: dict[str, np.ndarray], keras2_names: bool) -> None:
-    """The SSD300 / SSD512 file: Keras' recorded layout (``keras2_names``: as Keras 2 / ssd_keras wrote it,
-    ``conv1_1/kernel:0`` and ``conv4_3_norm/conv4_3_norm_gamma:0`` under the layer's group) with the weights
-    Keras used."""
+#: Keras 2's weight names per kind of layer (``<layer>/<name>:0``)
+KERAS2_NAMES = {"conv": ["kernel", "bias"], "dw": ["depthwise_kernel"], "l2": ["conv4_3_norm_gamma"],
+                "bn": ["gamma", "beta", "moving_mean", "moving_variance"]}
+
+
+def layer_kind(name: str, weight_names: list[str]) -> str:
+    """The kind of a recorded layer (the reference's Conv2D, DepthwiseConv2D, BatchNormalization, L2Normalization)."""
+    if name == "conv4_3_norm":
+        return "l2"
+    if any(n.endswith("moving_variance") for n in weight_names):
+        return "bn"
+    return "dw" if name.startswith("conv_dw_") else "conv"
+
+
+def write_h5(path: Path, arch: str, layout: dict, ref: dict[str, np.ndarray], keras2_names: bool) -> None:
+    """The SSD300 / SSD512 / MobileNetV1 file: Keras' recorded layout (``keras2_names``: as Keras 2 / ssd_keras
+    wrote it, ``conv1_1/kernel:0``, ``conv_dw_1/depthwise_kernel:0``, ``conv1_bn/gamma:0`` and
+    ``conv4_3_norm/conv4_3_norm_gamma:0`` under the layer's group) with the weights Keras used."""
     with h5py.File(path, "w") as f:
         root = f.create_group("model_weights")
         names = [entry["name"] for entry in layout[arch]["layers"]]
@@ -76,14 +102,13 @@ def write_vgg_h5(path: Path, arch: str, layout: dict, ref: dict[str, np.ndarray]
             shapes = [tuple(s) for s in entry["shapes"]]
             wnames = entry["weight_names"]
             if wnames:
-                kind = "l2" if entry["name"] == "conv4_3_norm" else "conv"
+                kind = layer_kind(entry["name"], wnames)
                 gain = float(ref.get(f"{arch}/gain/{entry['name']}", 1.0))
                 arrays = layer_weights(entry["name"], shapes, kind, gain)
                 total = sum(np.float64(a).sum() for a in arrays)
                 assert total == pytest.approx(float(ref[f"{arch}/checksum/{entry['name']}"]), rel=1e-9, abs=1e-9)
                 if keras2_names:
-                    short = ["conv4_3_norm_gamma"] if kind == "l2" else ["kernel", "bias"]
-                    wnames = [f"{entry['name']}/{s}:0" for s in short]
+                    wnames = [f"{entry['name']}/{s}:0" for s in KERAS2_NAMES[kind][:len(arrays)]]
                 for wn, arr in zip(wnames, arrays, strict=True):
                     g.create_dataset(wn, data=arr)
             g.attrs["weight_names"] = np.array([n.encode() for n in wnames])
@@ -185,7 +210,7 @@ def test_ssd7_keras_file_matches_keras(tmp_path: Path, ref: dict[str, np.ndarray
 def test_vgg_ssd_matches_keras(tmp_path: Path, ref: dict[str, np.ndarray], layout: dict, arch: str,
                                keras2_names: bool) -> None:
     h5 = tmp_path / f"{arch}.h5"
-    write_vgg_h5(h5, arch, layout, ref, keras2_names)
+    write_h5(h5, arch, layout, ref, keras2_names)
     path = import_keras(h5, tmp_path, arch=arch)
     report = json.loads(path.with_suffix(".json").read_text())
     assert report["prior_order"] == "identity"  # ratio 1 first: Keras' order is Caffe's
@@ -193,6 +218,98 @@ def test_vgg_ssd_matches_keras(tmp_path: Path, ref: dict[str, np.ndarray], layou
     assert report["input_spec"]["channel_order"] == "BGR" and report["input_spec"]["mean"] == [104.0, 117.0, 123.0]
     assert report["num_priors"] == {"ssd300": 8732, "ssd512": 24564}[arch]
     check_against_keras(path, arch, ref)
+
+
+@pytest.mark.parametrize("arch,keras2_names", [("ssd300_mobilenetv1_3x3", False), ("ssd300_mobilenetv1_1x1", True)])
+def test_mobilenetv1_ssd_matches_keras(tmp_path: Path, ref: dict[str, np.ndarray], layout: dict, arch: str,
+                                       keras2_names: bool) -> None:
+    """The MobileNetV1 variants (Keras applications' MobileNetV1 with depthwise kernels ``[3, 3, C, 1]`` and batch
+    norms, the extras ``conv14_1`` .. ``bn17_2``, 3x3 / 1x1 heads) against Keras on a real photo; the 1x1 file
+    with Keras 2's weight names (``conv_dw_1/depthwise_kernel:0``, ``conv1_bn/moving_variance:0``)."""
+    h5 = tmp_path / f"{arch}.h5"
+    write_h5(h5, arch, layout, ref, keras2_names)
+    path = import_keras(h5, tmp_path, arch=arch)
+    report = json.loads(path.with_suffix(".json").read_text())
+    kernel = int(arch[-1])
+    assert report["model"] == f"ssd300_mobilenetv1_keras_{kernel}x{kernel}"
+    assert report["prior_order"] == "identity" and report["num_priors"] == 2268 and report["num_classes"] == 21
+    assert report["input_spec"] == {"channel_order": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}
+    assert [tuple(s) for s in ref[f"{arch}/feature_sizes"]] == [(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    bundle = load_bundle(path)
+    assert bundle.model.head.classification[0].kernel_size == (kernel, kernel)
+    check_against_keras(path, arch, ref)
+
+
+def test_mobilenetv1_comparison_can_fail(tmp_path: Path, ref: dict[str, np.ndarray], layout: dict) -> None:
+    """A depthwise kernel read as a plain conv kernel (its rows and columns swapped: ``[kh, kw]`` read as
+    ``[kw, kh]``) moves the outputs far outside the tolerance, so the parity test sees the kernel layout."""
+    arch = "ssd300_mobilenetv1_3x3"
+    h5 = tmp_path / "m.h5"
+    write_h5(h5, arch, layout, ref, keras2_names=False)
+    model, _, _, _ = convert_keras(read_keras_weights(h5), KERAS_ARCHS[arch])
+    with torch.no_grad():
+        x = model.input_spec.normalize(network_images(arch))
+        assert _rel_err(model(x).cls_logits, torch.from_numpy(ref[f"{arch}/conf"])) <= 1e-4
+        for k in range(1, 14):
+            w = getattr(model.backbone, f"conv_dw_{k}").weight
+            w.copy_(w.transpose(2, 3).clone())
+        assert _rel_err(model(x).cls_logits, torch.from_numpy(ref[f"{arch}/conf"])) > 1e-2
+
+
+def test_mobilenetv1_width_multiplier_round_trip(tmp_path: Path) -> None:
+    """A file of a narrower MobileNetV1 (``alpha`` 0.5: ``conv_pw_13`` has 512 channels) builds the narrower model:
+    a random alpha-0.5 multibox model written out in Keras' layouts comes back with the same outputs."""
+    from multibox.models import build_model
+
+    torch.manual_seed(0)
+    src = build_model("ssd300_mobilenetv1_keras_1x1", num_classes=4, alpha=0.5).eval()
+    with torch.no_grad():
+        for m in src.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.9, 1.1)
+                m.weight.uniform_(0.9, 1.1)
+                m.bias.uniform_(-0.1, 0.1)
+    path = tmp_path / "half.h5"
+    with h5py.File(path, "w") as f:
+        names = []
+        for name, m in src.named_modules():
+            keras_name = {f"head.classification.{k}": f"{s}_mbox_conf" for k, s in
+                          enumerate(KERAS_ARCHS["ssd300_mobilenetv1_1x1"].sources)}
+            keras_name.update({f"head.regression.{k}": f"{s}_mbox_loc" for k, s in
+                               enumerate(KERAS_ARCHS["ssd300_mobilenetv1_1x1"].sources)})
+            lname = keras_name.get(name, name.split(".", 1)[-1])
+            if isinstance(m, torch.nn.BatchNorm2d):
+                arrays = {"gamma": m.weight, "beta": m.bias, "moving_mean": m.running_mean,
+                          "moving_variance": m.running_var}
+            elif isinstance(m, torch.nn.Conv2d):
+                perm = (2, 3, 0, 1) if m.groups > 1 else (2, 3, 1, 0)  # -> [kh, kw, C, 1] / [kh, kw, in, out]
+                arrays = {"kernel": m.weight.permute(*perm)}
+                if m.bias is not None:
+                    arrays["bias"] = m.bias
+            else:
+                continue
+            g = f.create_group(lname)
+            g.attrs["weight_names"] = np.array([f"{lname}/{k}".encode() for k in arrays])
+            for k, v in arrays.items():
+                g.create_dataset(f"{lname}/{k}", data=v.detach().numpy())
+            names.append(lname)
+        f.attrs["layer_names"] = np.array([n.encode() for n in names])
+    out = import_keras(path, tmp_path, arch="ssd300_mobilenetv1_1x1")
+    bundle = load_bundle(out)
+    assert bundle.spec["kwargs"]["alpha"] == 0.5
+    assert bundle.model.backbone.out_channels == [256, 512]
+    x = torch.randn(1, 3, 300, 300)
+    with torch.no_grad():
+        a, b = src(x), bundle.model(x)
+    torch.testing.assert_close(b.cls_logits, a.cls_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.box_deltas, a.box_deltas, rtol=1e-5, atol=1e-5)
+    with h5py.File(path, "r+") as f:  # a bias where Keras applications' MobileNet has none is not dropped silently
+        f["conv_pw_3"].create_dataset("conv_pw_3/bias", data=np.ones(64, np.float32))
+        f["conv_pw_3"].attrs["weight_names"] = np.array([b"conv_pw_3/kernel", b"conv_pw_3/bias"])
+    with pytest.raises(KerasImportError, match=r"half\.h5: layer 'conv_pw_3' has a bias where "
+                                               r"ssd300_mobilenetv1_keras_1x1 has none"):
+        import_keras(path, tmp_path, arch="ssd300_mobilenetv1_1x1", name="biased")
 
 
 def test_the_comparison_can_fail(ref: dict[str, np.ndarray]) -> None:
@@ -309,3 +426,27 @@ def test_cli_import_keras(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["import", "keras", str(DATA / "ssd7.h5"), "--arch", "ssd300", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "multibox import keras: error:" in err and "ssd7.h5" in err and "conv1_1" in err and "Traceback" not in err
+    assert main(["import", "keras", str(DATA / "ssd7.h5"), "--arch", "ssd300_mobilenetv1_1x1", "--out",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not an ssd_keras ssd300_mobilenetv1_keras_1x1 weight file: missing layer(s) conv1_bn, conv_dw_1" in err
+
+
+def test_cli_import_keras_mobilenetv1(tmp_path: Path, ref: dict[str, np.ndarray], layout: dict,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    arch = "ssd300_mobilenetv1_3x3"
+    h5 = tmp_path / "mnv1.h5"
+    write_h5(h5, arch, layout, ref, keras2_names=True)
+    assert main(["import", "keras", str(h5), "--arch", arch, "--out", str(tmp_path), "--top-k", "50",
+                 "--confidence-thresh", "0.2"]) == 0
+    assert "mnv1.safetensors" in capsys.readouterr().out
+    bundle = load_bundle(tmp_path / "mnv1.safetensors")
+    assert bundle.postprocess["keep_top_k"] == 50 and bundle.postprocess["conf_threshold"] == 0.2
+    assert bundle.spec["name"] == "ssd300_mobilenetv1_keras_3x3" and bundle.priors.shape == (2268, 4)
+    with h5py.File(h5, "r+") as f:  # a depthwise kernel of the wrong shape is named
+        g = f["model_weights"]["conv_dw_5"]
+        del g["conv_dw_5/depthwise_kernel:0"]
+        g.create_dataset("conv_dw_5/depthwise_kernel:0", data=np.zeros((3, 3, 128, 1), np.float32))
+    assert main(["import", "keras", str(h5), "--arch", arch, "--out", str(tmp_path), "--name", "bad"]) == 2
+    err = capsys.readouterr().err
+    assert "mnv1.h5: layer 'conv_dw_5': weight of shape [128, 1, 3, 3] where [256, 1, 3, 3]" in err

@@ -8,7 +8,14 @@ not needed) and rebuilds the network as a multibox model loaded with its weights
   4x4 conv), ``conv4_3_norm`` (``L2Normalization``, its ``gamma`` of shape ``[512]``), and per source map
   ``<source>_mbox_conf`` / ``<source>_mbox_loc`` (3x3 convs, sources ``conv4_3_norm``, ``fc7``, ``conv6_2`` ..);
 * ``ssd7`` (``ssd7``): ``conv1`` .. ``conv7`` (5x5 then 3x3 convs with bias), ``bn1`` .. ``bn7``
-  (``BatchNormalization``, epsilon 0.001), predictors ``classes4`` .. ``classes7`` / ``boxes4`` .. ``boxes7``.
+  (``BatchNormalization``, epsilon 0.001), predictors ``classes4`` .. ``classes7`` / ``boxes4`` .. ``boxes7``;
+* ``ssd300_mobilenetv1_3x3`` / ``ssd300_mobilenetv1_1x1`` (``ssd300_mobilenetv1_keras_3x3`` / ``_1x1``, the ssd_keras
+  fork's MobileNetV1 SSDs): Keras applications' MobileNetV1 ``conv1``, ``conv1_bn``, ``conv_dw_k`` (a
+  ``DepthwiseConv2D``, kernel ``[3, 3, C, 1]`` -> ``[C, 1, 3, 3]``), ``conv_dw_k_bn``, ``conv_pw_k``,
+  ``conv_pw_k_bn`` (k = 1..13, no conv bias), the extras ``conv14_1`` / ``bn14_1`` / ``conv14_2`` / ``bn14_2`` ..
+  ``bn17_2`` (convs with bias), predictors ``<s>_mbox_conf`` / ``<s>_mbox_loc`` for ``s`` in ``conv11``,
+  ``conv13``, ``conv14_2`` .. ``conv17_2`` (3x3 or 1x1); Keras' width multiplier ``alpha`` is read off
+  ``conv_pw_13`` (``1024 * alpha`` channels).
 
 Files written by ``model.save_weights("x.h5")`` (layer groups at the root) and by ``model.save("x.h5")`` (under
 ``model_weights``) are read the same way: a layer group lists its weights in its ``weight_names`` attribute
@@ -141,8 +148,13 @@ class KerasSSDConfig:
 _VOC300_RATIOS = ((1.0, 2.0, 0.5), (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0), (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0),
                   (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0), (1.0, 2.0, 0.5), (1.0, 2.0, 0.5))
 
+#: the predictor sources of the MobileNetV1 variants: ``conv_pw_11`` and ``conv_pw_13`` (19x19, 10x10 at
+#: 300x300), then the extra blocks' ``conv14_2`` .. ``conv17_2``
+_MOBILENET_SOURCES = ("conv11", "conv13", "conv14_2", "conv15_2", "conv16_2", "conv17_2")
+
 #: ``--arch`` presets: ssd_keras' training defaults (SSD300/SSD512: Pascal VOC scales, the weights ported from
-#: the original Caffe SSD; SSD7: ``ssd7_training``'s settings).
+#: the original Caffe SSD; SSD7: ``ssd7_training``'s settings; the MobileNetV1 variants: SSD300's VOC scales and
+#: ratios, steps from the map sizes, Keras' MobileNet input ``x / 127.5 - 1`` in RGB).
 KERAS_ARCHS: dict[str, KerasSSDConfig] = {
     "ssd300": KerasSSDConfig(
         model="ssd300_vgg16", sources=("conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"),
@@ -162,6 +174,14 @@ KERAS_ARCHS: dict[str, KerasSSDConfig] = {
         swap_channels=(2, 1, 0),
         extras=tuple((f"conv{6 + i}_{j}", f"extras.conv{8 + i}.{part}")
                      for i in range(5) for j, part in ((1, "reduce"), (2, "expand")))),
+    "ssd300_mobilenetv1_3x3": KerasSSDConfig(
+        model="ssd300_mobilenetv1_keras_3x3", sources=_MOBILENET_SOURCES, image_size=(300, 300),
+        scales=(0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05), aspect_ratios=_VOC300_RATIOS, steps=None, offsets=None,
+        subtract_mean=(127.5,) * 3, divide_by_stddev=(127.5,) * 3),
+    "ssd300_mobilenetv1_1x1": KerasSSDConfig(
+        model="ssd300_mobilenetv1_keras_1x1", sources=_MOBILENET_SOURCES, image_size=(300, 300),
+        scales=(0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05), aspect_ratios=_VOC300_RATIOS, steps=None, offsets=None,
+        subtract_mean=(127.5,) * 3, divide_by_stddev=(127.5,) * 3),
     "ssd7": KerasSSDConfig(
         model="ssd7", sources=("4", "5", "6", "7"), image_size=(300, 480), scales=(0.08, 0.16, 0.32, 0.64, 0.96),
         aspect_ratios=((0.5, 1.0, 2.0),) * 4, steps=None, offsets=None, variances=(1.0, 1.0, 1.0, 1.0),
@@ -398,14 +418,39 @@ def keras_layer_map(cfg: KerasSSDConfig) -> dict[str, str]:
             out[f"classes{s}"] = f"head.classification.{k}"
             out[f"boxes{s}"] = f"head.regression.{k}"
         return out
-    for name in _VGG_LAYERS:
-        out[name] = f"backbone.{name}"
-    out["conv4_3_norm"] = "backbone.l2norm"
+    if _is_mobilenet(cfg):
+        out["conv1"] = "backbone.conv1"
+        out["conv1_bn"] = "backbone.conv1_bn"
+        for k in range(1, 14):
+            for part in (f"conv_dw_{k}", f"conv_dw_{k}_bn", f"conv_pw_{k}", f"conv_pw_{k}_bn"):
+                out[part] = f"backbone.{part}"
+        for i in range(14, 18):
+            for j in (1, 2):
+                out[f"conv{i}_{j}"] = f"extras.conv{i}_{j}"
+                out[f"bn{i}_{j}"] = f"extras.bn{i}_{j}"
+    else:
+        for name in _VGG_LAYERS:
+            out[name] = f"backbone.{name}"
+        out["conv4_3_norm"] = "backbone.l2norm"
     out.update(dict(cfg.extras))
     for k, s in enumerate(cfg.sources):
         out[f"{s}_mbox_conf"] = f"head.classification.{k}"
         out[f"{s}_mbox_loc"] = f"head.regression.{k}"
     return out
+
+
+def _is_mobilenet(cfg: KerasSSDConfig) -> bool:
+    return cfg.model.startswith("ssd300_mobilenetv1_keras")
+
+
+def _mobilenet_alpha(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], source: object) -> float:
+    """Keras' width multiplier of a MobileNetV1 file: ``conv_pw_13``'s output channels over 1024 (``int(c *
+    alpha)`` channels per layer; a wrong guess shows as a shape error naming the layer)."""
+    try:
+        channels = int(_find(weights["conv_pw_13"], ["kernel"], 0).shape[-1])
+    except (KeyError, IndexError):
+        raise KerasImportError(f"{source}: layer 'conv_pw_13' has no kernel") from None
+    return channels / 1024.0
 
 
 def _find(weights: Sequence[tuple[str, np.ndarray]], names: Sequence[str], index: int) -> np.ndarray:
@@ -460,8 +505,14 @@ def convert_keras(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], cfg: 
                             "input_spec": {"image_size": list(input_spec.image_size),
                                            "channel_order": input_spec.channel_order,
                                            "mean": list(input_spec.mean), "std": list(input_spec.std)}}
+    model_kwargs: dict[str, Any] = {}
+    if _is_mobilenet(cfg):
+        alpha = _mobilenet_alpha(weights, source)
+        if alpha != 1.0:
+            model_kwargs["alpha"] = alpha
+            spec["kwargs"]["alpha"] = alpha
     model = build_model(cfg.model, num_classes=num_classes, class_names=class_names, priors=priors_cfg,
-                        input_spec=input_spec).eval()
+                        input_spec=input_spec, **model_kwargs).eval()
     spec["class_names"] = list(model.class_names)
     modules = dict(model.named_modules())
     orders = [_location_order(a, cfg.two_boxes_for_ar1) for a in cfg.aspect_ratios]
@@ -478,14 +529,21 @@ def convert_keras(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], cfg: 
                 elif isinstance(mod, nn.BatchNorm2d):
                     gamma, beta, mean, var = (torch.from_numpy(_find(w, [n], i)) for i, n in
                                               enumerate(("gamma", "beta", "moving_mean", "moving_variance")))
-                    conv_bias = weights[lname.replace("bn", "conv")]
-                    bias = torch.from_numpy(_find(conv_bias, ["bias"], 1)) if len(conv_bias) > 1 else 0.0
+                    shift: Tensor | float = 0.0
+                    if cfg.model == "ssd7":  # SSD7's convs have a bias and our conv before the BN has none
+                        conv_w = weights[lname.replace("bn", "conv")]
+                        if len(conv_w) > 1:
+                            shift = torch.from_numpy(_find(conv_w, ["bias"], 1))
                     _copy(mod.weight, gamma, lname, source)
                     _copy(mod.bias, beta, lname, source)
-                    _copy(mod.running_mean, mean - bias, lname, source)  # BN(conv + b): the bias shifts the mean
+                    _copy(mod.running_mean, mean - shift, lname, source)  # BN(conv + b): b shifts the mean
                     _copy(mod.running_var, var + (1e-3 - mod.eps), lname, source)  # Keras' epsilon is 0.001
                 else:
-                    kernel = torch.from_numpy(_find(w, ["kernel"], 0)).permute(3, 2, 0, 1)
+                    kernel = torch.from_numpy(_find(w, ["kernel"], 0))
+                    if mod.groups > 1:  # DepthwiseConv2D: [kh, kw, C, 1] -> [C, 1, kh, kw]
+                        kernel = kernel.permute(2, 3, 0, 1)
+                    else:  # Conv2D: [kh, kw, in, out] -> [out, in, kh, kw]
+                        kernel = kernel.permute(3, 2, 0, 1)
                     bias = torch.from_numpy(_find(w, ["bias"], 1)) if len(w) > 1 else None
                     if target in head_index:
                         k, per_box = head_index[target]
@@ -496,6 +554,8 @@ def convert_keras(weights: Mapping[str, Sequence[tuple[str, np.ndarray]]], cfg: 
                         if bias is None:
                             raise KerasImportError(f"{source}: layer {lname!r} has no bias")
                         _copy(mod.bias, bias, lname, source)
+                    elif bias is not None and cfg.model != "ssd7":  # (SSD7's bias went into its batch norm)
+                        raise KerasImportError(f"{source}: layer {lname!r} has a bias where {cfg.model} has none")
             except KeyError as e:
                 raise KerasImportError(f"{source}: layer {lname!r} has no {e.args[0]} weight "
                                        f"(it holds {[s for s, _ in w]})") from None
@@ -600,8 +660,8 @@ def _add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", help="output file stem (default: the weights file's stem)")
     p.add_argument("--classes", help="class names, background first: a file (one per line) or comma-separated")
-    p.add_argument("--image-size", help="H,W the model was built for (ssd300: 300,300; ssd512: 512,512; ssd7: "
-                                        "300,480)")
+    p.add_argument("--image-size", help="H,W the model was built for (ssd300 and the MobileNetV1 variants: 300,300; "
+                                        "ssd512: 512,512; ssd7: 300,480)")
     p.add_argument("--scales", help="comma-separated scales, one more than the predictor layers")
     p.add_argument("--aspect-ratios", help="per predictor layer, ';'-separated lists (e.g. '1,2,0.5;1,2,0.5,3,"
                                            "0.3333333333333333;...'); one list for all layers (aspect_ratios_global)")
@@ -675,8 +735,10 @@ def _run_cli(args: argparse.Namespace) -> Path:
 
 
 register_importer(
-    "keras", help="ssd_keras .h5 weights (SSD300, SSD512, SSD7)", builders=("multibox",), source_arg="weights",
-    description="Convert an ssd_keras-family Keras .h5 weight file (SSD300, SSD512, SSD7) into a detector bundle: "
+    "keras", help="ssd_keras .h5 weights (SSD300, SSD512, SSD7, MobileNetV1 SSD300 3x3 / 1x1)", builders=("multibox",),
+    source_arg="weights",
+    description="Convert an ssd_keras-family Keras .h5 weight file (SSD300, SSD512, SSD7, the MobileNetV1 SSD300 "
+                "variants with 3x3 or 1x1 heads) into a detector bundle: "
                 "the same network, ssd_keras' AnchorBoxes and DecodeDetections semantics. --arch gives what the "
                 "file does not hold (ssd_keras' training defaults); override with the anchor options. h5py reads "
                 "the file; neither TensorFlow nor Keras is needed. See docs/importers.md.",
