@@ -33,7 +33,7 @@ from .onnx_postprocess import POSTPROCESS_OUTPUTS, append_postprocess, postproce
 # onnx (about 0.6 s to import) stays inside the functions that build graphs: this module loads with every Detector
 # (the runtime registry imports multibox.runtime.ort), and the eager / jit runtimes need no onnx
 
-__all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "fold_zero_pads",
+__all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "fold_zero_pads", "keep_input",
            "onnxruntime_available", "ort_session", "INPUT_NAME", "OUTPUT_NAMES", "require"]
 
 INPUT_NAME = "images"
@@ -97,9 +97,28 @@ def export_onnx_bytes(model: nn.Module, example: Tensor, *, dynamic_batch: bool 
                              f"the default is {DEFAULT_OPSET}") from None
     onnx = require("onnx")
     graph = onnx.load_from_string(buf.getvalue())
-    if fold_zero_pads(graph):
+    changed = keep_input(graph, list(example.shape), dynamic_batch)
+    if fold_zero_pads(graph) or changed:
         return graph.SerializeToString()
     return buf.getvalue()
+
+
+def keep_input(model: Any, shape: Sequence[int], dynamic_batch: bool) -> bool:  # noqa: ANN401
+    """Declare the graph input ``images`` (float32 ``shape`` ``[B, 3, H, W]``, ``B`` symbolic with
+    ``dynamic_batch``) when the exporter left it out (in place); returns whether it did.
+
+    PyTorch's exporter drops an input that no output depends on: a network whose outputs are constants for a fixed
+    batch size (a test double, a network that only reads the input's shape) came out as a graph without inputs,
+    which every runner of the ``images -> (cls_logits, box_deltas)`` contract fails to feed (ONNX Runtime runs
+    the graph but the runtime found no input to name: ``IndexError``, and the Detector fell back to eager mode).
+    An unread input is valid ONNX and ONNX Runtime accepts a value for it.
+    """
+    onnx = require("onnx")
+    if any(i.name == INPUT_NAME for i in model.graph.input):
+        return False
+    dims: list[Any] = ["batch" if dynamic_batch else int(shape[0]), *(int(v) for v in shape[1:])]
+    model.graph.input.insert(0, onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, dims))
+    return True
 
 
 def _constant_value(opsets: Any, name: str, producers: dict[str, Any], initializers: dict[str, Any]  # noqa: ANN401
@@ -290,7 +309,12 @@ class OnnxRuntimeNetwork:
         except Exception as e:  # onnxruntime raises its own exception types
             where = "the exported graph" if isinstance(model, bytes) else str(model)
             raise ValueError(f"{where}: onnxruntime cannot load it ({e})") from None
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            where = "the exported graph" if isinstance(model, bytes) else str(model)
+            raise ValueError(f"{where}: expected an SSD graph with 1 input (images), got "
+                             f"{[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if len(self.output_names) != 2:
             raise ValueError(f"expected an SSD graph with 2 outputs (cls_logits, box_deltas), got {self.output_names}")
