@@ -35,15 +35,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data.datasets.common import IMAGE_EXTENSIONS
 from ..data.image_io import load_image
 from ..data.transforms import preprocess
-from .onnx import INPUT_NAME, OUTPUT_NAMES, require
+from ..fileio import atomic_write_bytes
+from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, export_onnx_bytes, ort_session, require
 
 __all__ = ["METHODS", "KEEP_FLOAT_WORDS", "inline_identity_initializers", "calibration_files", "calibration_inputs",
-           "conv_nodes", "resolve_keep_float", "quantize_onnx", "sensitivity", "output_error"]
+           "conv_nodes", "resolve_keep_float", "quantize_onnx", "sensitivity", "output_error", "export_onnx_int8"]
 
 METHODS = ("minmax", "entropy", "percentile")
 KEEP_FLOAT_WORDS = ("first", "heads")
@@ -254,8 +255,6 @@ def quantize_onnx(model: bytes, calibration: Tensor, *, method: str = "minmax", 
 
 
 def _run(model: bytes, inputs: Tensor, threads: int | None = None) -> list[np.ndarray]:
-    from .onnx import ort_session
-
     session = ort_session(model, threads)
     outs = [session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()}) for x in inputs.split(1)]
     return [np.concatenate([o[i] for o in outs]) for i in range(len(OUTPUT_NAMES))]
@@ -301,3 +300,35 @@ def sensitivity(model: bytes, calibration: Tensor, inputs: Tensor, *, method: st
     rows.sort(key=lambda r: -r["alone"]["total"] if math.isfinite(r["alone"]["total"]) else -math.inf)
     return {"method": method, "per_channel": per_channel, "calibration_images": int(calibration.shape[0]),
             "eval_images": int(inputs.shape[0]), "all_int8": full, "layers": rows}
+
+
+def export_onnx_int8(model: nn.Module, path: str | os.PathLike, input_spec: Any, calibrate: str | os.PathLike,  # noqa: ANN401
+                     *, calib_images: int = 200, method: str = "minmax", keep_float: Sequence[str] = (),
+                     batch_size: int = 1, dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Write the int8 QDQ graph of ``model``'s network to ``path`` (atomically): the float graph of
+    :func:`~multibox.export.onnx.export_onnx_bytes` (input ``images [batch_size, 3, h, w]``, ``h, w`` =
+    ``input_spec.image_size``; outputs ``cls_logits [B, P, C]``, ``box_deltas [B, P, 4]``), quantized by
+    :func:`quantize_onnx` after calibration on the first ``calib_images`` images of ``calibrate`` pre-processed with
+    ``input_spec`` (:func:`calibration_inputs`). The network only: the post-processing is appended by the runtime
+    ``onnxruntime-int8``.
+
+    Returns the summary of :func:`~multibox.export.onnx.export_onnx` (``max_abs_diff`` is ``None``: the int8 graph
+    is approximate by design) with ``"int8": {"method", "calibrate", "calibration_images", "float_nodes",
+    "per_channel", "format", "error"}`` (``error``: :func:`output_error` of the int8 graph against the float one on
+    up to 16 calibration images).
+    """
+    h, w = (int(v) for v in input_spec.image_size)
+    model = model.eval().cpu()
+    example = torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
+    float_data = export_onnx_bytes(model, example, dynamic_batch=dynamic_batch, opset=opset)
+    calib = calibration_inputs(calibrate, input_spec, int(calib_images))
+    keep = list(keep_float)
+    float_nodes = resolve_keep_float(float_data, keep) if keep else []
+    data = quantize_onnx(float_data, calib, method=method, keep_float=keep)
+    sample = calib[:16]
+    error = output_error(_run(data, sample), _run(float_data, sample))
+    atomic_write_bytes(Path(path), data)
+    return {"path": str(path), "bytes": len(data), "opset": opset, "input": [batch_size, 3, h, w],
+            "dynamic_batch": dynamic_batch, "outputs": list(OUTPUT_NAMES), "max_abs_diff": None,
+            "int8": {"method": method, "calibrate": str(calibrate), "calibration_images": int(calib.shape[0]),
+                     "float_nodes": float_nodes, "per_channel": True, "format": "QDQ", "error": error}}
