@@ -7,7 +7,7 @@ the synthetic test split, 300 images). ``model.pretrained_backbone=imagenet`` is
 file of the backbone is on this machine (MobileNetV2's, from its pinned wheel; torchvision's / timm's caches are
 searched for the others); every other model starts from its random initialization, and the JSON says which.
 
-    python benchmarks/models_trained.py [--steps 150] [--out runs/models-trained] \\
+    python benchmarks/models_trained.py [--steps 16] [--out runs/models-trained] \\
         [--json benchmarks/results/models-trained-synthetic.json] [--models a,b] [--probe] [key=value ...]
 
 ``--probe`` trains 5 steps of each model without evaluation, to choose ``--steps`` for a time budget. The
@@ -132,7 +132,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--out", default="runs/models-trained")
     ap.add_argument("--json", default=None)
     ap.add_argument("--models", default=",".join(MODELS))
