@@ -101,15 +101,17 @@ def ssd300_mobilenetv1_keras(
     priors: PriorConfig | None = None,
     alpha: float = 1.0,
     input_spec: InputSpec | None = None,
+    image_size: Sequence[int] = (300, 300),
 ) -> SSD:
     """The ssd_keras fork's SSD300 on Keras applications' MobileNetV1 (``alpha``: Keras' width multiplier) with
-    ``head_kernel_size`` 3 or 1 predictors; default priors :func:`keras_mobilenet_priors` (2268 at 300x300)."""
+    ``head_kernel_size`` 3 or 1 predictors; default priors :func:`keras_mobilenet_priors` at ``image_size``
+    (2268 at 300x300; maps 8, 4, 2, 1, 1, 1 at 128x128)."""
     if head_kernel_size not in (1, 3):
         raise ValueError(f"head_kernel_size must be 1 or 3, got {head_kernel_size}")
     backbone = build_backbone("mobilenet_v1_keras", alpha=alpha)
     extras = KerasSSDExtras(backbone.out_channels[-1])
     if priors is None:
-        priors = keras_mobilenet_priors()
+        priors = keras_mobilenet_priors(image_size)
     spec = (input_spec or KERAS_MOBILENET_INPUT_SPEC).with_image_size(priors.image_size)
     return assemble_ssd(backbone, extras, priors, num_classes, class_names, spec,
                         lambda channels, per_loc: SSDHead(channels, per_loc, num_classes, kernel_size=head_kernel_size))
@@ -120,8 +122,9 @@ def _register(kernel: int) -> None:
 
     @register_model(name)
     def builder(num_classes: int = 21, class_names: Sequence[str] | None = None, priors: PriorConfig | None = None,
-                alpha: float = 1.0, input_spec: InputSpec | None = None) -> SSD:
-        return ssd300_mobilenetv1_keras(kernel, num_classes, class_names, priors, alpha, input_spec)
+                alpha: float = 1.0, input_spec: InputSpec | None = None,
+                image_size: Sequence[int] = (300, 300)) -> SSD:
+        return ssd300_mobilenetv1_keras(kernel, num_classes, class_names, priors, alpha, input_spec, image_size)
 
     builder.__qualname__ = builder.__name__ = name
     builder.__doc__ = (f"SSD300 on Keras applications' MobileNetV1 (ssd_keras fork) with {kernel}x{kernel} heads: "
