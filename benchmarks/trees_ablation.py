@@ -67,6 +67,9 @@ def run_variant(name: str, overrides: list[str], common: list[str], steps: int, 
         "train_seconds": rep["train_seconds"],
         "seconds_per_step": rep["train_seconds"] / max(rep["steps"], 1),
         "curve_heldout_photos": rep["curve_voc12_heldout_photos"],
+        "tta": rep.get("tta"),
+        "AP50_heldout_photos_no_tta": rep.get("AP50_voc12_heldout_photos_no_tta"),
+        "AP50_site_holdout_tiles_no_tta": rep.get("AP50_voc12_training_site_holdout_tiles_no_tta"),
     })
     return row
 

@@ -57,8 +57,11 @@ def test_registries_are_complete_in_a_fresh_process():
     the SSD7 model's module)."""
     code = ("from multibox.models.backbones import list_backbones; print(list_backbones())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == ("['mobilenet_v1', 'mobilenet_v2', 'resnet101', 'resnet152', 'resnet18', 'resnet34', "
-                           "'resnet50', 'resnet50_nvidia', 'resnetv2_101', 'resnetv2_50', 'ssd7', 'timm', 'vgg16']")
+    assert out.strip() == ("['inception_resnet_v2', 'inception_v4', 'mobilenet_v1', 'mobilenet_v1_keras', "
+                           "'mobilenet_v2', 'resnet101', 'resnet152', 'resnet18', 'resnet34', 'resnet50', "
+                           "'resnet50_nvidia', 'resnetv2_101', 'resnetv2_50', 'ssd7', 'timm', 'vgg16']")
     code = "from multibox.models import list_models; print(len(list_models()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert int(out) == 21  # VGG16 x2, SSD7, MobileNet x3, ResNet v1 x10, NVIDIA's, ResNet v2 x2, timm x2
+    # VGG16 x2, SSD7, MobileNet x3, Keras MobileNetV1 x2, ResNet v1 x10, NVIDIA's, ResNet v2 x2, timm x2,
+    # Inception v4 x2, Inception-ResNet v2 x2
+    assert int(out) == 27

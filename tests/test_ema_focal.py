@@ -18,17 +18,7 @@ from multibox.engine.ema import ModelEma, ema_decay_at
 from multibox.engine.trainer import Trainer
 from multibox.loss import FocalMultiBoxLoss, MultiBoxLoss
 from multibox.weights_io import load_weights_file
-
-#: the tiny synthetic run of tests/test_trainer.py
-TINY = [
-    "name=tiny", "seed=3", "steps=9", "threads=2", "log_every=1",
-    "model.name=ssd7", "model.kwargs={image_size: [64, 64]}",
-    "data.train=synthetic", "data.val=synthetic",
-    "data.synthetic={profile: hard, num_train: 16, num_test: 4, size: 64, seed: 0}",
-    "data.batch_size=4", "data.augment=ssd",
-    "optim.name=sgd", "optim.lr=0.01", "schedule.name=multistep", "schedule.milestones=[5]",
-    "schedule.warmup_steps=2", "eval.at_end=false", "checkpoint.every_steps=2",
-]
+from test_trainer import TINY  # tests/ is on sys.path: the tiny synthetic run of the trainer tests
 
 
 @pytest.fixture()

@@ -316,6 +316,7 @@ def test_evaluate_detections_checks_sizes():
     assert r.num_det == {"a": 2} and r.mAP == pytest.approx(0.5)
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. a runtime that falls back to eager mode
 def test_eval_checkpoint_command(voc_root, tmp_path, monkeypatch, capsys):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"fake")

@@ -189,3 +189,38 @@ def test_unsupported_opset_is_a_usage_error(tmp_path, opset, capsys):
     err = capsys.readouterr().err
     assert f"opset {opset}: not supported" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+class _ShapeOnlyNet(torch.nn.Module):
+    """Outputs that depend on the input's shape only (as the evaluation tests' fake SSD): for a fixed batch size
+    the exporter sees constants and no use of the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+
+    def forward(self, images):
+        b = images.shape[0]
+        return self.bias.expand(b, 2, 3) * 2.0, torch.zeros(b, 2, 4)
+
+
+def test_graph_keeps_its_input_when_no_output_reads_it():
+    """The graph's contract is images -> (cls_logits, box_deltas) even when the outputs ignore the pixels: the
+    exporter drops such an input, and the ONNX Runtime network then had no input to feed (the Detector fell back to
+    eager mode with an IndexError warning)."""
+    import onnx
+
+    net = _ShapeOnlyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    for dynamic in (False, True):
+        graph = onnx.load_from_string(mbonnx.export_onnx_bytes(net, x, dynamic_batch=dynamic))
+        assert [i.name for i in graph.graph.input] == ["images"]
+        dims = graph.graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == ["batch" if dynamic else 2, 3, 16, 16]
+    got = mbonnx.OnnxRuntimeNetwork(mbonnx.export_onnx_bytes(net, x), threads=1)(x)
+    torch.testing.assert_close(got[0], torch.tensor([1.0, -2.0, 4.0]).expand(2, 2, 3))
+    assert got[1].shape == (2, 2, 4) and not got[1].any()
+    # a real network reads its input: nothing to add
+    bundle = make_bundle()
+    assert mbonnx.keep_input(onnx.load_from_string(mbonnx.export_onnx_bytes(bundle.model, torch.zeros(1, 3, *SIZE))),
+                             [1, 3, *SIZE], False) is False

@@ -102,3 +102,66 @@ def test_modules_import_only_from_their_layer_or_below():
                     bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {me} (layer {LAYER_OF[me]}) imports "
                                f"{unit} (layer {LAYER_OF[unit]})")
     assert not bad, "imports that run up the layers of docs/design.md:\n" + "\n".join(bad)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the multibox modules it imports anywhere in its file (inside functions too), relative imports
+    resolved; ``from pkg import mod`` counts as importing ``pkg.mod`` as well as ``pkg``."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for me, path in modules.items():
+        for _, target, names in _imports(path):
+            for t in (target, *(f"{target}.{n}" for n in names)):
+                if t in modules and t != me:
+                    graph[me].add(t)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (each holds an import cycle), by Tarjan."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_on_hand_cases():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d2"}, "d2": {"d"}}) == [["a", "b", "c"], ["d", "d2"]]
+
+
+def test_import_graph_is_acyclic():
+    """docs/design.md, "Import rules": no two multibox modules import each other, directly or through others, not
+    even lazily inside a function (a lazy import hides a circle; it does not remove it)."""
+    graph = _import_graph()
+    assert "multibox.export.onnx" in graph["multibox.export.quantize"]  # the graph sees real imports
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles between multibox modules:\n" + "\n".join(" <-> ".join(c) for c in cycles)

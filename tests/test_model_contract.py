@@ -5,7 +5,9 @@ and one training step lowering the loss on a fixed batch.
 Models run at a small input where their layout allows it (the smallest side among 128 .. 384 at which the
 model builds with its default priors moved to that size, ``PriorConfig.with_image_size``; else their own size) to
 keep the file fast. The training step of the largest models is marked ``slow``; forward, prior count,
-post-processing and ONNX run for every model by default. timm models need the ``timm`` extra (part of ``dev``).
+post-processing and ONNX run for every model by default, except for the heaviest models when a model on the same
+backbone at a smaller input runs them (SSD512 next to SSD300: the same layers plus one more extra block).
+timm models need the ``timm`` extra (part of ``dev``).
 """
 
 from __future__ import annotations
@@ -21,18 +23,43 @@ from multibox.export.onnx import OnnxRuntimeNetwork, export_onnx_bytes, onnxrunt
 from multibox.loss import MultiBoxLoss
 from multibox.matching import build_targets
 from multibox.models import SSD, SSDOutput, build_model, list_models
+from multibox.models.backbones.registry import backbone_name
 from multibox.postprocess import PostProcess
 
 NUM_CLASSES = 3
 HAVE_TIMM = importlib.util.find_spec("timm") is not None
 MODELS = list_models()
-# training steps above this many parameters are marked slow (the forward / ONNX checks always run)
+# training steps above this many parameters are marked slow
 SLOW_TRAIN_PARAMS = 20_000_000
+# forward / post-processing / ONNX checks above this many parameters are marked slow when a model on the same
+# backbone at a smaller input size runs them by default
+SLOW_CHECK_PARAMS = 45_000_000
+
+
+@functools.cache
+def _meta_facts(name: str) -> tuple[int, str | None, int]:
+    """``(parameters, registered backbone name, smaller side of the default input)``, built on the meta device."""
+    with torch.device("meta"):
+        model = build_model(name, num_classes=NUM_CLASSES)
+    return (sum(p.numel() for p in model.parameters()), backbone_name(model.backbone),
+            min(model.prior_config.image_size))
+
+
+def _covered_by_smaller_input(name: str) -> bool:
+    if "timm" in name:
+        return False  # small, and not buildable without timm
+    params, backbone, side = _meta_facts(name)
+    if params <= SLOW_CHECK_PARAMS or backbone is None:
+        return False
+    return any(_meta_facts(other)[1] == backbone and _meta_facts(other)[2] < side
+               for other in MODELS if other != name and "timm" not in other)
 
 
 def _param(name: str) -> object:
     marks = [pytest.mark.skipif(not HAVE_TIMM, reason="timm not installed (pip install 'multibox[timm]')")] \
         if "timm" in name else []
+    if _covered_by_smaller_input(name):
+        marks.append(pytest.mark.slow)
     return pytest.param(name, marks=marks, id=name)
 
 
@@ -137,8 +164,7 @@ def test_onnx_export_matches_pytorch(name):
 
 
 def _train_param(name: str) -> object:
-    with torch.device("meta"):
-        big = sum(p.numel() for p in build_model(name, num_classes=NUM_CLASSES).parameters()) > SLOW_TRAIN_PARAMS
+    big = _meta_facts(name)[0] > SLOW_TRAIN_PARAMS
     marks = [pytest.mark.slow] if big else []
     if "timm" in name:
         marks.append(pytest.mark.skipif(not HAVE_TIMM, reason="timm not installed"))

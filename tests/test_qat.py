@@ -103,8 +103,8 @@ def _tiny_qat_model(images: torch.Tensor) -> nn.Module:
 
 def test_qat_model_exports_to_int8_matching_its_fake_quant_outputs(tmp_path):
     from multibox.data.transforms import preprocess
-    from multibox.export.onnx import export_onnx, ort_session
-    from multibox.export.quantize import output_error
+    from multibox.export.onnx import ort_session
+    from multibox.export.quantize import export_onnx_int8, output_error
     from multibox.postprocess import PostProcess
 
     rng = np.random.default_rng(0)
@@ -121,8 +121,7 @@ def test_qat_model_exports_to_int8_matching_its_fake_quant_outputs(tmp_path):
     model = build_model("ssd7", num_classes=3, image_size=(64, 64))
     x = preprocess(pictures, model.input_spec)[0]
     model = _tiny_qat_model(x)
-    info = export_onnx(model, tmp_path / "q.onnx", (64, 64), int8={"calibrate": calib, "calib_images": 6},
-                       input_spec=model.input_spec)
+    info = export_onnx_int8(model, tmp_path / "q.onnx", model.input_spec, calib, calib_images=6)
     assert has_qat(model) and info["int8"]["qat"]["ranges_from_training"] > 10
     graph = (tmp_path / "q.onnx").read_bytes()
     got = ort_session(graph).run(None, {"images": x.numpy()})

@@ -261,3 +261,29 @@ def test_calibration_methods_give_different_ranges(calib_dir):
     assert len(set(graphs.values())) == 3
     with pytest.raises(ValueError, match="--method 'kl'"):
         quantize_onnx(graph, calib, method="kl")
+
+
+def test_kept_detections_applies_the_bounds_on_hand_cases():
+    """``bench.export.kept_detections`` (also ``bench zoo``'s int8 check): IoU >= 0.9 with a detection of the same
+    class and a score within 0.05, for each fp32 detection >= 0.5 only; hand-computed IoUs."""
+    from multibox.bench.export import kept_detections
+    from multibox.detections import Detections
+
+    def dets(boxes, scores, labels):
+        return Detections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores),
+                          torch.tensor(labels, dtype=torch.int64))
+
+    ref = [dets([[0, 0, 100, 100], [200, 200, 210, 210]], [0.9, 0.4], [1, 1])]  # the 0.4 one is not checked
+    # IoU of [0, 0, 100, 95] with [0, 0, 100, 100]: 9500 / 10000 = 0.95; score change 0.04: kept
+    r = kept_detections(ref, [dets([[0, 0, 100, 95]], [0.86], [1])])
+    assert r["fp32_detections"] == 1 and r["kept"] == 1 and r["all_kept"]
+    assert r["worst_iou"] == pytest.approx(0.95) and r["largest_score_change"] == pytest.approx(0.04, abs=1e-6)
+    # IoU 8500 / 10000 = 0.85 < 0.9: lost
+    r = kept_detections(ref, [dets([[0, 0, 100, 85]], [0.9], [1])])
+    assert r["kept"] == 0 and not r["all_kept"] and r["worst_iou"] == pytest.approx(0.85)
+    # the right box, the score 0.06 lower: lost; another class at the right place: lost
+    assert not kept_detections(ref, [dets([[0, 0, 100, 100]], [0.84], [1])])["all_kept"]
+    r = kept_detections(ref, [dets([[0, 0, 100, 100]], [0.9], [2])])
+    assert r["kept"] == 0 and r["worst_iou"] == 0.0
+    # nothing >= 0.5 to check: not "all kept"
+    assert not kept_detections([dets([[0, 0, 1, 1]], [0.3], [1])], [dets([], [], [])])["all_kept"]

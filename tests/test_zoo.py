@@ -203,11 +203,20 @@ def test_bench_zoo_records_missing_peers_with_reason(tmp_path, offline, monkeypa
     assert ours["per_image_ms"] > 0 and ours["first_call_ms"] > 0 and ours["detections_unchanged"] is True
     assert r["images"][0]["name"] == "grace_hopper"
     assert "pip download" in r["face"]["peer_error"]
+    # the int8 row: timed in the same rounds, checked against fp32, no ratio without a peer (and the reason)
+    q = r["face"]["int8"]
+    assert q["error"] is None and q["strategy"] == "onnxruntime-int8" and q["per_image_ms"] > 0
+    assert q["calibration_images"] == 1  # offline: Minduka only
+    assert set(q["detections"]) >= {"fp32_detections", "kept", "all_kept", "worst_iou", "largest_score_change"}
+    assert r["speedup_face_int8"] is None and r["speedup_face_int8_reason"] == r["face"]["peer_error"]
+    assert len(r["load_average_before"]) == 3 and len(r["load_average_after"]) == 3
     # with the original files there but no peer Python: the reason names what is missing
     monkeypatch.setattr(zoo, "fetch_files", lambda name: {"prototxt": tmp_path / "p", "caffemodel": tmp_path / "c"})
-    r = run_zoo_benchmark(peer_python=None, models=("face",), repeats=1, rounds=1, warmup=0, variants=False)
+    r = run_zoo_benchmark(peer_python=None, models=("face",), repeats=1, rounds=1, warmup=0, variants=False,
+                          int8=False)
     assert r["face"]["peer_error"].startswith("no peer Python") and r["speedup_face"] is None
+    assert "int8" not in r["face"] and "speedup_face_int8" not in r
     assert r["speedup_face_reason"] == r["face"]["peer_error"]
     r = run_zoo_benchmark(peer_python=str(tmp_path / "nopython"), models=("face",), repeats=1, rounds=1, warmup=0,
-                          variants=False)
+                          variants=False, int8=False)
     assert "not found" in r["face"]["peer_error"]

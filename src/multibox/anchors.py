@@ -36,6 +36,7 @@ __all__ = [
     "config_from_scales",
     "PRIOR_PRESETS",
     "get_prior_preset",
+    "scale_prior_config",
     "cxcywh_to_xyxy",
     "xyxy_to_cxcywh",
     "prior_config_to_dict",
@@ -324,6 +325,23 @@ PRIOR_PRESETS: dict[str, PriorConfig] = {
     "ssd512-voc": _caffe_preset(512, _S512, _R512, caffe_min_max_sizes(512, 7, 15, 90, 7, 15)),
     "ssd512-coco": _caffe_preset(512, _S512, _R512, caffe_min_max_sizes(512, 7, 10, 90, 4, 10)),
 }
+
+
+def scale_prior_config(cfg: PriorConfig, image_size: Sequence[int]) -> PriorConfig:
+    """``cfg`` for an input of ``image_size (h, w)``: every box size times ``min(image_size) / min(cfg.image_size)``
+    (the same fractions of the image), steps left to the map sizes (``step=None``: ``image size / map size``, the
+    centres of a network whose maps are ``ceil(H / stride)``), Caffe's integer truncation of sizes off. The same
+    ``cfg`` when the size does not change. E.g. ``ssd300-voc`` at 128x128: sizes 12.8 .. 110.9 pixels for maps 16,
+    8, 4, 2, 1, 1."""
+    size = (int(image_size[0]), int(image_size[1]))
+    if size == tuple(cfg.image_size):
+        return cfg
+    if min(size) <= 0:
+        raise ValueError(f"image_size must be a positive (height, width), got {tuple(image_size)}")
+    f = min(size) / min(cfg.image_size)
+    levels = tuple(replace(lvl, min_sizes=tuple(s * f for s in lvl.min_sizes),
+                           max_sizes=tuple(s * f for s in lvl.max_sizes), step=None) for lvl in cfg.levels)
+    return replace(cfg, image_size=size, levels=levels, caffe_int_sizes=False)
 
 
 def get_prior_preset(name: str) -> PriorConfig:

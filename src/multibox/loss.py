@@ -65,6 +65,30 @@ def hard_negative_mask(background_loss: Tensor, labels: Tensor, neg_pos_ratio: f
     return negative & (rank < num_neg)
 
 
+def _check_shapes(cls_logits: Tensor, box_deltas: Tensor, target_labels: Tensor, target_deltas: Tensor
+                  ) -> tuple[int, int, int]:
+    """``(B, P, C)`` of ``cls_logits [B, P, C]``; ``ValueError`` unless ``box_deltas`` / ``target_deltas`` are
+    ``[B, P, 4]`` and ``target_labels`` ``[B, P]``."""
+    if cls_logits.ndim != 3:
+        raise ValueError(f"cls_logits must be [B, P, C], got {tuple(cls_logits.shape)}")
+    b, p, c = cls_logits.shape
+    if box_deltas.shape != (b, p, 4) or target_deltas.shape != (b, p, 4):
+        raise ValueError(
+            f"box_deltas and target_deltas must be [B, P, 4] = {(b, p, 4)}, "
+            f"got {tuple(box_deltas.shape)} and {tuple(target_deltas.shape)}"
+        )
+    if target_labels.shape != (b, p):
+        raise ValueError(f"target_labels must be [B, P] = {(b, p)}, got {tuple(target_labels.shape)}")
+    return b, p, c
+
+
+def _loc_loss(box_deltas: Tensor, target_deltas: Tensor, positive: Tensor, beta: float) -> Tensor:
+    """Smooth L1 (transition ``beta``) summed over the 4 offsets of the ``positive [B, P]`` priors: a scalar."""
+    loc_all = F.smooth_l1_loss(box_deltas, target_deltas.to(box_deltas.dtype), reduction="none", beta=beta)
+    loc_all = loc_all.sum(dim=2)
+    return torch.where(positive, loc_all, torch.zeros_like(loc_all)).sum()
+
+
 class MultiBoxLoss(nn.Module):
     """SSD's MultiBox loss (Caffe ``MultiBoxLoss`` layer with ``MAX_NEGATIVE`` mining and ``VALID`` norm).
 
@@ -102,25 +126,13 @@ class MultiBoxLoss(nn.Module):
         target_deltas: Tensor,
     ) -> LossOutput:
         """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets."""
-        if cls_logits.ndim != 3:
-            raise ValueError(f"cls_logits must be [B, P, C], got {tuple(cls_logits.shape)}")
-        b, p, c = cls_logits.shape
-        if box_deltas.shape != (b, p, 4) or target_deltas.shape != (b, p, 4):
-            raise ValueError(
-                f"box_deltas and target_deltas must be [B, P, 4] = {(b, p, 4)}, "
-                f"got {tuple(box_deltas.shape)} and {tuple(target_deltas.shape)}"
-            )
-        if target_labels.shape != (b, p):
-            raise ValueError(f"target_labels must be [B, P] = {(b, p)}, got {tuple(target_labels.shape)}")
+        b, p, c = _check_shapes(cls_logits, box_deltas, target_labels, target_deltas)
         labels = target_labels.to(torch.int64)
         positive = labels > 0
         num_pos = positive.sum()
         normalizer = num_pos.clamp_min(1).to(torch.float32)
 
-        # Localization: smooth L1 over the 4 offsets of the positives.
-        loc_all = F.smooth_l1_loss(box_deltas, target_deltas.to(box_deltas.dtype), reduction="none", beta=self.beta)
-        loc_all = loc_all.sum(dim=2)
-        loc = torch.where(positive, loc_all, torch.zeros_like(loc_all)).sum() / normalizer
+        loc = _loc_loss(box_deltas, target_deltas, positive, self.beta) / normalizer
 
         # Confidence: cross-entropy of every prior; the background loss of a negative is its own CE.
         ce = F.cross_entropy(cls_logits.reshape(b * p, c), labels.clamp_min(0).reshape(b * p), reduction="none")
@@ -172,23 +184,13 @@ class FocalMultiBoxLoss(nn.Module):
         target_deltas: Tensor,
     ) -> LossOutput:
         """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets."""
-        if cls_logits.ndim != 3:
-            raise ValueError(f"cls_logits must be [B, P, C], got {tuple(cls_logits.shape)}")
-        b, p, c = cls_logits.shape
-        if box_deltas.shape != (b, p, 4) or target_deltas.shape != (b, p, 4):
-            raise ValueError(
-                f"box_deltas and target_deltas must be [B, P, 4] = {(b, p, 4)}, "
-                f"got {tuple(box_deltas.shape)} and {tuple(target_deltas.shape)}"
-            )
-        if target_labels.shape != (b, p):
-            raise ValueError(f"target_labels must be [B, P] = {(b, p)}, got {tuple(target_labels.shape)}")
+        b, p, c = _check_shapes(cls_logits, box_deltas, target_labels, target_deltas)
         labels = target_labels.to(torch.int64)
         positive = labels > 0
         num_pos = positive.sum()
         normalizer = num_pos.clamp_min(1).to(torch.float32)
 
-        loc_all = F.smooth_l1_loss(box_deltas, target_deltas.to(box_deltas.dtype), reduction="none", beta=self.beta)
-        loc = torch.where(positive, loc_all.sum(dim=2), torch.zeros_like(loc_all[..., 0])).sum() / normalizer
+        loc = _loc_loss(box_deltas, target_deltas, positive, self.beta) / normalizer
 
         log_p = F.log_softmax(cls_logits, dim=2)
         log_pt = log_p.gather(2, labels.clamp_min(0).unsqueeze(2)).squeeze(2)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..commands.options import add_quiet_option, check_output_file, positive_int, quiet_output
 
-__all__ = ["register", "run_export_benchmark"]
+__all__ = ["register", "run_export_benchmark", "calibration_folder", "check_photos", "kept_detections"]
 
 _CONF = 0.3
 _BATCHES = (1, 8)
@@ -69,8 +69,9 @@ def _time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, 
     return {"ms": statistics.median(runs), "min_ms": min(runs), "runs_ms": runs}
 
 
-def _calibration_folder(tmp: Path) -> Path:
-    """Real photos other than the checked ones, copied into ``tmp``."""
+def calibration_folder(tmp: Path) -> Path:
+    """Real photos other than the checked ones (matplotlib's Minduka photo, and where cached or fetchable imgaug's
+    quokka and deepforest's OSBS_029 and SOAP_061), copied into the folder ``tmp``; returns ``tmp``."""
     import matplotlib
 
     from ..data import real
@@ -87,8 +88,9 @@ def _calibration_folder(tmp: Path) -> Path:
     return tmp
 
 
-def _check_photos() -> list[Any]:
-    """grace_hopper.jpg, its mirror image and a crop: the photos the int8 detections are checked on."""
+def check_photos() -> list[Any]:
+    """grace_hopper.jpg, its mirror image and a crop (``[H, W, 3]`` uint8 RGB arrays): the photos the int8
+    detections are checked on."""
     import matplotlib
     import numpy as np
 
@@ -98,9 +100,11 @@ def _check_photos() -> list[Any]:
     return [img, np.ascontiguousarray(img[:, ::-1]), np.ascontiguousarray(img[40:460, 30:480])]
 
 
-def _kept(ref: list[Any], got: list[Any]) -> dict[str, Any]:
+def kept_detections(ref: list[Any], got: list[Any]) -> dict[str, Any]:
     """The issue's check: each fp32 detection >= 0.5 has an int8 one of its class with IoU >= 0.9 and a score
-    within 0.05. Returns counts, the worst IoU and the largest score change."""
+    within 0.05. ``ref`` / ``got``: the fp32 and int8 :class:`~multibox.detections.Detections` of the same images
+    (xyxy pixels). Returns ``{"fp32_detections", "kept", "all_kept", "worst_iou", "largest_score_change"}``
+    (``all_kept`` is false when there is no fp32 detection >= 0.5 to check)."""
     from torchvision.ops import box_iou
 
     total = kept = 0
@@ -170,10 +174,10 @@ def _bench_model(key: str, det_fp32: Any, calib_dir: Path, calib_images: int, re
         path.write_bytes(int8_graph)
         det_int8 = Detector(det_fp32.bundle, runtime="onnxruntime-int8", runtime_options={"model": str(path)},
                             batch_size=1, name=det_fp32.name)
-        photos = _check_photos()
+        photos = check_photos()
         ref = [det_fp32(p, conf=_CONF) for p in photos]
         got = [det_int8(p, conf=_CONF) for p in photos]
-        out["detections"] = _kept(ref, got)
+        out["detections"] = kept_detections(ref, got)
         e2e = {}
         for name, det in (("onnxruntime_fp32", det_fp32), ("onnxruntime_int8", det_int8)):
             e2e[name] = _time(lambda det=det: [det.detect_arrays([p], _CONF) for p in photos], repeats)
@@ -215,7 +219,7 @@ def run_export_benchmark(json_path: Path | None = None, threads: int = 2, repeat
             calib_dir = Path(calibrate)
         else:
             (tmp / "calib").mkdir()
-            calib_dir = _calibration_folder(tmp / "calib")
+            calib_dir = calibration_folder(tmp / "calib")
         result["calibration_folder"] = str(calibrate) if calibrate else "Minduka, quokka, OSBS_029, SOAP_061"
         for key in models:
             if key in zoo_names:

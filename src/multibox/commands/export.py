@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..export.onnx import export_onnx
+    from ..export.quantize import export_onnx_int8
 
     out = check_output_file(args.out)
     if out.suffix != ".onnx":
@@ -117,9 +118,12 @@ def run(args: argparse.Namespace) -> int:
     if args.int8:
         quant = {"calibrate": args.calibrate, "calib_images": args.calib_images or 200,
                  "method": args.method or "minmax", "keep_float": list(args.keep_float or ())}
-    info = export_onnx(det.model, out, det.input_spec.image_size, batch_size=args.batch_size,
-                       dynamic_batch=not args.static_batch, opset=args.opset, postprocess=post,
-                       num_classes=len(det.class_names), int8=quant, input_spec=det.input_spec)
+        info = export_onnx_int8(det.model, out, det.input_spec, batch_size=args.batch_size,
+                                dynamic_batch=not args.static_batch, opset=args.opset, **quant)
+    else:
+        info = export_onnx(det.model, out, det.input_spec.image_size, batch_size=args.batch_size,
+                           dynamic_batch=not args.static_batch, opset=args.opset, postprocess=post,
+                           num_classes=len(det.class_names))
     priors_path = out.with_suffix(".priors.npy")
     buf = io.BytesIO()
     np.save(buf, det.bundle.priors.detach().cpu().float().numpy())

@@ -97,10 +97,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``import`` parser: ``FORMAT`` and its arguments, or ``--list``."""
     formats = ", ".join(IMPORTER_MODULES)
     p = subparsers.add_parser(
-        "import", help="convert a pretrained Caffe or TensorFlow OD API SSD into a detector bundle",
+        "import", help="convert a pretrained SSD (Caffe, TF OD API, torchvision, Keras, TF-Slim) into a bundle",
         description="Convert another framework's pretrained SSD into a multibox detector bundle (.safetensors, "
-                    f"plus a JSON report). Neither Caffe nor TensorFlow is needed. Formats: {formats} (--list shows "
-                    "every registered one; `multibox import FORMAT --help` its arguments). See docs/importers.md.")
+                    "plus a JSON report). Neither Caffe nor TensorFlow nor Keras is needed. "
+                    f"Formats: {formats} (--list shows every registered one; `multibox import FORMAT --help` its "
+                    "arguments). See docs/importers.md.")
     p.add_argument("--list", action="store_true", help="list the registered import formats and exit")
     add_json_option(p, "the --list table")
     p.add_argument("format", nargs="?", metavar="FORMAT", help=f"the source format: {formats}, ...")

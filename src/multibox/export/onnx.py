@@ -28,13 +28,13 @@ from torch import Tensor, nn
 
 from ..fileio import atomic_write_bytes
 from ..models.outputs import TupleOutput
-from ..models.qat import has_qat, qat_disabled
+from ..models.qat import qat_disabled
 from .onnx_postprocess import POSTPROCESS_OUTPUTS, append_postprocess, postprocess_graph_from
 
 # onnx (about 0.6 s to import) stays inside the functions that build graphs: this module loads with every Detector
 # (the runtime registry imports multibox.runtime.ort), and the eager / jit runtimes need no onnx
 
-__all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "fold_zero_pads",
+__all__ = ["OnnxRuntimeNetwork", "OnnxUnavailable", "export_onnx_bytes", "export_onnx", "fold_zero_pads", "keep_input",
            "onnxruntime_available", "ort_session", "INPUT_NAME", "OUTPUT_NAMES", "require"]
 
 INPUT_NAME = "images"
@@ -98,9 +98,28 @@ def export_onnx_bytes(model: nn.Module, example: Tensor, *, dynamic_batch: bool 
                              f"the default is {DEFAULT_OPSET}") from None
     onnx = require("onnx")
     graph = onnx.load_from_string(buf.getvalue())
-    if fold_zero_pads(graph):
+    changed = keep_input(graph, list(example.shape), dynamic_batch)
+    if fold_zero_pads(graph) or changed:
         return graph.SerializeToString()
     return buf.getvalue()
+
+
+def keep_input(model: Any, shape: Sequence[int], dynamic_batch: bool) -> bool:  # noqa: ANN401
+    """Declare the graph input ``images`` (float32 ``shape`` ``[B, 3, H, W]``, ``B`` symbolic with
+    ``dynamic_batch``) when the exporter left it out (in place); returns whether it did.
+
+    PyTorch's exporter drops an input that no output depends on: a network whose outputs are constants for a fixed
+    batch size (a test double, a network that only reads the input's shape) came out as a graph without inputs,
+    which every runner of the ``images -> (cls_logits, box_deltas)`` contract fails to feed (ONNX Runtime runs
+    the graph but the runtime found no input to name: ``IndexError``, and the Detector fell back to eager mode).
+    An unread input is valid ONNX and ONNX Runtime accepts a value for it.
+    """
+    onnx = require("onnx")
+    if any(i.name == INPUT_NAME for i in model.graph.input):
+        return False
+    dims: list[Any] = ["batch" if dynamic_batch else int(shape[0]), *(int(v) for v in shape[1:])]
+    model.graph.input.insert(0, onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, dims))
+    return True
 
 
 def _constant_value(opsets: Any, name: str, producers: dict[str, Any], initializers: dict[str, Any]  # noqa: ANN401
@@ -217,8 +236,7 @@ def _remove_dead(graph: Any) -> None:  # noqa: ANN401
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[int], *, batch_size: int = 1,
                 dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, check: bool = True,
-                postprocess: nn.Module | None = None, num_classes: int | None = None,
-                int8: dict[str, Any] | None = None, input_spec: Any = None) -> dict[str, Any]:  # noqa: ANN401
+                postprocess: nn.Module | None = None, num_classes: int | None = None) -> dict[str, Any]:
     """Write ``model``'s ONNX graph to ``path`` (atomically) for input ``[batch_size, 3, *image_size]``.
 
     ``postprocess``: a :class:`~multibox.postprocess.PostProcess` to append as ONNX operators (decoding and NMS,
@@ -227,52 +245,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
     With ``check`` (and ``onnxruntime`` installed) the exported graph is run on a random input and compared with
     PyTorch. Returns ``{"path", "bytes", "opset", "input": [B, 3, H, W], "dynamic_batch", "outputs",
     "max_abs_diff"}`` (``max_abs_diff``: of the network outputs, or of the detections' scores and boxes when they
-    agree in number and labels (else ``inf``); ``None`` without the check).
-
-    ``int8``: ``{"calibrate": DIR, "calib_images": N, "method": ..., "keep_float": [...]}`` writes the int8 QDQ
-    graph instead (:func:`multibox.export.quantize.quantize_onnx`, calibrated on images of ``DIR`` pre-processed
-    with ``input_spec``); the result then also has ``"int8": {"method", "calibration_images", "float_nodes",
-    "error"}`` (``error``: :func:`~multibox.export.quantize.output_error` of the int8 graph against the float one
-    on up to 16 calibration images). Not with ``postprocess``.
+    agree in number and labels (else ``inf``); ``None`` without the check). The int8 graph is written by
+    :func:`multibox.export.quantize.export_onnx_int8`.
     """
     h, w = (int(v) for v in image_size)
     model = model.eval().cpu()
     example = torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
-    qat = has_qat(model)
     with qat_disabled(model):  # a QAT model: the float graph of its latent weights (int8 below uses its ranges)
         data = export_onnx_bytes(model, example, dynamic_batch=dynamic_batch, opset=opset)
     outputs = list(OUTPUT_NAMES)
-    quant_info = None
-    if int8 is not None:
-        if postprocess is not None:
-            raise ValueError("int8 export: the network only, without the post-processing graph")
-        if input_spec is None:
-            raise ValueError("int8 export needs the detector's input_spec to pre-process the calibration images")
-        # multibox.export.quantize imports this module: imported here, where an int8 export asks for it
-        from .quantize import calibration_inputs, output_error, qat_overrides, quantize_onnx, resolve_keep_float
-
-        calib = calibration_inputs(int8["calibrate"], input_spec, int(int8.get("calib_images", 200)))
-        keep = list(int8.get("keep_float") or ())
-        float_nodes = resolve_keep_float(data, keep) if keep else []
-        float_data = data
-        overrides = qat_overrides(model, float_data, example) if qat else None
-        data = quantize_onnx(float_data, calib, method=int8.get("method", "minmax"), keep_float=keep,
-                             overrides=overrides)
-        sample = calib[:16]
-        f_sess, q_sess = ort_session(float_data), ort_session(data)
-        ref_out = [np.concatenate(o) for o in zip(*(f_sess.run(None, {INPUT_NAME: x.numpy()})
-                                                    for x in sample.split(1)), strict=True)]
-        got_out = [np.concatenate(o) for o in zip(*(q_sess.run(None, {INPUT_NAME: x.numpy()})
-                                                    for x in sample.split(1)), strict=True)]
-        quant_info = {"method": int8.get("method", "minmax"), "calibrate": str(int8["calibrate"]),
-                      "calibration_images": int(calib.shape[0]), "float_nodes": float_nodes,
-                      "per_channel": True, "format": "QDQ", "error": output_error(got_out, ref_out)}
-        if qat:  # the int8 graph against what the QAT model computed (its fake-quantized PyTorch outputs)
-            with torch.inference_mode():
-                fq = [t.numpy() for t in TupleOutput(model)(sample)]
-            quant_info["qat"] = {"ranges_from_training": len(overrides or {}),
-                                 "error_vs_fake_quant": output_error(got_out, fq)}
-        check = False  # the int8 graph is approximate by design: compared with the float graph above instead
     if postprocess is not None:
         onnx = require("onnx")
         if num_classes is None:
@@ -292,11 +273,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: Sequence[
         else:
             diff = _detections_diff(data, example, postprocess.forward_padded(*ref))
     atomic_write_bytes(Path(path), data)
-    info = {"path": str(path), "bytes": len(data), "opset": opset, "input": [batch_size, 3, h, w],
+    return {"path": str(path), "bytes": len(data), "opset": opset, "input": [batch_size, 3, h, w],
             "dynamic_batch": dynamic_batch, "outputs": outputs, "max_abs_diff": diff}
-    if quant_info is not None:
-        info["int8"] = quant_info
-    return info
 
 
 def _detections_diff(data: bytes, example: Tensor, ref: Any) -> float:  # noqa: ANN401
@@ -333,7 +311,12 @@ class OnnxRuntimeNetwork:
         except Exception as e:  # onnxruntime raises its own exception types
             where = "the exported graph" if isinstance(model, bytes) else str(model)
             raise ValueError(f"{where}: onnxruntime cannot load it ({e})") from None
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            where = "the exported graph" if isinstance(model, bytes) else str(model)
+            raise ValueError(f"{where}: expected an SSD graph with 1 input (images), got "
+                             f"{[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if len(self.output_names) != 2:
             raise ValueError(f"expected an SSD graph with 2 outputs (cls_logits, box_deltas), got {self.output_names}")

@@ -35,16 +35,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data.datasets.common import IMAGE_EXTENSIONS
 from ..data.image_io import load_image
 from ..data.transforms import preprocess
-from ..models.qat import folded_batchnorm, qat_convs, qat_disabled
-from .onnx import INPUT_NAME, OUTPUT_NAMES, require
+from ..fileio import atomic_write_bytes
+from ..models.qat import folded_batchnorm, has_qat, qat_convs, qat_disabled
+from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, export_onnx_bytes, ort_session, require
 
 __all__ = ["METHODS", "KEEP_FLOAT_WORDS", "inline_identity_initializers", "calibration_files", "calibration_inputs",
-           "conv_nodes", "resolve_keep_float", "quantize_onnx", "sensitivity", "output_error", "qat_overrides"]
+           "conv_nodes", "resolve_keep_float", "quantize_onnx", "sensitivity", "output_error", "export_onnx_int8",
+           "qat_overrides"]
 
 METHODS = ("minmax", "entropy", "percentile")
 KEEP_FLOAT_WORDS = ("first", "heads")
@@ -259,8 +261,6 @@ def quantize_onnx(model: bytes, calibration: Tensor, *, method: str = "minmax", 
 
 
 def _run(model: bytes, inputs: Tensor, threads: int | None = None) -> list[np.ndarray]:
-    from .onnx import ort_session
-
     session = ort_session(model, threads)
     outs = [session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()}) for x in inputs.split(1)]
     return [np.concatenate([o[i] for o in outs]) for i in range(len(OUTPUT_NAMES))]
@@ -372,3 +372,45 @@ def qat_overrides(model: torch.nn.Module, graph: bytes, example: Tensor) -> dict
             if bool(observed[k]):
                 put(name, head.qat_out_range[k])
     return out
+
+
+def export_onnx_int8(model: nn.Module, path: str | os.PathLike, input_spec: Any, calibrate: str | os.PathLike,  # noqa: ANN401
+                     *, calib_images: int = 200, method: str = "minmax", keep_float: Sequence[str] = (),
+                     batch_size: int = 1, dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Write the int8 QDQ graph of ``model``'s network to ``path`` (atomically): the float graph of
+    :func:`~multibox.export.onnx.export_onnx_bytes` (input ``images [batch_size, 3, h, w]``, ``h, w`` =
+    ``input_spec.image_size``; outputs ``cls_logits [B, P, C]``, ``box_deltas [B, P, 4]``), quantized by
+    :func:`quantize_onnx` after calibration on the first ``calib_images`` images of ``calibrate`` pre-processed with
+    ``input_spec`` (:func:`calibration_inputs`). The network only: the post-processing is appended by the runtime
+    ``onnxruntime-int8``.
+
+    Returns the summary of :func:`~multibox.export.onnx.export_onnx` (``max_abs_diff`` is ``None``: the int8 graph
+    is approximate by design) with ``"int8": {"method", "calibrate", "calibration_images", "float_nodes",
+    "per_channel", "format", "error"}`` (``error``: :func:`output_error` of the int8 graph against the float one on
+    up to 16 calibration images).
+    """
+    h, w = (int(v) for v in input_spec.image_size)
+    model = model.eval().cpu()
+    example = torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
+    qat = has_qat(model)
+    with qat_disabled(model):  # a QAT model: the float graph of its latent weights, quantized with its ranges
+        float_data = export_onnx_bytes(model, example, dynamic_batch=dynamic_batch, opset=opset)
+    calib = calibration_inputs(calibrate, input_spec, int(calib_images))
+    keep = list(keep_float)
+    float_nodes = resolve_keep_float(float_data, keep) if keep else []
+    overrides = qat_overrides(model, float_data, example) if qat else None
+    data = quantize_onnx(float_data, calib, method=method, keep_float=keep, overrides=overrides)
+    sample = calib[:16]
+    got = _run(data, sample)
+    error = output_error(got, _run(float_data, sample))
+    atomic_write_bytes(Path(path), data)
+    info = {"path": str(path), "bytes": len(data), "opset": opset, "input": [batch_size, 3, h, w],
+            "dynamic_batch": dynamic_batch, "outputs": list(OUTPUT_NAMES), "max_abs_diff": None,
+            "int8": {"method": method, "calibrate": str(calibrate), "calibration_images": int(calib.shape[0]),
+                     "float_nodes": float_nodes, "per_channel": True, "format": "QDQ", "error": error}}
+    if qat:  # the int8 graph against what the QAT model computed (its fake-quantized PyTorch outputs)
+        with torch.inference_mode():
+            fq = [t.numpy() for t in model(sample)]
+        info["int8"]["qat"] = {"ranges_from_training": len(overrides or {}),
+                               "error_vs_fake_quant": output_error(got, fq)}
+    return info

@@ -5,7 +5,9 @@ it as one ``.safetensors`` file (the network's tensors plus ``__priors__``; ever
 :func:`load_bundle` rebuilds it without running any code from the file: the network is rebuilt by a named
 **builder** registered in Python (:func:`register_builder`) from the JSON ``spec`` stored in the file.
 
-Builders: ``"multibox"`` (a registered multibox model: spec ``{"name", "kwargs", "num_classes", "class_names"}``)
+Builders: ``"multibox"`` (a registered multibox model: spec ``{"name", "kwargs", "num_classes", "class_names"}``,
+optionally ``"input_spec"`` ``{"image_size", "channel_order", "mean", "std"}``; ``kwargs["priors"]`` may be a prior
+config mapping, :func:`multibox.anchors.prior_config_to_dict`)
 is built in; the Caffe importer registers ``"caffe"`` (a graph of layers), the TF importer ``"tf-od"``. Builders
 are found through :mod:`multibox.interop.registry` (which imports the module that registers a builder name).
 
@@ -48,8 +50,13 @@ _MAX_JSON_DEPTH = 32
 
 
 def _build_multibox(spec: dict[str, Any]) -> nn.Module:
+    kwargs = dict(spec.get("kwargs", {}))
+    ispec = spec.get("input_spec")
+    if ispec is not None:  # the importers' own pre-processing (keras, tf-slim); priors ride in kwargs as a mapping
+        kwargs["input_spec"] = InputSpec(image_size=tuple(ispec["image_size"]), channel_order=ispec["channel_order"],
+                                         mean=tuple(ispec["mean"]), std=tuple(ispec["std"]))
     return build_model(spec["name"], num_classes=int(spec["num_classes"]), class_names=spec.get("class_names"),
-                       **spec.get("kwargs", {}))
+                       **kwargs)
 
 
 register_builder("multibox", _build_multibox)

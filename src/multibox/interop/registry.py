@@ -29,6 +29,8 @@ IMPORTER_MODULES: dict[str, str] = {
     "caffe": "multibox.interop.caffe",
     "tf-od": "multibox.interop.tensorflow",
     "torchvision": "multibox.interop.torchvision",
+    "keras": "multibox.interop.keras",
+    "tf-slim": "multibox.interop.slim",
 }
 
 

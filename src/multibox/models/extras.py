@@ -8,14 +8,15 @@ feature map. Input channels derive from the previous block / backbone, so a spec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import xavier_init_
 
-__all__ = ["ExtraLayerSpec", "ExtraBlock", "Extras", "BNExtras", "sized_extra_specs", "SSD300_EXTRAS", "SSD512_EXTRAS"]
+__all__ = ["ExtraLayerSpec", "ExtraBlock", "Extras", "BNExtras", "sized_extra_specs", "resized_extra_specs",
+           "SSD300_EXTRAS", "SSD512_EXTRAS"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,16 @@ def sized_extra_specs(in_size: int, count: int, channels: Sequence[int] = (512, 
             k, s, p = 1, 1, 0
         specs.append(ExtraLayerSpec(max(out // 2, 1), out, k, s, p, f"extra{i + 1}"))
     return specs
+
+
+def resized_extra_specs(specs: Sequence[ExtraLayerSpec], in_size: int) -> list[ExtraLayerSpec]:
+    """``specs`` (their channels and names kept) with the kernel, stride and padding of
+    :func:`sized_extra_specs` for a first input map of side ``in_size``: a model's own extras at another input
+    size, where its unpadded last convolutions would shrink a map below 1x1 (SSD300's VGG extras at 128x128:
+    fc7 8x8 -> 4, 2, 1, 1 instead of an error)."""
+    sized = sized_extra_specs(in_size, len(specs))
+    return [replace(spec, kernel_size=s.kernel_size, stride=s.stride, padding=s.padding)
+            for spec, s in zip(specs, sized, strict=True)]
 
 
 class BNExtras(nn.Module):

@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from ..anchors import PriorConfig, get_prior_preset
-from .assemble import load_backbone_pretrained, ssd_on_backbone
+from ..anchors import PriorConfig, get_prior_preset, scale_prior_config
+from .assemble import backbone_map_sizes, load_backbone_pretrained, ssd_on_backbone
 from .backbones.registry import build_backbone
 from .detector import SSD
-from .extras import ExtraLayerSpec
+from .extras import ExtraLayerSpec, resized_extra_specs
 from .registry import register_model
 from .spec import InputSpec
 from .ssdlite import IMAGENET_INPUT_SPEC
@@ -104,11 +104,22 @@ def ssd300_resnet50_nvidia(
     priors: PriorConfig | None = None,
     input_spec: InputSpec | None = None,
     pretrained_backbone: str | os.PathLike | None = None,
+    image_size: Sequence[int] | None = None,
 ) -> SSD:
     """NVIDIA's SSD300-ResNet50: ``layer3`` at 38x38 (stride-1 first block) plus :data:`NVIDIA_EXTRAS`; maps 38,
-    19, 10, 5, 3, 1; default priors ``ssd300-coco`` (8732)."""
+    19, 10, 5, 3, 1; default priors ``ssd300-coco`` (8732).
+
+    ``image_size (h, w)`` other than 300x300 (without ``priors``): ``ssd300-coco`` scaled to it
+    (:func:`~multibox.anchors.scale_prior_config`) and the extras sized to ``layer3``'s map (128x128: maps 16, 8,
+    4, 2, 1, 1)."""
     net = build_backbone("resnet50_nvidia")
     if pretrained_backbone is not None:
         load_backbone_pretrained(net, pretrained_backbone, "resnet50")
-    return ssd_on_backbone(net, priors or get_prior_preset("ssd300-coco"), num_classes, class_names,
-                           input_spec or IMAGENET_INPUT_SPEC, extra_specs=NVIDIA_EXTRAS)
+    extras: Sequence[ExtraLayerSpec] = NVIDIA_EXTRAS
+    if priors is None:
+        priors = get_prior_preset("ssd300-coco")
+        if image_size is not None and tuple(int(v) for v in image_size) != (300, 300):
+            priors = scale_prior_config(priors, image_size)
+            extras = resized_extra_specs(NVIDIA_EXTRAS, max(backbone_map_sizes(net, priors.image_size)[-1]))
+    return ssd_on_backbone(net, priors, num_classes, class_names, input_spec or IMAGENET_INPUT_SPEC,
+                           extra_specs=extras)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..anchors import PriorConfig, get_prior_preset
+from ..anchors import PriorConfig, get_prior_preset, scale_prior_config
 from .assemble import load_backbone_pretrained, ssd_on_backbone
 from .backbones.registry import build_backbone
 from .detector import SSD
@@ -55,13 +55,17 @@ def _register(side: int) -> None:
     def builder(num_classes: int = 21, class_names: Sequence[str] | None = None, priors: PriorConfig | None = None,
                 timm_name: str = DEFAULT_TIMM_NAME, out_indices: Sequence[int] | None = None,
                 input_spec: InputSpec | None = None, pretrained_backbone: str | os.PathLike | None = None,
-                timm_kwargs: dict[str, Any] | None = None) -> SSD:
-        return ssd_timm(priors or get_prior_preset(preset), num_classes, class_names, timm_name, out_indices,
-                        input_spec, pretrained_backbone, timm_kwargs)
+                timm_kwargs: dict[str, Any] | None = None, image_size: Sequence[int] | None = None) -> SSD:
+        if priors is None:
+            priors = get_prior_preset(preset)
+            if image_size is not None:  # the preset's boxes as the same fractions of another input size
+                priors = scale_prior_config(priors, image_size)
+        return ssd_timm(priors, num_classes, class_names, timm_name, out_indices, input_spec, pretrained_backbone,
+                        timm_kwargs)
 
     builder.__qualname__ = builder.__name__ = name
     builder.__doc__ = (f"SSD{side} on the timm model ``timm_name`` (default {DEFAULT_TIMM_NAME}); default priors "
-                       f"``{preset}``.")
+                       f"``{preset}`` (scaled to ``image_size`` when given).")
 
 
 for _side in (300, 512):

