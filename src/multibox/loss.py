@@ -82,11 +82,19 @@ def _check_shapes(cls_logits: Tensor, box_deltas: Tensor, target_labels: Tensor,
     return b, p, c
 
 
-def _loc_loss(box_deltas: Tensor, target_deltas: Tensor, positive: Tensor, beta: float) -> Tensor:
-    """Smooth L1 (transition ``beta``) summed over the 4 offsets of the ``positive [B, P]`` priors: a scalar."""
+def _positives_and_loc(box_deltas: Tensor, target_labels: Tensor, target_deltas: Tensor, beta: float
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What both losses share: ``(labels [B, P] int64, positive [B, P] bool, num_pos scalar int64, normalizer
+    max(1, num_pos) float32, loc)``, ``loc`` the smooth L1 (transition ``beta``) summed over the 4 offsets of the
+    positive priors, divided by the normalizer."""
+    labels = target_labels.to(torch.int64)
+    positive = labels > 0
+    num_pos = positive.sum()
+    normalizer = num_pos.clamp_min(1).to(torch.float32)
     loc_all = F.smooth_l1_loss(box_deltas, target_deltas.to(box_deltas.dtype), reduction="none", beta=beta)
     loc_all = loc_all.sum(dim=2)
-    return torch.where(positive, loc_all, torch.zeros_like(loc_all)).sum()
+    loc = torch.where(positive, loc_all, torch.zeros_like(loc_all)).sum() / normalizer
+    return labels, positive, num_pos, normalizer, loc
 
 
 class MultiBoxLoss(nn.Module):
@@ -127,12 +135,8 @@ class MultiBoxLoss(nn.Module):
     ) -> LossOutput:
         """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets."""
         b, p, c = _check_shapes(cls_logits, box_deltas, target_labels, target_deltas)
-        labels = target_labels.to(torch.int64)
-        positive = labels > 0
-        num_pos = positive.sum()
-        normalizer = num_pos.clamp_min(1).to(torch.float32)
-
-        loc = _loc_loss(box_deltas, target_deltas, positive, self.beta) / normalizer
+        labels, positive, num_pos, normalizer, loc = _positives_and_loc(box_deltas, target_labels, target_deltas,
+                                                                        self.beta)
 
         # Confidence: cross-entropy of every prior; the background loss of a negative is its own CE.
         ce = F.cross_entropy(cls_logits.reshape(b * p, c), labels.clamp_min(0).reshape(b * p), reduction="none")
@@ -185,12 +189,8 @@ class FocalMultiBoxLoss(nn.Module):
     ) -> LossOutput:
         """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets."""
         b, p, c = _check_shapes(cls_logits, box_deltas, target_labels, target_deltas)
-        labels = target_labels.to(torch.int64)
-        positive = labels > 0
-        num_pos = positive.sum()
-        normalizer = num_pos.clamp_min(1).to(torch.float32)
-
-        loc = _loc_loss(box_deltas, target_deltas, positive, self.beta) / normalizer
+        labels, positive, num_pos, normalizer, loc = _positives_and_loc(box_deltas, target_labels, target_deltas,
+                                                                        self.beta)
 
         log_p = F.log_softmax(cls_logits, dim=2)
         log_pt = log_p.gather(2, labels.clamp_min(0).unsqueeze(2)).squeeze(2)
