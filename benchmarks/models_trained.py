@@ -10,6 +10,10 @@ searched for the others); every other model starts from its random initializatio
     python benchmarks/models_trained.py [--steps 16] [--out runs/models-trained] \\
         [--json benchmarks/results/models-trained-synthetic.json] [--models a,b] [--probe] [key=value ...]
 
+The same budget can also be a time budget: ``--steps 700 time_budget_min=8 schedule.warmup_steps=10`` gives every
+model 8 minutes of training wall time (the trainer fits its step count, at most 700, and the cosine schedule to the
+budget; a short warm-up so that the slow models leave it); the JSON then has each model's fitted ``steps``.
+
 ``--probe`` trains 5 steps of each model without evaluation, to choose ``--steps`` for a time budget. The
 seconds per step are the training loop's wall time over the steps (the first step, which pays for lazy
 initialization, included); the load average is sampled every 15 s during each run, since the 2-core machine is
@@ -109,7 +113,8 @@ def run_model(name: str, steps: int, out: Path, probe: bool, extra: list[str]) -
         row["error"] = f"exit {rc}: {' | '.join(tail)}"
         return row
     s = json.loads(summary.read_text(encoding="utf-8"))
-    row.update({"mAP": s["mAP"], "metric": s["metric"], "train_seconds": round(s["train_seconds"], 1),
+    row.update({"steps": s["steps"], "time_budget": s.get("time_budget"),
+                "mAP": s["mAP"], "metric": s["metric"], "train_seconds": round(s["train_seconds"], 1),
                 "seconds_per_step": round(s["train_seconds"] / max(s["steps"], 1), 3),
                 "images_per_s": round(s["images_per_s"], 2), "final_loss": s["final_loss"]})
     return row

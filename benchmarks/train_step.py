@@ -3,9 +3,11 @@
     python benchmarks/train_step.py [--recipe trees_mobilenetv2] [--repeats 6] [--rounds 2] [--json FILE]
 
 The step is the trainer's: the recipe's model (its ``model.kwargs``) at its ``data.batch_size`` and input size on
-random images with 20 random boxes each, the Caffe matching, the MultiBox loss, AdamW. Each variant (fp32; bf16
-autocast; bf16 + channels_last) runs ``repeats`` steps per round, rounds alternate so a change of machine load
-hits every variant; the median of the steps after each round's first is reported, with the load average.
+random images with 20 random boxes each, the Caffe matching, the MultiBox loss, AdamW. Each variant (fp32;
+fp32 + channels_last; bf16 autocast; bf16 + channels_last) runs ``repeats`` steps per round, rounds alternate so a
+change of machine load hits every variant; the median of the steps after each round's first is reported, with the
+load average and the CPU's vector flags (bf16 is fast only where the CPU has AVX-512 bf16 / AMX; on an AVX2-only
+CPU it is emulated and slower than fp32).
 """
 
 from __future__ import annotations
@@ -25,7 +27,19 @@ from multibox.loss import MultiBoxLoss
 from multibox.matching import build_targets
 from multibox.models import build_model
 
-VARIANTS = {"fp32": (False, False), "bf16": (True, False), "bf16+channels_last": (True, True)}
+VARIANTS = {"fp32": (False, False), "fp32+channels_last": (False, True), "bf16": (True, False),
+            "bf16+channels_last": (True, True)}
+
+
+def cpu_flags() -> list[str]:
+    """The vector-unit flags of this CPU that decide the fast path (AVX-512, VNNI, bf16, AMX), from
+    /proc/cpuinfo; empty where it cannot be read."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f)
 
 
 def main() -> None:
@@ -76,7 +90,8 @@ def main() -> None:
               "image_size": [h, w], "threads": args.threads, "seconds_per_step": med,
               "speedup_vs_fp32": {k: med["fp32"] / v for k, v in med.items()},
               "bf16_channels_last_vs_bf16": med["bf16"] / med["bf16+channels_last"],
-              "load_average_1min": load, "torch": torch.__version__}
+              "load_average_1min": load, "torch": torch.__version__,
+              "cpu_flags": cpu_flags()}
     print(json.dumps(result, indent=1))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode())

@@ -246,3 +246,33 @@ def test_frozen_module_gets_no_gradient_update():
     opt.step()
     assert torch.equal(model.backbone.conv1.conv.weight, before)
     assert not torch.equal(model.head.regression[0].weight, head_before)
+
+
+def test_backbone_from_a_trained_detector_file(tmp_path):
+    """``pretrained_backbone`` may name a whole detector's weights (a checkpoint or zoo bundle): its
+    ``backbone.*`` tensors initialize the backbone, nothing else is taken."""
+    from multibox.engine.trainer import resolve_backbone_weights
+
+    kwargs = {"image_size": [128, 128]}
+    torch.manual_seed(1)
+    donor = build_model("ssd300_mobilenetv2", num_classes=2, **kwargs)  # other class count: heads differ anyway
+    with torch.no_grad():
+        for t in donor.backbone.state_dict().values():
+            if t.is_floating_point():
+                t.add_(torch.rand_like(t))  # BN statistics included, so a skipped buffer would show
+    path = tmp_path / "donor.safetensors"
+    save_weights(path, donor, model_name="ssd300_mobilenetv2", class_names=["background", "person"],
+                 model_kwargs=kwargs, config=None, step=0)
+    torch.manual_seed(2)
+    model = build_model("ssd300_mobilenetv2", num_classes=4, stride8=True, neck="fpn", **kwargs)
+    heads_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    report = load_backbone_weights(model, path)
+    own = model.backbone.state_dict()
+    assert len(report.loaded) == len(own) > 300 and report.missing == []
+    for k, v in donor.backbone.state_dict().items():
+        assert torch.equal(own[k], v), k
+    for k, v in model.state_dict().items():
+        if not k.startswith("backbone."):
+            assert torch.equal(v, heads_before[k]), k  # extras, neck and heads keep their own init
+    with pytest.raises(ValueError, match="no zoo model 'nope'.*face-res10-300"):
+        resolve_backbone_weights("zoo:nope", "ssd300_mobilenetv2")

