@@ -147,3 +147,28 @@ def test_resume_without_a_saved_average_is_refused(cache, tmp_path):
     with pytest.raises(ValueError, match="no weight average"):
         Trainer(load_config(None, TINY + ["ema.decay=0.9", f"resume={resume}"]), None, progress=False,
                 quiet=True).run()
+
+
+@pytest.mark.parametrize("norm_eval", [False, True])
+def test_norm_eval_keeps_batchnorm_statistics_and_trains_the_rest(cache, tmp_path, monkeypatch, norm_eval):
+    """``model.norm_eval=true``: every BatchNorm keeps its running statistics through training while its scale and
+    shift, and the other weights, still learn; without it the statistics move."""
+    built: list[nn.Module] = []
+    build = Trainer._build_model
+
+    def keep(self: Trainer) -> nn.Module:
+        built.append(build(self))
+        bns.extend(m for m in built[0].modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        before.extend((m.running_mean.clone(), m.running_var.clone(), m.weight.detach().clone()) for m in bns)
+        return built[0]
+
+    bns: list[nn.Module] = []
+    before: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    monkeypatch.setattr(Trainer, "_build_model", keep)
+    Trainer(load_config(None, TINY + ["steps=3", f"model.norm_eval={str(norm_eval).lower()}"]), tmp_path / "run",
+            progress=False, quiet=True).run()
+    assert len(built) == 1 and bns
+    stats_same = all(torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) for m, (a, b, _) in
+                     zip(bns, before, strict=True))
+    assert stats_same == norm_eval
+    assert any(not torch.equal(m.weight.detach(), w) for m, (_, _, w) in zip(bns, before, strict=True))

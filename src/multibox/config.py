@@ -52,7 +52,9 @@ class ModelConfig:
       a trained detector's checkpoint or ``zoo:NAME`` (its backbone tensors only);
     * ``init_from``: an SSD checkpoint (``.safetensors`` / ``.pt``) to fine-tune from; classifier rows of classes
       kept by name are carried over, new classes start fresh; ``init_exclude``: name patterns not loaded from it;
-    * ``freeze``: parameter-name patterns (fnmatch) kept fixed; ``train_only``: if set, everything else is frozen.
+    * ``freeze``: parameter-name patterns (fnmatch) kept fixed; ``train_only``: if set, everything else is frozen;
+    * ``norm_eval``: every BatchNorm layer keeps its running statistics during training (eval mode; its scale and
+      shift still learn), as for fine-tuning with small batches (and the control for ``quant.freeze_bn``).
     """
 
     name: str = "ssd7"
@@ -62,6 +64,7 @@ class ModelConfig:
     init_exclude: list[str] = field(default_factory=list)
     freeze: list[str] = field(default_factory=list)
     train_only: list[str] = field(default_factory=list)
+    norm_eval: bool = False
 
 
 @dataclass

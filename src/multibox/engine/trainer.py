@@ -594,7 +594,7 @@ class Trainer:
         self.ddp_model.train()
         if self.frozen:
             set_frozen_bn_eval(self.model, self.frozen)
-        if cfg.quant.qat and cfg.quant.freeze_bn:
+        if cfg.model.norm_eval or (cfg.quant.qat and cfg.quant.freeze_bn):
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
