@@ -84,10 +84,12 @@ class LoadSampler:
         return {"mean": round(sum(s) / len(s), 2), "min": round(min(s), 2), "max": round(max(s), 2)}
 
 
-def run_model(name: str, steps: int, out: Path, probe: bool, extra: list[str]) -> dict[str, Any]:
-    """Train ``name`` for ``steps`` in ``out/name``; returns its row (``error`` set when the run failed)."""
+def run_model(name: str, steps: int, out: Path, probe: bool, extra: list[str],
+              random_init: bool = False) -> dict[str, Any]:
+    """Train ``name`` for ``steps`` in ``out/name``; returns its row (``error`` set when the run failed).
+    ``random_init``: never load ImageNet weights (the control for what the initialization contributes)."""
     kwargs, what = MODELS[name]
-    weights, why = imagenet_weights(name, kwargs)
+    weights, why = (None, "random init: --random-init") if random_init else imagenet_weights(name, kwargs)
     model_kwargs = json.dumps({"image_size": IMAGE_SIZE, **kwargs})
     overrides = [f"model.name={name}", f"model.kwargs={model_kwargs}",
                  f"model.pretrained_backbone={'imagenet' if weights else 'null'}", f"steps={steps}",
@@ -142,6 +144,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--probe", action="store_true", help="5 steps each, no evaluation")
+    ap.add_argument("--random-init", action="store_true",
+                    help="every model from its random initialization, even where ImageNet weights exist")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = ap.parse_args()
     names = [n for n in args.models.split(",") if n]
@@ -152,7 +156,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for name in names:
-        row = run_model(name, steps, Path(args.out), args.probe, args.overrides)
+        row = run_model(name, steps, Path(args.out), args.probe, args.overrides, args.random_init)
         rows.append(row)
         print(json.dumps({k: row.get(k) for k in ("model", "mAP", "seconds_per_step", "load_average", "init",
                                                   "error") if k in row}), flush=True)
