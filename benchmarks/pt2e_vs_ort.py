@@ -3,19 +3,21 @@
 x86 Inductor quantizer (``torch.export`` -> ``prepare_pt2e`` -> calibration -> ``convert_pt2e`` -> ``torch.compile``
 with freezing, the int8 convolutions then run as oneDNN kernels).
 
-    pip install --no-deps --target /tmp/torchao torchao      # PT2E lives in torchao since torch 2.10
+    pip install --no-deps --target /tmp/torchao torchao      # torch 2.14 has PT2E only through torchao
     PYTHONPATH=/tmp/torchao python benchmarks/pt2e_vs_ort.py [--models ssd300_vgg16 face person] \\
         [--repeats 5] [--json benchmarks/results/pt2e-vs-ort.json]
 
 torchao is needed only by this benchmark, never by multibox. Both int8 paths get the same calibration tensors (the
-real photos of ``bench export``, minmax ranges; per-channel int8 weights, uint8 / int8 activations) and the same
-models: SSD300-VGG16 (random weights: speed only) and the zoo's face and person detectors (speed, and the int8
-detections checked against fp32 on real photos with the issue's bounds: every fp32 detection >= 0.5 found with IoU
->= 0.9 and a score within 0.05, :func:`multibox.bench.export.kept_detections`). Network times (medians of
-``--repeats`` calls after warm-up) at batch 1 and 8 for: eager fp32, ONNX Runtime fp32 (our default runtime),
-Inductor fp32 (``torch.compile`` with freezing: the control for what compilation alone gives), ONNX Runtime int8 and
-PT2E int8. Each engine gets ``--threads`` threads. The set-up times (quantization, export + compilation) are recorded
-too, and the CPU's vector flags, since int8 speed depends on VNNI.
+real photos of ``bench export``) with each flow's default ranges: ONNX Runtime ``minmax`` (what ``bench export``
+uses), PT2E's x86 default (histogram observers for activations, per-channel min/max for weights); per-channel int8
+weights and uint8 activations in both. The same models: SSD300-VGG16 (random weights: speed only) and the zoo's face
+and person detectors (speed, and the int8 detections checked against fp32 on real photos with the issue's bounds:
+every fp32 detection >= 0.5 found with IoU >= 0.9 and a score within 0.05,
+:func:`multibox.bench.export.kept_detections`). Network times (medians of ``--repeats`` calls after warm-up) at
+batch 1 and 8 for: eager fp32, ONNX Runtime fp32 (our default runtime), Inductor fp32 (``torch.compile`` with
+freezing: the control for what compilation alone gives), ONNX Runtime int8 and PT2E int8. Each engine gets
+``--threads`` threads. The set-up times (quantization, export + compilation) are recorded too, and the CPU's vector
+flags, since int8 speed depends on VNNI.
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ class Outputs(nn.Module):
 
 
 def exported(model: nn.Module, example: Tensor) -> Any:  # noqa: ANN401
-    """``torch.export`` of :class:`Outputs` with a dynamic batch axis (``example`` should have batch >= 2: batch 1 is specialized), as a
-    graph module."""
+    """``torch.export`` of :class:`Outputs` with a dynamic batch axis, as a graph module (``example`` should have
+    batch >= 2: an example of batch 1 is specialized to 1)."""
     batch = torch.export.Dim("batch", min=1, max=64)
     return torch.export.export(Outputs(model).eval(), (example,), dynamic_shapes=({0: batch},)).module()
 
