@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 import traceback
@@ -37,6 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from multibox.bench.export import calibration_folder, check_photos, kept_detections
+from multibox.bench.export import time_calls as timed
+from multibox.bench.roofline import cpu_flags
 from multibox.detector import Detector
 from multibox.export.onnx import export_onnx_bytes
 from multibox.export.quantize import calibration_inputs, output_error, quantize_onnx
@@ -49,28 +50,6 @@ from multibox.runtime.ort import OrtNetwork
 
 ZOO = {"face": "face-res10-300", "person": "person-ssdlite-mbv2"}
 CONF = 0.3
-
-
-def cpu_flags() -> list[str]:
-    """AVX / AVX-512 / VNNI / AMX / bf16 flags of this CPU (from /proc/cpuinfo; empty where unreadable)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f)
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, Any]:
-    """Median / fastest milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - t0) * 1e3)
-    return {"ms": statistics.median(runs), "min_ms": min(runs), "runs_ms": runs}
 
 
 class Outputs(nn.Module):

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 
 import torch
 
+from multibox.bench.roofline import cpu_flags
 from multibox.config import load_config
 from multibox.fileio import atomic_write_bytes
 from multibox.loss import MultiBoxLoss
@@ -29,17 +30,6 @@ from multibox.models import build_model
 
 VARIANTS = {"fp32": (False, False), "fp32+channels_last": (False, True), "bf16": (True, False),
             "bf16+channels_last": (True, True)}
-
-
-def cpu_flags() -> list[str]:
-    """The vector-unit flags of this CPU that decide the fast path (AVX-512, VNNI, bf16, AMX), from
-    /proc/cpuinfo; empty where it cannot be read."""
-    try:
-        text = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f)
 
 
 def main() -> None:

@@ -24,7 +24,8 @@ from typing import Any
 
 from ..commands.options import add_quiet_option, check_output_file, positive_int, quiet_output
 
-__all__ = ["register", "run_export_benchmark", "calibration_folder", "check_photos", "kept_detections"]
+__all__ = ["register", "run_export_benchmark", "calibration_folder", "check_photos", "kept_detections",
+           "time_calls"]
 
 _CONF = 0.3
 _BATCHES = (1, 8)
@@ -58,7 +59,9 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, Any]:
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, Any]:
+    """Median (``ms``) and fastest (``min_ms``) milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` calls,
+    with every call's time (``runs_ms``)."""
     for _ in range(warmup):
         fn()
     runs = []
@@ -156,12 +159,12 @@ def _bench_model(key: str, det_fp32: Any, calib_dir: Path, calib_images: int, re
         x = torch.randn(b, 3, h, w, generator=gen)
         row: dict[str, Any] = {}
         with torch.inference_mode():
-            row["eager"] = _time(lambda x=x: network_outputs(model(x)), repeats)
+            row["eager"] = time_calls(lambda x=x: network_outputs(model(x)), repeats)
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as the Detector does around ONNX Runtime (multibox.runtime.ort.OrtNetwork)
         try:
-            row["onnxruntime_fp32"] = _time(lambda x=x: fp32_net(x), repeats)
-            row["onnxruntime_int8"] = _time(lambda x=x: int8_net(x), repeats)
+            row["onnxruntime_fp32"] = time_calls(lambda x=x: fp32_net(x), repeats)
+            row["onnxruntime_int8"] = time_calls(lambda x=x: int8_net(x), repeats)
         finally:
             torch.set_num_threads(torch_threads)
         for k in ("eager", "onnxruntime_fp32", "onnxruntime_int8"):
@@ -180,7 +183,7 @@ def _bench_model(key: str, det_fp32: Any, calib_dir: Path, calib_images: int, re
         out["detections"] = kept_detections(ref, got)
         e2e = {}
         for name, det in (("onnxruntime_fp32", det_fp32), ("onnxruntime_int8", det_int8)):
-            e2e[name] = _time(lambda det=det: [det.detect_arrays([p], _CONF) for p in photos], repeats)
+            e2e[name] = time_calls(lambda det=det: [det.detect_arrays([p], _CONF) for p in photos], repeats)
             e2e[name] = {k: (v / len(photos) if k != "runs_ms" else [r / len(photos) for r in v])
                          for k, v in e2e[name].items()}
         e2e["int8_speedup_vs_fp32_runtime"] = e2e["onnxruntime_fp32"]["ms"] / e2e["onnxruntime_int8"]["ms"]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["forward_gflop", "train_step_gflop", "conv_peak_gflops", "rate_summary"]
+__all__ = ["forward_gflop", "train_step_gflop", "conv_peak_gflops", "rate_summary", "cpu_flags"]
 
 
 def forward_gflop(model: nn.Module | Callable[[Tensor], object], input_shape: Sequence[int]) -> float:
@@ -77,3 +77,16 @@ def rate_summary(gflop: float, seconds: dict[str, float], peer: str, peak: float
         out["peer_fraction_of_peak"] = peer_rate / peak
         out["speedup_bound"] = peak / peer_rate
     return out
+
+
+def cpu_flags() -> list[str]:
+    """The vector-unit flags of this CPU that decide the fast paths (AVX, AVX-512, VNNI, bf16, AMX), sorted, from
+    ``/proc/cpuinfo``; empty where it cannot be read. bf16 training is fast only with AVX-512 bf16 / AMX, int8 with
+    VNNI; on an AVX2-only CPU bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f)
