@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from multibox.bench.roofline import cpu_flags
 from multibox.config import ConfigError, load_config
 from multibox.models import build_model
 from multibox.models.qat import (
@@ -134,8 +135,14 @@ def test_qat_model_exports_to_int8_matching_its_fake_quant_outputs(tmp_path):
     # the int8 graph computes what the fake-quantized network computed (up to rounding flips at quantization
     # boundaries, which accumulate over the layers: measured 0.038 / 0.036 here), much closer than to the float
     # network (0.063 / 0.058); post-training quantization of the same weights is further from both
-    assert err_fq["cls_logits"] < 0.05 and err_fq["box_deltas"] < 0.05, err_fq
-    assert err_fq["total"] < 0.7 * err_fp["total"], (err_fq, err_fp)
+    # Without VNNI, ONNX Runtime's AVX2 u8 x s8 kernels add pairs of products in int16 with saturation, which the
+    # fake quantization does not model: on an AVX2-only AMD EPYC the graph was 0.108 / 0.091 from the fake-quant
+    # outputs and 0.111 / 0.091 from the float ones, so there the outputs cannot tell the QAT ranges apart and only
+    # the graph's contents (below) are checked
+    vnni = any("vnni" in f for f in cpu_flags())
+    if vnni:
+        assert err_fq["cls_logits"] < 0.05 and err_fq["box_deltas"] < 0.05, err_fq
+        assert err_fq["total"] < 0.7 * err_fp["total"], (err_fq, err_fp)
     # the activation ranges learned in training are the ones in the graph: the first conv's input quantizer
     m = onnx.load_from_string(graph)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
@@ -146,6 +153,8 @@ def test_qat_model_exports_to_int8_matching_its_fake_quant_outputs(tmp_path):
     assert int(inits[q_images.input[2]]) == int(zero)
     # detections: each image's 5 best fake-quant detections (an untrained network has no confident ones) are found
     # among the int8 graph's, same label, IoU >= 0.9, score within 0.05
+    if not vnni:
+        return
     ref = PostProcess(model.priors, model.box_coder, keep_top_k=5)(torch.from_numpy(fq[0]), torch.from_numpy(fq[1]))
     out = PostProcess(model.priors, model.box_coder)(torch.from_numpy(got[0]), torch.from_numpy(got[1]))
     from torchvision.ops import box_iou
