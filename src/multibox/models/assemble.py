@@ -21,7 +21,8 @@ from .detector import SSD
 from .extras import BNExtras, ExtraLayerSpec, sized_extra_specs
 from .spec import InputSpec
 
-__all__ = ["backbone_map_sizes", "ssd_on_backbone", "load_backbone_pretrained", "DEFAULT_EXTRA_CHANNELS"]
+__all__ = ["backbone_map_sizes", "ssd_on_backbone", "ssd_on_registered_backbone", "load_backbone_pretrained",
+           "DEFAULT_EXTRA_CHANNELS"]
 
 #: Output channels of derived extra blocks (the last repeats): SSD300's 512, 256, 256 after a wide backbone map.
 DEFAULT_EXTRA_CHANNELS: tuple[int, ...] = (512, 256, 256, 256, 256)
@@ -82,3 +83,22 @@ def ssd_on_backbone(
         extras = BNExtras(backbone.out_channels[-1], extra_specs)
     return SSD(backbone, extras, priors, num_classes=num_classes, class_names=class_names,
                input_spec=input_spec.with_image_size(priors.image_size))
+
+
+def ssd_on_registered_backbone(
+    backbone: str,
+    priors: PriorConfig,
+    num_classes: int,
+    class_names: Sequence[str] | None,
+    input_spec: InputSpec,
+    pretrained_backbone: str | os.PathLike | None = None,
+    **backbone_kwargs: object,
+) -> SSD:
+    """:func:`ssd_on_backbone` on the registered backbone ``backbone`` (built with ``backbone_kwargs``), its
+    ImageNet weights loaded first when ``pretrained_backbone`` is given (:func:`load_backbone_pretrained`)."""
+    from .backbones.registry import build_backbone
+
+    net = build_backbone(backbone, **backbone_kwargs)
+    if pretrained_backbone is not None:
+        load_backbone_pretrained(net, pretrained_backbone, backbone)
+    return ssd_on_backbone(net, priors, num_classes, class_names, input_spec)

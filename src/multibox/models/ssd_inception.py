@@ -19,8 +19,7 @@ import os
 from collections.abc import Sequence
 
 from ..anchors import PriorConfig, get_prior_preset
-from .assemble import load_backbone_pretrained, ssd_on_backbone
-from .backbones.registry import build_backbone
+from .assemble import ssd_on_registered_backbone
 from .detector import SSD
 from .registry import register_model
 from .spec import InputSpec
@@ -42,10 +41,8 @@ def ssd_inception(
 ) -> SSD:
     """An SSD on the registered backbone ``backbone`` (``inception_v4`` or ``inception_resnet_v2``) with extras
     derived from ``priors`` (:func:`~multibox.models.assemble.ssd_on_backbone`) and optional ImageNet weights."""
-    net = build_backbone(backbone, padding=padding)
-    if pretrained_backbone is not None:
-        load_backbone_pretrained(net, pretrained_backbone, backbone)
-    return ssd_on_backbone(net, priors, num_classes, class_names, input_spec or INCEPTION_INPUT_SPEC)
+    return ssd_on_registered_backbone(backbone, priors, num_classes, class_names, input_spec or INCEPTION_INPUT_SPEC,
+                                      pretrained_backbone, padding=padding)
 
 
 def _register(backbone: str, side: int) -> None:

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 
 from ..anchors import PriorConfig, get_prior_preset, scale_prior_config
-from .assemble import backbone_map_sizes, load_backbone_pretrained, ssd_on_backbone
+from .assemble import backbone_map_sizes, load_backbone_pretrained, ssd_on_backbone, ssd_on_registered_backbone
 from .backbones.registry import build_backbone
 from .detector import SSD
 from .extras import ExtraLayerSpec, resized_extra_specs
@@ -53,10 +53,8 @@ def ssd_resnet(
 ) -> SSD:
     """An SSD on the registered ResNet backbone ``backbone`` with extras derived from ``priors``
     (:func:`~multibox.models.assemble.ssd_on_backbone`) and optional ImageNet weights."""
-    net = build_backbone(backbone, **backbone_kwargs)
-    if pretrained_backbone is not None:
-        load_backbone_pretrained(net, pretrained_backbone, backbone)
-    return ssd_on_backbone(net, priors, num_classes, class_names, input_spec or IMAGENET_INPUT_SPEC)
+    return ssd_on_registered_backbone(backbone, priors, num_classes, class_names, input_spec or IMAGENET_INPUT_SPEC,
+                                      pretrained_backbone, **backbone_kwargs)
 
 
 def _register_v1(depth: int, side: int) -> None:
