@@ -81,3 +81,35 @@ def test_channels_last_trains_like_contiguous(cache, tmp_path):
     assert layout_gap <= max(2 * precision_gap, 0.01), (fast, loss, precision_gap, layout_gap)
     w = {k: _weights(v) for k, v in runs.items()}
     assert _gap(w[fast], w["fast_cl"]) <= max(2 * _gap(w["fp32"], w["bf16"]), 1e-4)
+
+
+def test_trees_recipe_keeps_the_stem_frozen(cache, tmp_path, monkeypatch):
+    """The recipes' ``model.freeze`` (MobileNetV2's features.0-3, the stem and the stride-2/4 blocks) matches exactly
+    those blocks' parameters, and a training run leaves them and their BatchNorm statistics at their start while the
+    next block (features.4) and the heads learn."""
+    freeze = load_config("trees", []).model.freeze
+    assert freeze == load_config("trees_mobilenetv2", []).model.freeze
+    start: dict[str, torch.Tensor] = {}
+    build = Trainer._build_model
+
+    def build_and_keep_start(self: Trainer) -> torch.nn.Module:
+        model = build(self)
+        start.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(Trainer, "_build_model", build_and_keep_start)
+    patterns = "[" + ", ".join(f'"{p}"' for p in freeze) + "]"
+    trainer = Trainer(load_config(None, RUN + ["precision=fp32", "steps=3", f"model.freeze={patterns}"]),
+                      tmp_path / "run", progress=False, quiet=True)
+    trainer.run()
+    stem = tuple(f"backbone.features.{i}." for i in range(4))
+    assert trainer.frozen == sorted(n for n, _ in trainer.model.named_parameters() if n.startswith(stem))
+    assert len(trainer.frozen) == 27  # 9 convolutions, each with a BatchNorm (weight, bias), in features.0-3
+    end = _weights(tmp_path / "run")
+    stem_keys = [k for k in start if k.startswith(stem) and not k.endswith("num_batches_tracked")]
+    assert any(k.endswith("running_mean") for k in stem_keys)
+    assert all(torch.equal(start[k], end[k]) for k in stem_keys), "the frozen blocks changed"
+    for prefix in ("backbone.features.4.", "head."):
+        moved = [k for k in start if k.startswith(prefix) and k.endswith("weight")
+                 and not torch.equal(start[k], end[k])]
+        assert moved, f"nothing under {prefix} learned"
