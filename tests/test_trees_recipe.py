@@ -152,13 +152,26 @@ def test_trees_recipes_open_their_data(fake_deepforest):
 
 
 def test_train_trees_end_to_end_with_a_tiny_model(fake_deepforest, tmp_path):
-    cfg = load_config("trees", ["model.name=ssd7", "model.pretrained_backbone=null",
+    cfg = load_config("trees", ["model.name=ssd7", "model.pretrained_backbone=null", "model.freeze=[]",
                                 "model.kwargs={image_size: [64, 64]}", "data.trees.tile=64", "steps=2",
                                 "data.batch_size=2", "data.num_workers=0", "data.augment=none", "threads=1",
                                 "eval.every_steps=0", "checkpoint.every_steps=0"])
     summary = Trainer(cfg, tmp_path / "run", progress=False, quiet=True).run()
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert summary["steps"] == 2 and ev["num_gt"] == {"Tree": 4} and ev["num_images"] == 2
+
+
+def test_trees_recipe_on_another_model_names_its_freeze(fake_deepforest, tmp_path):
+    """The recipes freeze MobileNetV2's stem by parameter name: on another model those names match nothing, and the
+    run stops before training with a ConfigError that names model.freeze and the way out, writing no checkpoint."""
+    cfg = load_config("trees", ["model.name=ssd7", "model.pretrained_backbone=null",
+                                "model.kwargs={image_size: [64, 64]}", "data.trees.tile=64", "steps=2",
+                                "data.num_workers=0", "threads=1", "eval.every_steps=0"])
+    with pytest.raises(ConfigError, match=r"model\.freeze of trees for model ssd7: .*match no parameter.*"
+                                          r"model\.freeze=\[\]") as err:
+        Trainer(cfg, tmp_path / "run", progress=False, quiet=True).run()
+    assert err.value.key == "model.freeze"
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
 @pytest.mark.slow
