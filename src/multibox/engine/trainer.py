@@ -474,14 +474,17 @@ class Trainer:
             self.log(f"quantization-aware training: {len(replaced)} convolutions fake-quantized (int8 weights per "
                      "channel, uint8 activations)" + (", BatchNorm statistics frozen" if cfg.quant.freeze_bn else ""))
         if m.freeze or m.train_only:
-            try:
-                frozen = freeze(model, m.freeze) if m.freeze else []
-                if m.train_only:
-                    frozen += trainable_only(model, m.train_only)
-            except ValueError as e:  # a recipe's patterns for another model (e.g. the trees recipes' MobileNetV2 stem)
-                key = "model.freeze" if m.freeze else "model.train_only"
-                raise ConfigError(f"{key} of {cfg.name or 'the config'} for model {m.name}: {e} (set {key}=[] or "
-                                  "patterns of this model's parameter names when changing the model)", key) from e
+            frozen = []
+            for key, apply, patterns in (("model.freeze", freeze, m.freeze),
+                                         ("model.train_only", trainable_only, m.train_only)):
+                if not patterns:
+                    continue
+                try:
+                    frozen += apply(model, patterns)
+                except ValueError as e:  # a recipe's patterns for another model (the trees recipes' MobileNetV2 stem)
+                    raise ConfigError(f"{key} of {cfg.name or 'the config'} for model {m.name}: {e} (set {key}=[] "
+                                      "or patterns of this model's parameter names when changing the model)",
+                                      key) from e
             self.frozen = sorted(set(frozen))
             self.log(f"frozen: {len(self.frozen)} parameter tensors")
         else:
