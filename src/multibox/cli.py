@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--json", metavar="FILE", help="write the results to this JSON file")
     bc.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions per case (median reported)")
     bc.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
-    bc.add_argument("--quick", action="store_true", help="batch 1/2 and one repeat: a smoke run, not a measurement")
+    bc.add_argument("--quick", action="store_true",
+                    help="batch 1, one call of each path, no warm-up: a smoke run of the code paths, not a measurement")
     add_quiet_option(bc)
     bc.set_defaults(func=_cmd_bench_core)
     _add_plugin_commands(bsub, "multibox.bench", ["data", "zoo", "serve", "models", "export"])

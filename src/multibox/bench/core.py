@@ -3,7 +3,7 @@
 Both sides use the same random weights (torchvision's ``ssd300_vgg16`` with 21 classes, loaded into our
 SSD300 through the torchvision importer), the same thread count, and the same inputs. Cases are interleaved
 (one repetition of each in turn) so that load on the shared machine hits both sides alike; each figure is the
-median of the repetitions after one warm-up call.
+median of the repetitions after one warm-up call (``--quick``: one call, no warm-up).
 
 Paths compared:
 
@@ -33,6 +33,7 @@ from PIL import Image
 from torchvision.models.detection import ssd300_vgg16
 from torchvision.ops import box_iou
 
+from ..config import resolve_precision
 from ..data import EvalTransform, load_image
 from ..demo import default_photo
 from ..fileio import atomic_write_bytes
@@ -46,9 +47,10 @@ from .roofline import conv_peak_gflops, forward_gflop, rate_summary, train_step_
 __all__ = ["run_core_benchmark"]
 
 
-def _median_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for fn in cases.values():  # warm-up
-        fn()
+def _median_times(cases: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
+    if warmup:
+        for fn in cases.values():
+            fn()
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
@@ -82,10 +84,14 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    # --quick is a smoke run of every code path and of the JSON contract, not a measurement: one image, one timed
+    # call without warm-up, a batch-1 training step (bf16 on a CPU without native bf16 is emulated and slow)
     if quick:
         repeats = 1
-    batches = [1, 2] if quick else [1, 8]
-    train_batch = 2 if quick else 8
+    batches = [1] if quick else [1, 8]
+    train_batch = 1 if quick else 8
+    warmup = not quick
+    peak_repeats = 1 if quick else 5
 
     tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).eval()
     ours = ssd300_from_torchvision_state_dict(tv.state_dict()).eval()
@@ -117,9 +123,10 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
         "allocator": _allocator(),
         "inference": {},
     }
-    print(f"multibox bench core: {threads} threads, median of {repeats} after 1 warm-up")
+    print(f"multibox bench core: {threads} threads, "
+          + (f"median of {repeats} after 1 warm-up" if warmup else "one call of each path (--quick: no measurement)"))
     gflop_image = forward_gflop(ours, (1, 3, 300, 300))
-    peak = conv_peak_gflops()
+    peak = conv_peak_gflops(peak_repeats)
     results["roofline"] = {"gflop_per_image": gflop_image, "conv_peak_gflops": peak, "inference": {}}
     for b in batches:
         imgs = _photo_batch(b)
@@ -167,7 +174,7 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
             "multibox_fp32": lambda imgs=imgs: ours_infer(imgs, bf16=False),
             "multibox_fast": lambda imgs=imgs: ours_infer(imgs, bf16=True),
             "multibox_postprocess": post_only,
-        }, repeats)
+        }, repeats, warmup)
         row = {
             "seconds_torchvision": t["torchvision"],
             "seconds_fp32": t["multibox_fp32"],
@@ -240,12 +247,17 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
 
         return step
 
-    t = _median_times({"torchvision": tv_step, "multibox": make_our_step(False),
-                       "multibox_bf16": make_our_step(True)}, repeats)
+    train_cases = {"torchvision": tv_step, "multibox": make_our_step(False), "multibox_bf16": make_our_step(True)}
+    # a bf16 training step without native bf16 (AVX2 only) is emulated: ~30x an fp32 step; --quick leaves it out
+    skip_bf16_train = quick and resolve_precision("auto", torch.device("cpu")) != "bf16"
+    if skip_bf16_train:
+        del train_cases["multibox_bf16"]
+    t = _median_times(train_cases, repeats, warmup)
+    bf16_step = t.get("multibox_bf16")
     gflop_step = train_step_gflop(ours, (train_batch, 3, 300, 300))
-    peak = max(peak, conv_peak_gflops())  # measured before and after the timings: the better of the two
+    peak = max(peak, conv_peak_gflops(peak_repeats))  # measured before and after the timings: the better of the two
     results["roofline"]["conv_peak_gflops"] = peak
-    peak_bf16 = conv_peak_gflops(dtype=torch.bfloat16)
+    peak_bf16 = conv_peak_gflops(peak_repeats, dtype=torch.bfloat16)
     results["roofline"]["conv_peak_gflops_bf16"] = peak_bf16
     for b in batches:
         row = results["inference"][f"batch_{b}"]
@@ -260,15 +272,16 @@ def run_core_benchmark(json_path: Path | None = None, repeats: int = 3, threads:
         "batch": train_batch,
         "seconds_torchvision": t["torchvision"],
         "seconds_multibox": t["multibox"],
-        "seconds_multibox_bf16": t["multibox_bf16"],
+        "seconds_multibox_bf16": bf16_step,
         "speedup_train": t["torchvision"] / t["multibox"],
-        "speedup_train_bf16": t["torchvision"] / t["multibox_bf16"],
+        "speedup_train_bf16": t["torchvision"] / bf16_step if bf16_step else None,
         "match_loss_share": statistics.median(share["match_loss"]) / statistics.median(share["total"]),
     }
+    bf16_text = ("skipped (no native bf16, --quick)" if bf16_step is None
+                 else f"{bf16_step:.3f} s ({results['train']['speedup_train_bf16']:.2f}x)")
     print(f"  train step batch {train_batch}: torchvision {t['torchvision']:.3f} s, multibox fp32 "
-          f"{t['multibox']:.3f} s ({results['train']['speedup_train']:.2f}x), bf16 autocast "
-          f"{t['multibox_bf16']:.3f} s ({results['train']['speedup_train_bf16']:.2f}x), matching + loss "
-          f"{100 * results['train']['match_loss_share']:.1f}% of our fp32 step")
+          f"{t['multibox']:.3f} s ({results['train']['speedup_train']:.2f}x), bf16 autocast {bf16_text}, "
+          f"matching + loss {100 * results['train']['match_loss_share']:.1f}% of our fp32 step")
 
     key = f"batch_{batches[-1]}"
     results["speedup_infer_fp32"] = results["inference"][key]["speedup_infer_fp32"]
