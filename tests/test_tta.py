@@ -138,6 +138,34 @@ def test_detect_tta_equals_the_views_run_one_by_one():
         det(images[0], tta="mirror")
 
 
+def test_detect_views_are_the_unfused_views_and_fuse_across_detectors():
+    """detect_views gives each view's detections mapped back (what detect_tta fuses); the views of two detectors
+    fused together are an ensemble, and equal fusing their one-by-one runs."""
+    dets = [Detector(make_bundle(seed=s), runtime="eager", batch_size=3, postprocess={"keep_top_k": 30})
+            for s in (2, 5)]
+    images = [photo(120, 170, seed=3), photo(90, 90, seed=4)]
+    flips = ((False, 0), (True, 0), (False, 2), (True, 2))
+    per_det = [d.detect_views(images, "flips", conf=0.05) for d in dets]
+    for i, img in enumerate(images):
+        singles = []
+        for d, views in zip(dets, per_det, strict=True):
+            assert len(views[i]) == 4
+            for v, got in zip(flips, views[i], strict=True):
+                alone = d(view_image(img, v), conf=0.05)
+                # batched with other views here, alone there: equal up to float rounding (1e-5 px seen)
+                torch.testing.assert_close(got.boxes, unview_boxes(alone.boxes, v, img.shape[:2]), atol=1e-3,
+                                           rtol=0)
+                torch.testing.assert_close(got.scores, alone.scores, atol=1e-5, rtol=0)
+                assert got.image_size == img.shape[:2]
+                singles.append(Detections(got.boxes, got.scores, got.labels))
+        fused_one = fuse_detections(per_det[0][i], keep_top_k=30, conf=0.05, image_size=img.shape[:2]).clip()
+        torch.testing.assert_close(fused_one.boxes, dets[0](img, conf=0.05, tta="flips").boxes, atol=1e-3, rtol=0)
+        both = fuse_detections([*per_det[0][i], *per_det[1][i]], keep_top_k=30, conf=0.05, image_size=img.shape[:2])
+        want = fuse_detections(singles, keep_top_k=30, conf=0.05, image_size=img.shape[:2])
+        assert len(both) == len(want) > 0
+        torch.testing.assert_close(both.boxes, want.boxes)
+
+
 def test_tta_with_tiles_and_evaluate_model():
     ds = ListDataset([(100, 200)], [[[25, 25, 75, 75], [125, 25, 175, 75]]], ["background", "a"])
     model = FakeSSD(["background", "a"])  # finds the centre half of whatever it sees: symmetric in every view

@@ -416,19 +416,32 @@ class Detector:
         ``iou_threshold`` joins a cluster). One :class:`Detections` per image: boxes ``[N, 4]`` float32 xyxy
         pixels, fused scores ``>= conf``, at most the detector's ``keep_top_k``, sorted by score.
         ``ValueError`` for an unknown mode."""
-        views = tta_views(tta)
         conf = self.conf if conf is None else conf
         post = self.postprocess_for(conf)
+        out: list[Detections] = []
+        for mapped in self.detect_views(images, tta, conf, tile=tile, overlap=overlap):
+            size = mapped[0].image_size  # every view's detections carry the original image's size
+            out.append(fuse_detections(mapped, iou_threshold=iou_threshold, keep_top_k=int(post.keep_top_k),
+                                       conf=conf, class_names=self.class_names, image_size=size).clip())
+        return out
+
+    def detect_views(self, images: Sequence[np.ndarray | Tensor], tta: str = "flips", conf: float | None = None, *,
+                     tile: int | None = None, overlap: float = 0.25) -> list[list[Detections]]:
+        """The unfused half of :meth:`detect_tta`: for every image, one :class:`Detections` per view of ``tta``
+        (in :func:`~multibox.tta.tta_views` order), boxes ``[N, 4]`` float32 xyxy pixels of the *original* image
+        (mapped back exactly by :func:`~multibox.tta.unview_boxes`), scores ``>= conf``. Fuse them with
+        :func:`~multibox.tta.fuse_detections`, also together with other detectors' views of the same image (an
+        ensemble: ``benchmarks/ensemble_trees.py``). ``ValueError`` for an unknown mode."""
+        views = tta_views(tta)
+        conf = self.conf if conf is None else conf
         viewed = [view_image(image, v) for image in images for v in views]
         per_view = self.detect_arrays(viewed, conf, tile=tile, overlap=overlap)
-        out: list[Detections] = []
+        out: list[list[Detections]] = []
         for i, image in enumerate(images):
             size = (int(image.shape[-2]), int(image.shape[-1])) if isinstance(image, Tensor) else \
                 (int(image.shape[0]), int(image.shape[1]))
-            mapped = [Detections(unview_boxes(d.boxes, v, size), d.scores, d.labels, d.class_names, size)
-                      for d, v in zip(per_view[i * len(views):(i + 1) * len(views)], views, strict=True)]
-            out.append(fuse_detections(mapped, iou_threshold=iou_threshold, keep_top_k=int(post.keep_top_k),
-                                       conf=conf, class_names=self.class_names, image_size=size).clip())
+            out.append([Detections(unview_boxes(d.boxes, v, size), d.scores, d.labels, d.class_names, size)
+                        for d, v in zip(per_view[i * len(views):(i + 1) * len(views)], views, strict=True)])
         return out
 
     def detect_tiled(self, images: Sequence[np.ndarray | Tensor], tile: int = 400, overlap: float = 0.25,
