@@ -39,11 +39,9 @@ def ensemble_ap50(checkpoints: list[Path], split: str, tta: str = "dihedral") ->
     targets, fused = [], []
     for i in range(len(ds)):
         image, target = ds[i]
-        image = np.asarray(image)
-        size = (int(image.shape[0]), int(image.shape[1]))
-        mapped = [d for det in detectors for d in det.detect_views([image], tta)[0]]
+        mapped = [d for det in detectors for d in det.detect_views([np.asarray(image)], tta)[0]]
         fused.append(fuse_detections(mapped, keep_top_k=keep, conf=first.conf, class_names=first.class_names,
-                                     image_size=size).clip())
+                                     image_size=mapped[0].image_size).clip())
         targets.append(target)
     return float(evaluate_detections(targets, fused, list(ds.class_names), "voc12").mAP)
 
