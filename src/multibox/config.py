@@ -170,9 +170,12 @@ class LossConfig:
 
     ``name``: ``multibox`` (softmax cross-entropy with hard negative mining, ``neg_pos_ratio``) or ``focal``
     (softmax focal loss over every prior, no mining: ``focal_gamma``, ``focal_alpha`` the weight of the object
-    classes and ``1 - focal_alpha`` of the background; :class:`multibox.loss.FocalMultiBoxLoss`)."""
+    classes and ``1 - focal_alpha`` of the background; :class:`multibox.loss.FocalMultiBoxLoss`).
+    ``box``: the localization term, ``smooth_l1`` (SSD's, on the encoded offsets), ``giou`` or ``diou`` (an IoU
+    loss on the decoded boxes, :func:`multibox.loss.iou_box_loss`), weighted by ``loc_weight``."""
 
     name: str = "multibox"
+    box: str = "smooth_l1"
     neg_pos_ratio: float = 3.0
     loc_weight: float = 1.0
     match: str = "caffe"
@@ -264,6 +267,7 @@ class TrainConfig:
             "schedule.name": (self.schedule.name, ("multistep", "cosine", "constant")),
             "loss.match": (self.loss.match, ("caffe", "argmax")),
             "loss.name": (self.loss.name, ("multibox", "focal")),
+            "loss.box": (self.loss.box, ("smooth_l1", "giou", "diou")),
             "eval.metric": (self.eval.metric, tuple(list_metrics())),
             "eval.tta": (self.eval.tta, (None, "hflip", "flips", "dihedral")),
         }

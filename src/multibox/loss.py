@@ -2,7 +2,10 @@
 
 ``loss = conf / N + alpha * loc / N`` where
 
-* ``loc`` is the smooth L1 loss (transition ``beta``), summed over the 4 offsets, of the positive priors;
+* ``loc`` is the smooth L1 loss (transition ``beta``), summed over the 4 offsets, of the positive priors; or, with
+  ``box_loss="giou"`` / ``"diou"``, ``1 - GIoU`` (Rezatofighi et al. 2019) / ``1 - DIoU`` (Zheng et al. 2020)
+  between each positive prior's decoded box and its matched ground truth (both decoded from the offsets with the
+  model's :class:`~multibox.box_coder.BoxCoder`, so the loss needs ``priors`` in ``forward``);
 * ``conf`` is the softmax cross-entropy of the positive priors plus the hard negatives: per image, the
   background priors ranked by their background loss ``-log softmax(logits)[0]`` (detached), the top
   ``floor(neg_pos_ratio * num_pos_image)`` of them (at most all of them). An image without positives gets
@@ -20,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FocalMultiBoxLoss", "LossOutput", "MultiBoxLoss", "hard_negative_mask"]
+from .box_coder import BoxCoder
+
+__all__ = ["BOX_LOSSES", "FocalMultiBoxLoss", "LossOutput", "MultiBoxLoss", "hard_negative_mask", "iou_box_loss"]
+
+#: The localization losses: smooth L1 on the encoded offsets (SSD's), or an IoU loss on the decoded boxes.
+BOX_LOSSES = ("smooth_l1", "giou", "diou")
 
 
 class LossOutput(NamedTuple):
@@ -82,19 +90,67 @@ def _check_shapes(cls_logits: Tensor, box_deltas: Tensor, target_labels: Tensor,
     return b, p, c
 
 
-def _positives_and_loc(box_deltas: Tensor, target_labels: Tensor, target_deltas: Tensor, beta: float
+def iou_box_loss(pred_xyxy: Tensor, target_xyxy: Tensor, kind: str = "giou", eps: float = 1e-7) -> Tensor:
+    """Per-box IoU loss ``[...]`` of boxes ``pred_xyxy`` / ``target_xyxy`` ``[..., 4]`` (xyxy, any common unit).
+
+    ``kind="giou"``: ``1 - IoU + (|C| - |A u B|) / |C|`` with ``C`` the smallest box enclosing both;
+    ``kind="diou"``: ``1 - IoU + d^2 / c^2`` with ``d`` the distance of the centres and ``c`` the diagonal of ``C``.
+    Both are in ``[0, 2)``, 0 only for identical boxes, and keep a gradient for boxes that do not overlap.
+    ``eps`` keeps degenerate (zero-area) boxes finite.
+    """
+    if kind not in ("giou", "diou"):
+        raise ValueError(f"kind must be 'giou' or 'diou', got {kind!r}")
+    px1, py1, px2, py2 = pred_xyxy.unbind(-1)
+    tx1, ty1, tx2, ty2 = target_xyxy.unbind(-1)
+    iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp_min(0)
+    ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp_min(0)
+    inter = iw * ih
+    union = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter
+    iou = inter / (union + eps)
+    cw = torch.maximum(px2, tx2) - torch.minimum(px1, tx1)
+    ch = torch.maximum(py2, ty2) - torch.minimum(py1, ty1)
+    if kind == "giou":
+        enclosing = cw * ch
+        return 1.0 - iou + (enclosing - union) / (enclosing + eps)
+    centre_d2 = ((px1 + px2 - tx1 - tx2) ** 2 + (py1 + py2 - ty1 - ty2) ** 2) / 4.0
+    return 1.0 - iou + centre_d2 / (cw**2 + ch**2 + eps)
+
+
+def _positives_and_loc(box_deltas: Tensor, target_labels: Tensor, target_deltas: Tensor, beta: float,
+                       box_loss: str = "smooth_l1", coder: BoxCoder | None = None, priors: Tensor | None = None
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """What both losses share: ``(labels [B, P] int64, positive [B, P] bool, num_pos scalar int64, normalizer
-    max(1, num_pos) float32, loc)``, ``loc`` the smooth L1 (transition ``beta``) summed over the 4 offsets of the
-    positive priors, divided by the normalizer."""
+    max(1, num_pos) float32, loc)``, ``loc`` the localization loss of the positive priors (smooth L1 with
+    transition ``beta`` summed over the 4 offsets, or the ``box_loss`` IoU loss of the decoded boxes, which needs
+    ``coder`` and ``priors [P, 4]`` normalized cxcywh), divided by the normalizer."""
     labels = target_labels.to(torch.int64)
     positive = labels > 0
     num_pos = positive.sum()
     normalizer = num_pos.clamp_min(1).to(torch.float32)
-    loc_all = F.smooth_l1_loss(box_deltas, target_deltas.to(box_deltas.dtype), reduction="none", beta=beta)
-    loc_all = loc_all.sum(dim=2)
-    loc = torch.where(positive, loc_all, torch.zeros_like(loc_all)).sum() / normalizer
+    if box_loss == "smooth_l1":
+        loc_all = F.smooth_l1_loss(box_deltas, target_deltas.to(box_deltas.dtype), reduction="none", beta=beta)
+        loc_all = loc_all.sum(dim=2)
+        loc = torch.where(positive, loc_all, torch.zeros_like(loc_all)).sum() / normalizer
+        return labels, positive, num_pos, normalizer, loc
+    if coder is None or priors is None:
+        raise ValueError(f"box_loss={box_loss!r} decodes the boxes: pass the priors [P, 4] to forward")
+    if priors.shape != (box_deltas.shape[1], 4):
+        raise ValueError(f"priors must be [P, 4] = {(box_deltas.shape[1], 4)}, got {tuple(priors.shape)}")
+    where = positive.nonzero(as_tuple=True)
+    pos_priors = priors.to(box_deltas.dtype)[where[1]]
+    pred = coder.decode(box_deltas[where], pos_priors)
+    target = coder.decode(target_deltas.to(box_deltas.dtype)[where], pos_priors)
+    loc = iou_box_loss(pred, target, box_loss).sum() / normalizer
     return labels, positive, num_pos, normalizer, loc
+
+
+def _check_box_loss(beta: float, box_loss: str, coder: BoxCoder | None) -> tuple[float, str, BoxCoder]:
+    """Validated ``(beta, box_loss, coder)`` of a loss's constructor (``ValueError`` naming the argument)."""
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
+    return float(beta), box_loss, coder if coder is not None else BoxCoder()
 
 
 class MultiBoxLoss(nn.Module):
@@ -104,27 +160,31 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: hard negatives kept per positive in each image (Caffe ``neg_pos_ratio``).
         alpha: weight of the localization loss (Caffe ``loc_weight``).
         beta: smooth L1 transition point (1.0 in Caffe; 0 gives plain L1).
+        box_loss: ``smooth_l1`` (SSD's, on the encoded offsets), ``giou`` or ``diou`` (on the boxes decoded with
+            ``coder``: :func:`iou_box_loss`).
+        coder: the model's box coder (its variances), used by the IoU losses; default ``BoxCoder()``.
 
-    ``forward(cls_logits [B, P, C], box_deltas [B, P, 4], target_labels [B, P] int64, target_deltas [B, P, 4])``
-    returns a :class:`LossOutput`. ``target_labels`` uses 0 for background and -1 for priors to ignore;
-    ``target_deltas`` only matters where ``target_labels > 0``.
+    ``forward(cls_logits [B, P, C], box_deltas [B, P, 4], target_labels [B, P] int64, target_deltas [B, P, 4],
+    priors [P, 4] normalized cxcywh, only needed by the IoU losses)`` returns a :class:`LossOutput`.
+    ``target_labels`` uses 0 for background and -1 for priors to ignore; ``target_deltas`` only matters where
+    ``target_labels > 0``.
 
     A batch without any positive prior (all images empty) gives exactly 0 for every term, still attached to
     the graph, so ``backward`` works and yields zero gradients.
     """
 
-    def __init__(self, neg_pos_ratio: float = 3.0, alpha: float = 1.0, beta: float = 1.0) -> None:
+    def __init__(self, neg_pos_ratio: float = 3.0, alpha: float = 1.0, beta: float = 1.0,
+                 box_loss: str = "smooth_l1", coder: BoxCoder | None = None) -> None:
         super().__init__()
         if neg_pos_ratio < 0:
             raise ValueError(f"neg_pos_ratio must be >= 0, got {neg_pos_ratio}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
         self.neg_pos_ratio = float(neg_pos_ratio)
         self.alpha = float(alpha)
-        self.beta = float(beta)
+        self.beta, self.box_loss, self.coder = _check_box_loss(beta, box_loss, coder)
 
     def extra_repr(self) -> str:
-        return f"neg_pos_ratio={self.neg_pos_ratio}, alpha={self.alpha}, beta={self.beta}"
+        return (f"neg_pos_ratio={self.neg_pos_ratio}, alpha={self.alpha}, beta={self.beta}, "
+                f"box_loss={self.box_loss}")
 
     def forward(
         self,
@@ -132,11 +192,13 @@ class MultiBoxLoss(nn.Module):
         box_deltas: Tensor,
         target_labels: Tensor,
         target_deltas: Tensor,
+        priors: Tensor | None = None,
     ) -> LossOutput:
-        """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets."""
+        """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets
+        (``priors [P, 4]`` normalized cxcywh: only the IoU box losses use them)."""
         b, p, c = _check_shapes(cls_logits, box_deltas, target_labels, target_deltas)
-        labels, positive, num_pos, normalizer, loc = _positives_and_loc(box_deltas, target_labels, target_deltas,
-                                                                        self.beta)
+        labels, positive, num_pos, normalizer, loc = _positives_and_loc(
+            box_deltas, target_labels, target_deltas, self.beta, self.box_loss, self.coder, priors)
 
         # Confidence: cross-entropy of every prior; the background loss of a negative is its own CE.
         ce = F.cross_entropy(cls_logits.reshape(b * p, c), labels.clamp_min(0).reshape(b * p), reduction="none")
@@ -164,21 +226,21 @@ class FocalMultiBoxLoss(nn.Module):
     ``forward`` takes and returns what :class:`MultiBoxLoss` does.
     """
 
-    def __init__(self, gamma: float = 2.0, focal_alpha: float = 0.25, alpha: float = 1.0, beta: float = 1.0) -> None:
+    def __init__(self, gamma: float = 2.0, focal_alpha: float = 0.25, alpha: float = 1.0, beta: float = 1.0,
+                 box_loss: str = "smooth_l1", coder: BoxCoder | None = None) -> None:
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         if not 0.0 <= focal_alpha <= 1.0:
             raise ValueError(f"focal_alpha must be in [0, 1], got {focal_alpha}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
         self.gamma = float(gamma)
         self.focal_alpha = float(focal_alpha)
         self.alpha = float(alpha)
-        self.beta = float(beta)
+        self.beta, self.box_loss, self.coder = _check_box_loss(beta, box_loss, coder)
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, focal_alpha={self.focal_alpha}, alpha={self.alpha}, beta={self.beta}"
+        return (f"gamma={self.gamma}, focal_alpha={self.focal_alpha}, alpha={self.alpha}, beta={self.beta}, "
+                f"box_loss={self.box_loss}")
 
     def forward(
         self,
@@ -186,11 +248,13 @@ class FocalMultiBoxLoss(nn.Module):
         box_deltas: Tensor,
         target_labels: Tensor,
         target_deltas: Tensor,
+        priors: Tensor | None = None,
     ) -> LossOutput:
-        """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets."""
+        """Loss of predictions ``cls_logits [B, P, C]`` / ``box_deltas [B, P, 4]`` against per-prior targets
+        (``priors [P, 4]`` normalized cxcywh: only the IoU box losses use them)."""
         b, p, c = _check_shapes(cls_logits, box_deltas, target_labels, target_deltas)
-        labels, positive, num_pos, normalizer, loc = _positives_and_loc(box_deltas, target_labels, target_deltas,
-                                                                        self.beta)
+        labels, positive, num_pos, normalizer, loc = _positives_and_loc(
+            box_deltas, target_labels, target_deltas, self.beta, self.box_loss, self.coder, priors)
 
         log_p = F.log_softmax(cls_logits, dim=2)
         log_pt = log_p.gather(2, labels.clamp_min(0).unsqueeze(2)).squeeze(2)

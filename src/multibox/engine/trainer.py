@@ -502,9 +502,11 @@ class Trainer:
 
     def _criterion(self) -> nn.Module:
         loss = self.cfg.loss
+        coder = self.model.box_coder
         if loss.name == "focal":
-            return FocalMultiBoxLoss(gamma=loss.focal_gamma, focal_alpha=loss.focal_alpha, alpha=loss.loc_weight)
-        return MultiBoxLoss(neg_pos_ratio=loss.neg_pos_ratio, alpha=loss.loc_weight)
+            return FocalMultiBoxLoss(gamma=loss.focal_gamma, focal_alpha=loss.focal_alpha, alpha=loss.loc_weight,
+                                     box_loss=loss.box, coder=coder)
+        return MultiBoxLoss(neg_pos_ratio=loss.neg_pos_ratio, alpha=loss.loc_weight, box_loss=loss.box, coder=coder)
 
     def _transform(self) -> Callable[..., Any]:
         aug = self.cfg.data.aug
@@ -626,7 +628,8 @@ class Trainer:
         targets = build_targets(priors, batch["boxes"].to(self.device), batch["labels"].to(self.device),
                                 batch["valid"].to(self.device), self.model.box_coder, method=cfg.loss.match,
                                 threshold=cfg.loss.iou_threshold)
-        loss = self.criterion(out.cls_logits.float(), out.box_deltas.float(), targets.labels, targets.deltas)
+        loss = self.criterion(out.cls_logits.float(), out.box_deltas.float(), targets.labels, targets.deltas,
+                              priors=priors)
         total = loss.total
         num_pos = loss.num_pos
         if self.dist.distributed:
@@ -864,7 +867,7 @@ class Trainer:
     def _finish(self, final: dict[str, Any] | None, train_seconds: float, start_step: int) -> dict[str, Any]:
         if final is not None:
             atomic_write_bytes(self.out / "eval.json", (json.dumps(final, indent=2) + "\n").encode())
-        plots = write_training_plots(self.history, self.out / "plots", self.cfg.eval.metric)
+        plots = write_training_plots(self.history, self.out / "plots", self.cfg.eval.metric, self.cfg.loss.box)
         train_rows = [r for r in self.history if r.get("kind") == "train"]
         steps_here = self.step - start_step
         summary = {
@@ -893,9 +896,15 @@ METRIC_LABELS = {"voc07": "VOC07 mAP@0.5 (11-point)", "voc12": "VOC12 mAP@0.5 (a
                  "coco": "COCO mAP@[0.5:0.95]"}
 
 
-def write_training_plots(history: list[dict[str, Any]], folder: Path, metric: str = "voc07") -> list[Path]:
-    """``loss.png`` (total, conf, loc loss vs training step, log scale) and ``map.png`` (validation ``metric``
-    mAP, a fraction in [0, 1], vs training step) from metrics.jsonl rows; returns the files written."""
+#: How each localization loss (``loss.box``) is named on plots.
+BOX_LOSS_LABELS = {"smooth_l1": "smooth L1", "giou": "GIoU", "diou": "DIoU"}
+
+
+def write_training_plots(history: list[dict[str, Any]], folder: Path, metric: str = "voc07",
+                         box_loss: str = "smooth_l1") -> list[Path]:
+    """``loss.png`` (total, conf, loc loss vs training step, log scale; ``box_loss`` names the loc term) and
+    ``map.png`` (validation ``metric`` mAP, a fraction in [0, 1], vs training step) from metrics.jsonl rows;
+    returns the files written."""
     # heavy (~0.8 s) and only for the plots at the end of a run; also matplotlib.use("Agg") must not change the
     # backend for everyone who merely imports this module
     import matplotlib
@@ -910,11 +919,12 @@ def write_training_plots(history: list[dict[str, Any]], folder: Path, metric: st
     if train:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         steps = [r["step"] for r in train]
-        labels = {"loss": "total (loc + conf)", "conf": "conf (cross-entropy)", "loc": "loc (smooth L1)"}
+        box = BOX_LOSS_LABELS.get(box_loss, box_loss)
+        labels = {"loss": "total (loc + conf)", "conf": "conf (cross-entropy)", "loc": f"loc ({box})"}
         for key in ("loss", "conf", "loc"):
             ax.plot(steps, [r[key] for r in train], label=labels[key])
         ax.set_xlabel("training step")
-        ax.set_ylabel("loss (smooth L1 + CE), per positive prior")
+        ax.set_ylabel(f"loss ({box} + CE), per positive prior")
         ax.set_title("MultiBox training loss")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
