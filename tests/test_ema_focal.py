@@ -172,3 +172,40 @@ def test_norm_eval_keeps_batchnorm_statistics_and_trains_the_rest(cache, tmp_pat
                      zip(bns, before, strict=True))
     assert stats_same == norm_eval
     assert any(not torch.equal(m.weight.detach(), w) for m, (_, _, w) in zip(bns, before, strict=True))
+
+
+def test_norm_eval_backbone_keeps_only_the_backbone_statistics(cache, tmp_path, monkeypatch):
+    """``model.norm_eval=backbone``: the backbone's BatchNorm layers keep their running statistics, those of the
+    layers added after it (SSDLite's extra blocks and heads) update from their batches; all scales still learn."""
+    built: list[nn.Module] = []
+    build = Trainer._build_model
+
+    def keep(self: Trainer) -> nn.Module:
+        built.append(build(self))
+        return built[0]
+
+    monkeypatch.setattr(Trainer, "_build_model", keep)
+    extra = ["steps=3", "model.name=ssdlite320_mobilenetv2", "model.kwargs={image_size: [64, 64]}",
+             "model.norm_eval=backbone"]
+    trainer = Trainer(load_config(None, TINY + extra), tmp_path / "run", progress=False, quiet=True)
+    original_step = trainer.train_step
+    before: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def first_step(batch):  # the statistics as built, taken just before the first step
+        if not before:
+            for name, m in built[0].named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    before[name] = (m.running_mean.clone(), m.running_var.clone())
+        return original_step(batch)
+
+    trainer.train_step = first_step  # type: ignore[method-assign]
+    trainer.run()
+    bns = {n: m for n, m in built[0].named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    inside = {n for n in bns if n.startswith("backbone.")}
+    assert inside and set(bns) - inside and set(before) == set(bns)
+    for name, m in bns.items():
+        same = torch.equal(m.running_mean, before[name][0]) and torch.equal(m.running_var, before[name][1])
+        assert same == (name in inside), name
+    with pytest.raises(ConfigError) as err:
+        load_config(None, TINY + ["model.norm_eval=heads"])
+    assert "model.norm_eval" in str(err.value)

@@ -53,8 +53,10 @@ class ModelConfig:
     * ``init_from``: an SSD checkpoint (``.safetensors`` / ``.pt``) to fine-tune from; classifier rows of classes
       kept by name are carried over, new classes start fresh; ``init_exclude``: name patterns not loaded from it;
     * ``freeze``: parameter-name patterns (fnmatch) kept fixed; ``train_only``: if set, everything else is frozen;
-    * ``norm_eval``: every BatchNorm layer keeps its running statistics during training (eval mode; its scale and
-      shift still learn), as for fine-tuning with small batches (and the control for ``quant.freeze_bn``).
+    * ``norm_eval``: ``true``: every BatchNorm layer keeps its running statistics during training (eval mode; its
+      scale and shift still learn), as for fine-tuning with small batches (and the control for
+      ``quant.freeze_bn``); ``backbone``: only the backbone's (the pretrained statistics stay, the new neck and
+      extra layers normalize with their batches as usual).
     """
 
     name: str = "ssd7"
@@ -64,7 +66,7 @@ class ModelConfig:
     init_exclude: list[str] = field(default_factory=list)
     freeze: list[str] = field(default_factory=list)
     train_only: list[str] = field(default_factory=list)
-    norm_eval: bool = False
+    norm_eval: bool | str = False
 
 
 @dataclass
@@ -294,6 +296,9 @@ class TrainConfig:
             raise ConfigError(f"{key}={getattr(trees, key.rsplit('.', 1)[1])}: need tile > 0, 0 <= overlap < 1 and "
                               "0 <= holdout < 1", key)
         _check_augment_options(self.data.aug)
+        if self.model.norm_eval not in (True, False, "backbone"):
+            raise ConfigError(f"model.norm_eval={self.model.norm_eval!r}: expected true, false or backbone",
+                              "model.norm_eval")
         if not 0.0 <= self.ema.decay < 1.0:
             raise ConfigError(f"ema.decay={self.ema.decay}: must be in [0, 1) (0 = off)", "ema.decay")
         if self.loss.focal_gamma < 0 or not 0.0 <= self.loss.focal_alpha <= 1.0:

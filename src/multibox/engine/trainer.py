@@ -619,7 +619,9 @@ class Trainer:
         if self.frozen:
             set_frozen_bn_eval(self.model, self.frozen)
         if cfg.model.norm_eval or (cfg.quant.qat and cfg.quant.freeze_bn):
-            for m in self.model.modules():
+            only_backbone = cfg.model.norm_eval == "backbone" and not (cfg.quant.qat and cfg.quant.freeze_bn)
+            scope = getattr(self.model, "backbone", self.model) if only_backbone else self.model
+            for m in scope.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         with self._autocast():
