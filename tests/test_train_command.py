@@ -77,7 +77,7 @@ def test_nonfinite_loss_stop_is_a_message(tmp_path, capsys, monkeypatch):
 
     def nan_criterion(self):
         inner = original(self)
-        return lambda *a: inner(*a)._replace(total=torch.tensor(float("nan")))
+        return lambda *a, **k: inner(*a, **k)._replace(total=torch.tensor(float("nan")))
 
     monkeypatch.setattr(Trainer, "_criterion", nan_criterion)
     assert main(["train", *TINY, "--out", str(tmp_path / "r"), "--no-progress"]) == 1

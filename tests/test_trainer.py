@@ -123,9 +123,9 @@ class _NaNAt:
     def __init__(self, inner, at: int) -> None:
         self.inner, self.at, self.calls = inner, at, 0
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         self.calls += 1
-        out = self.inner(*args)
+        out = self.inner(*args, **kwargs)
         if self.calls == self.at:
             return out._replace(total=out.total * float("nan"))
         return out
