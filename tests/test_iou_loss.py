@@ -66,16 +66,17 @@ def test_multibox_loss_with_an_iou_box_loss(kind):
         t = coder.decode(tdeltas[i, j], priors[j])
         tv = generalized_box_iou_loss if kind == "giou" else distance_box_iou_loss
         expected += float(tv(p, t))
-    assert float(out.loc.detach()) == pytest.approx(expected / 3, rel=1e-5)
+    loc, conf, total = (float(v.detach()) for v in (out.loc, out.conf, out.total))
+    assert loc == pytest.approx(expected / 3, rel=1e-5)
     plain = MultiBoxLoss()(logits, deltas, labels, tdeltas)
-    assert float(out.conf) == pytest.approx(float(plain.conf), rel=1e-6)  # the confidence term is untouched
-    assert float(out.total) == pytest.approx(float(out.conf) + 2.0 * float(out.loc), rel=1e-6)
+    assert conf == pytest.approx(float(plain.conf.detach()), rel=1e-6)  # the confidence term is untouched
+    assert total == pytest.approx(conf + 2.0 * loc, rel=1e-6)
     out.total.backward()
     grad = deltas.grad
     assert grad is not None and grad[0, 0].abs().sum() > 0 and grad[1, 3].abs().sum() > 0
     assert torch.equal(grad[0, 1], torch.zeros(4)) and torch.equal(grad[1, 1], torch.zeros(4))  # background, ignored
     focal = FocalMultiBoxLoss(box_loss=kind)(logits, deltas, labels, tdeltas, priors=priors)
-    assert float(focal.loc) == pytest.approx(float(out.loc), rel=1e-6)
+    assert float(focal.loc.detach()) == pytest.approx(loc, rel=1e-6)
 
 
 def test_iou_box_loss_needs_the_priors_and_a_known_name():
