@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from multibox.config import load_config
 from multibox.engine.trainer import Trainer
+from multibox.fileio import atomic_write_bytes
 from multibox.loss import iou_box_loss
 from multibox.matching import build_targets
 from multibox.weights_io import load_weights_file
@@ -62,7 +63,8 @@ def main() -> None:
               f" ({row['ratio_smooth_l1_to_giou']:.1f}x less), DIoU {row['diou']['grad_per_offset']:.4f} "
               f"({row['ratio_smooth_l1_to_diou']:.1f}x less)")
     if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "batches": rows}, indent=2) + "\n")
+        payload = json.dumps({"checkpoint": str(args.checkpoint), "batches": rows}, indent=2) + "\n"
+        atomic_write_bytes(args.json, payload.encode())
 
 
 if __name__ == "__main__":

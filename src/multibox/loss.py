@@ -121,8 +121,8 @@ def _positives_and_loc(box_deltas: Tensor, target_labels: Tensor, target_deltas:
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """What both losses share: ``(labels [B, P] int64, positive [B, P] bool, num_pos scalar int64, normalizer
     max(1, num_pos) float32, loc)``, ``loc`` the localization loss of the positive priors (smooth L1 with
-    transition ``beta`` summed over the 4 offsets, or the ``box_loss`` IoU loss of the decoded boxes, which needs
-    ``coder`` and ``priors [P, 4]`` normalized cxcywh), divided by the normalizer."""
+    transition ``beta`` summed over the 4 offsets, or the ``box_loss`` IoU loss of the boxes decoded with ``coder``,
+    which needs ``priors [P, 4]`` normalized cxcywh), divided by the normalizer."""
     labels = target_labels.to(torch.int64)
     positive = labels > 0
     num_pos = positive.sum()
@@ -132,10 +132,11 @@ def _positives_and_loc(box_deltas: Tensor, target_labels: Tensor, target_deltas:
         loc_all = loc_all.sum(dim=2)
         loc = torch.where(positive, loc_all, torch.zeros_like(loc_all)).sum() / normalizer
         return labels, positive, num_pos, normalizer, loc
-    if coder is None or priors is None:
+    if priors is None:
         raise ValueError(f"box_loss={box_loss!r} decodes the boxes: pass the priors [P, 4] to forward")
     if priors.shape != (box_deltas.shape[1], 4):
         raise ValueError(f"priors must be [P, 4] = {(box_deltas.shape[1], 4)}, got {tuple(priors.shape)}")
+    coder = coder if coder is not None else BoxCoder()
     where = positive.nonzero(as_tuple=True)
     pos_priors = priors.to(box_deltas.dtype)[where[1]]
     pred = coder.decode(box_deltas[where], pos_priors)

@@ -420,6 +420,7 @@ class Trainer:
         self.val_set = open_split(cfg, "val", self.progress) if cfg.data.val else None
         self.model = self._build_model()
         self.criterion = self._criterion()
+        self.eval_norms = self._eval_norms()
         self.optimizer = build_optimizer(self.model, cfg)
         self.ema = ModelEma(self.model, cfg.ema.decay) if cfg.ema.decay > 0 else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
@@ -507,6 +508,18 @@ class Trainer:
             return FocalMultiBoxLoss(gamma=loss.focal_gamma, focal_alpha=loss.focal_alpha, alpha=loss.loc_weight,
                                      box_loss=loss.box, coder=coder)
         return MultiBoxLoss(neg_pos_ratio=loss.neg_pos_ratio, alpha=loss.loc_weight, box_loss=loss.box, coder=coder)
+
+    def _eval_norms(self) -> list[nn.Module]:
+        """The BatchNorm layers that every training step puts back in eval mode: all of them with
+        ``model.norm_eval=true`` or QAT's ``quant.freeze_bn``, the backbone's with ``model.norm_eval=backbone``."""
+        cfg = self.cfg
+        if cfg.model.norm_eval is True or (cfg.quant.qat and cfg.quant.freeze_bn):
+            scope = self.model
+        elif cfg.model.norm_eval == "backbone":
+            scope = getattr(self.model, "backbone", self.model)
+        else:
+            return []
+        return [m for m in scope.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def _transform(self) -> Callable[..., Any]:
         aug = self.cfg.data.aug
@@ -618,12 +631,8 @@ class Trainer:
         self.ddp_model.train()
         if self.frozen:
             set_frozen_bn_eval(self.model, self.frozen)
-        if cfg.model.norm_eval or (cfg.quant.qat and cfg.quant.freeze_bn):
-            only_backbone = cfg.model.norm_eval == "backbone" and not (cfg.quant.qat and cfg.quant.freeze_bn)
-            scope = getattr(self.model, "backbone", self.model) if only_backbone else self.model
-            for m in scope.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        for m in self.eval_norms:
+            m.eval()
         with self._autocast():
             out = self.ddp_model(images)
         priors = self.model.priors
