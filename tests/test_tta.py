@@ -39,7 +39,7 @@ def bright_box(img):
 
 def test_view_sets():
     assert len(tta_views("hflip")) == 2 and len(tta_views("flips")) == 4 and len(set(DIHEDRAL)) == 8
-    assert tta_views("flips")[0] == (False, 0) and set(tta_views("flips")) < set(DIHEDRAL)
+    assert tta_views("flips")[0] == (False, 0, 0) and set(tta_views("flips")) < set(DIHEDRAL)
     with pytest.raises(ValueError, match="unknown test-time augmentation 'rot45'.*dihedral"):
         tta_views("rot45")
 

@@ -197,7 +197,8 @@ class EmaConfig:
 @dataclass
 class EvalConfig:
     """Evaluation during and after training (``every_steps`` 0 = only at the end; ``tta``: test-time
-    augmentation of every evaluation, ``null``, ``hflip``, ``flips`` or ``dihedral``, see :mod:`multibox.tta`)."""
+    augmentation of every evaluation, ``null``, ``hflip``, ``flips``, ``dihedral`` or one of those ``+shift``, see
+    :mod:`multibox.tta`)."""
 
     metric: str = "voc07"
     every_steps: int = 0
@@ -271,7 +272,7 @@ class TrainConfig:
             "loss.name": (self.loss.name, ("multibox", "focal")),
             "loss.box": (self.loss.box, ("smooth_l1", "giou", "diou")),
             "eval.metric": (self.eval.metric, tuple(list_metrics())),
-            "eval.tta": (self.eval.tta, (None, "hflip", "flips", "dihedral")),
+            "eval.tta": (self.eval.tta, (None, *TTA_MODE_NAMES)),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -337,6 +338,10 @@ def _check_augment_options(aug: AugmentOptions) -> None:
         raise ConfigError(f"data.aug.color={aug.color}: colour jitter strength must be in [0, 2] (1 = the SSD "
                           "recipe's; null keeps the recipe's)", "data.aug.color")
 
+
+#: The test-time augmentation modes of ``eval.tta`` and ``--tta`` (:data:`multibox.tta.TTA_MODES` has their views;
+#: named here too so that reading a config does not import torch).
+TTA_MODE_NAMES: tuple[str, ...] = ("hflip", "flips", "dihedral", "hflip+shift", "flips+shift", "dihedral+shift")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

@@ -434,15 +434,26 @@ class Detector:
         ensemble: ``benchmarks/ensemble_trees.py``). ``ValueError`` for an unknown mode."""
         views = tta_views(tta)
         conf = self.conf if conf is None else conf
-        viewed = [view_image(image, v) for image in images for v in views]
+        sizes = [(int(image.shape[-2]), int(image.shape[-1])) if isinstance(image, Tensor) else
+                 (int(image.shape[0]), int(image.shape[1])) for image in images]
+        inputs = [self._seen_size(size, tile) for size in sizes]
+        viewed = [view_image(image, v, seen) for image, seen in zip(images, inputs, strict=True) for v in views]
         per_view = self.detect_arrays(viewed, conf, tile=tile, overlap=overlap)
         out: list[list[Detections]] = []
-        for i, image in enumerate(images):
-            size = (int(image.shape[-2]), int(image.shape[-1])) if isinstance(image, Tensor) else \
-                (int(image.shape[0]), int(image.shape[1]))
-            out.append([Detections(unview_boxes(d.boxes, v, size), d.scores, d.labels, d.class_names, size)
+        for i, (size, seen) in enumerate(zip(sizes, inputs, strict=True)):
+            out.append([Detections(unview_boxes(d.boxes, v, size, seen), d.scores, d.labels, d.class_names, size)
                         for d, v in zip(per_view[i * len(views):(i + 1) * len(views)], views, strict=True)])
         return out
+
+    def _seen_size(self, size: tuple[int, int], tile: int | None) -> tuple[float, float]:
+        """``(height, width)`` that an image of ``size`` has at the network's scale: the input size, or, tiled,
+        the image scaled as its ``tile``-pixel windows are (what the pixel shifts of :mod:`multibox.tta` refer
+        to)."""
+        ih, iw = self.input_spec.image_size
+        if tile is None:
+            return float(ih), float(iw)
+        # a window is at most the image's side (tiling.tile_windows), and is resized to the input
+        return size[0] * ih / min(tile, size[0]), size[1] * iw / min(tile, size[1])
 
     def detect_tiled(self, images: Sequence[np.ndarray | Tensor], tile: int = 400, overlap: float = 0.25,
                      conf: float | None = None, *, keep_top_k: int | None = None,

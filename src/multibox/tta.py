@@ -1,25 +1,35 @@
-"""Test-time augmentation: detect in mirrored and turned copies of an image and fuse the detections.
+"""Test-time augmentation: detect in mirrored, turned and shifted copies of an image and fuse the detections.
 
-A view is ``(mirror, turns)``: the image mirrored left-right when ``mirror``, then turned ``turns`` quarter turns
-counter-clockwise (``numpy.rot90``). The named view sets:
+A view is a :class:`View` ``(mirror, turns, shift)``: the image shifted ``shift`` pixels of the network input to the
+right and down (the first rows and columns repeated at the top-left edge, as many cut at the bottom-right), then
+mirrored left-right when ``mirror``, then turned ``turns`` quarter turns counter-clockwise (``numpy.rot90``). The
+named view sets:
 
 * ``hflip``: the image and its left-right mirror (2 views; for photos with an up);
 * ``flips``: identity, left-right mirror, half turn, top-bottom mirror (4 views);
-* ``dihedral``: all 8 mirrors and quarter turns (overhead photos, which have no up).
+* ``dihedral``: all 8 mirrors and quarter turns (overhead photos, which have no up);
+* ``MODE+shift`` (``hflip+shift``, ``flips+shift``, ``dihedral+shift``): each view of ``MODE`` also shifted by
+  :data:`TTA_SHIFTS` (2, 4 and 6 input pixels along the diagonal: quarter steps of a stride-8 feature map), 4x the
+  views. A shift moves the image against the prior grid, so each copy places its boxes with different priors and
+  the fused box averages more nearly independent estimates.
 
-:meth:`multibox.detector.Detector.detect_arrays` with ``tta=`` runs the detector on every view, maps each view's
-boxes back to the image (:func:`unview_boxes`, exact: a box of the view is the image of a box of the original), and
-merges them per class with weighted box fusion (:func:`fuse_detections`; Solovyev et al. 2019, "Weighted boxes
-fusion"): boxes are taken best first; a box joins the first cluster whose fused box it overlaps with IoU above
-``iou_threshold``, else it starts a cluster; a cluster's box is the score-weighted mean of its boxes and its score
-the sum of its scores over ``max(views, boxes in the cluster)``, so an object that only some views found is
-down-weighted. Averaging the views' boxes, not only choosing one of them (as NMS over the union does), is what
-makes the fused boxes better placed.
+A shift is given in pixels of the network input, so that it means the same step of the prior grid at any image
+size; :func:`shift_pixels` turns it into whole pixels of the image (``round(shift * W / input W)``, likewise for
+the height). :meth:`multibox.detector.Detector.detect_arrays` with ``tta=`` runs the detector on every view, maps
+each view's boxes back to the image (:func:`unview_boxes`, exact: a box of the view is the image of a box of the
+original, moved back by the same whole pixels), and merges them per class with weighted box fusion
+(:func:`fuse_detections`; Solovyev et al. 2019, "Weighted boxes fusion"): boxes are taken best first; a box joins
+the first cluster whose fused box it overlaps with IoU above ``iou_threshold``, else it starts a cluster; a
+cluster's box is the score-weighted mean of its boxes and its score the sum of its scores over
+``max(views, boxes in the cluster)``, so an object that only some views found is down-weighted. Averaging the
+views' boxes, not only choosing one of them (as NMS over the union does), is what makes the fused boxes better
+placed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,18 +37,36 @@ from torch import Tensor
 
 from .detections import Detections
 
-__all__ = ["View", "TTA_MODES", "FUSE_IOU_THRESHOLD", "tta_views", "view_image", "unview_boxes", "fuse_detections"]
+__all__ = ["View", "TTA_MODES", "TTA_SHIFTS", "FUSE_IOU_THRESHOLD", "tta_views", "shift_pixels", "view_image",
+           "unview_boxes", "fuse_detections"]
 
 #: IoU above which a box joins a fused cluster (the value of the weighted-box-fusion paper).
 FUSE_IOU_THRESHOLD = 0.55
 
-#: ``(mirror left-right first, quarter turns counter-clockwise after)``.
-View = tuple[bool, int]
+#: Shifts (pixels of the network input, right and down) of the ``+shift`` modes: quarter steps of a stride-8 map.
+TTA_SHIFTS: tuple[int, ...] = (0, 2, 4, 6)
+
+
+class View(NamedTuple):
+    """One copy of the image: shifted ``shift`` network-input pixels right and down first, then mirrored
+    left-right when ``mirror``, then turned ``turns`` quarter turns counter-clockwise. A plain
+    ``(mirror, turns)`` pair is the unshifted view."""
+
+    mirror: bool = False
+    turns: int = 0
+    shift: int = 0
+
+
+_BASE_MODES: dict[str, tuple[View, ...]] = {
+    "hflip": (View(False, 0), View(True, 0)),
+    "flips": (View(False, 0), View(True, 0), View(False, 2), View(True, 2)),
+    "dihedral": tuple(View(m, t) for m in (False, True) for t in range(4)),
+}
 
 TTA_MODES: dict[str, tuple[View, ...]] = {
-    "hflip": ((False, 0), (True, 0)),
-    "flips": ((False, 0), (True, 0), (False, 2), (True, 2)),
-    "dihedral": tuple((m, t) for m in (False, True) for t in range(4)),
+    **_BASE_MODES,
+    **{f"{name}+shift": tuple(View(v.mirror, v.turns, s) for s in TTA_SHIFTS for v in views)
+       for name, views in _BASE_MODES.items()},
 }
 
 
@@ -50,10 +78,51 @@ def tta_views(mode: str) -> tuple[View, ...]:
         raise ValueError(f"unknown test-time augmentation {mode!r}; expected one of {sorted(TTA_MODES)}") from None
 
 
-def view_image(image: np.ndarray | Tensor, view: View) -> np.ndarray | Tensor:
-    """``image`` seen through ``view``: an ``[H, W, C]`` array or a ``[C, H, W]`` tensor, mirrored left-right when
-    ``view[0]``, then turned ``view[1]`` quarter turns counter-clockwise. Arrays come back contiguous."""
-    mirror, turns = view
+def _parts(view: tuple) -> tuple[bool, int, int]:
+    """``(mirror, turns, shift)`` of a :class:`View` or a plain ``(mirror, turns)`` pair."""
+    if len(view) == 2:
+        return bool(view[0]), int(view[1]), 0
+    return bool(view[0]), int(view[1]), int(view[2])
+
+
+def shift_pixels(view: tuple, image_size: tuple[int, int],
+                 input_size: tuple[float, float] | None = None) -> tuple[int, int]:
+    """The whole-pixel shift ``(dx, dy)`` of ``view`` on an image of ``image_size`` ``(height, width)`` that the
+    network sees resized to ``input_size`` ``(height, width)``: ``round(shift * W / input W)`` and
+    ``round(shift * H / input H)``. ``input_size`` ``None``: the shift is taken in pixels of the image."""
+    shift = _parts(view)[2]
+    if not shift:
+        return 0, 0
+    h, w = image_size
+    ih, iw = input_size if input_size is not None else image_size
+    return round(shift * w / iw), round(shift * h / ih)
+
+
+def _shift(image: np.ndarray | Tensor, dx: int, dy: int) -> np.ndarray | Tensor:
+    """``image`` moved ``dx`` pixels right and ``dy`` down, the first column / row repeated into the gap."""
+    if isinstance(image, Tensor):
+        h, w = image.shape[-2:]
+        rows = (torch.arange(h) - dy).clamp(min=0)
+        cols = (torch.arange(w) - dx).clamp(min=0)
+        return image[..., rows, :][..., cols]
+    h, w = image.shape[:2]
+    rows = np.clip(np.arange(h) - dy, 0, None)
+    cols = np.clip(np.arange(w) - dx, 0, None)
+    return np.ascontiguousarray(image[rows][:, cols])
+
+
+def view_image(image: np.ndarray | Tensor, view: tuple,
+               input_size: tuple[float, float] | None = None) -> np.ndarray | Tensor:
+    """``image`` seen through ``view``: an ``[H, W, C]`` array or a ``[C, H, W]`` tensor, shifted right and down by
+    :func:`shift_pixels` (``input_size``: the network input's ``(height, width)`` it will be resized to), mirrored
+    left-right when ``view.mirror``, then turned ``view.turns`` quarter turns counter-clockwise. Arrays come back
+    contiguous."""
+    mirror, turns, _ = _parts(view)
+    size = (int(image.shape[-2]), int(image.shape[-1])) if isinstance(image, Tensor) else \
+        (int(image.shape[0]), int(image.shape[1]))
+    dx, dy = shift_pixels(view, size, input_size)
+    if dx or dy:
+        image = _shift(image, dx, dy)
     if isinstance(image, Tensor):
         out = image.flip(-1) if mirror else image
         return torch.rot90(out, turns % 4, dims=(-2, -1)) if turns % 4 else out
@@ -61,14 +130,18 @@ def view_image(image: np.ndarray | Tensor, view: View) -> np.ndarray | Tensor:
     return np.ascontiguousarray(np.rot90(out, turns % 4, axes=(0, 1)))
 
 
-def unview_boxes(boxes: Tensor, view: View, image_size: tuple[int, int]) -> Tensor:
-    """Boxes ``[N, 4]`` xyxy in pixels of ``view_image(image, view)`` -> the same boxes in pixels of ``image``.
+def unview_boxes(boxes: Tensor, view: tuple, image_size: tuple[int, int],
+                 input_size: tuple[float, float] | None = None) -> Tensor:
+    """Boxes ``[N, 4]`` xyxy in pixels of ``view_image(image, view, input_size)`` -> the same boxes in pixels of
+    ``image``.
 
     ``image_size`` is the original image's ``(height, width)``. The map is exact (each box corner moves with the
-    pixel grid: a quarter turn counter-clockwise of a ``w``-wide image sends ``(x, y)`` to ``(y, w - x)``)."""
+    pixel grid: a quarter turn counter-clockwise of a ``w``-wide image sends ``(x, y)`` to ``(y, w - x)``; the shift
+    moves it back by the same whole pixels). A box that a shifted view found in the repeated edge may reach
+    below 0: callers clip."""
     h, w = image_size
     b = boxes.to(torch.float32)
-    mirror, turns = view
+    mirror, turns, _ = _parts(view)
     # height of the view being undone: a quarter turn sends (x, y) of an image of width W to (y, W - x), and W is
     # the turned image's height; undoing it sends a box (x0, y0, x1, y1) to (W - y1, x0, W - y0, x1)
     vh = w if turns % 2 else h
@@ -76,9 +149,12 @@ def unview_boxes(boxes: Tensor, view: View, image_size: tuple[int, int]) -> Tens
         x0, y0, x1, y1 = b.unbind(-1)
         b = torch.stack([vh - y1, x0, vh - y0, x1], dim=-1)
         vh = h + w - vh  # the image before that turn has the other side as its height
-    if mirror:  # the mirror came first, on the original image
+    if mirror:  # the mirror came after the shift, on an image of the original's size
         x0, y0, x1, y1 = b.unbind(-1)
         b = torch.stack([w - x1, y0, w - x0, y1], dim=-1)
+    dx, dy = shift_pixels(view, image_size, input_size)
+    if dx or dy:
+        b = b - torch.tensor([dx, dy, dx, dy], dtype=b.dtype)
     return b
 
 

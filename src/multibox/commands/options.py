@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..config import TTA_MODE_NAMES
 from ..fileio import UsageError, atomic_write_bytes, check_output_dir, check_output_file
 
 __all__ = [
@@ -114,10 +115,11 @@ def add_tile_options(p: argparse.ArgumentParser) -> None:
 
 def add_tta_option(p: argparse.ArgumentParser) -> None:
     """``--tta MODE``: test-time augmentation (mirrors and quarter turns fused by weighted box fusion)."""
-    p.add_argument("--tta", choices=("hflip", "flips", "dihedral"), default=None,
+    p.add_argument("--tta", choices=TTA_MODE_NAMES, default=None,
                    help="test-time augmentation: detect in mirrored / turned copies and fuse the boxes (weighted "
                         "box fusion): hflip (2 views), flips (4), dihedral (all 8 mirrors and quarter turns, for "
-                        "overhead photos); costs one network pass per view (default: off)")
+                        "overhead photos); MODE+shift also shifts each view by 2, 4 and 6 input pixels (4x the "
+                        "views); costs one network pass per view (default: off)")
 
 
 INT8_METHODS = ("minmax", "entropy", "percentile")  # multibox.export.quantize.METHODS (not imported: --help)
