@@ -13,11 +13,11 @@ from PIL import Image
 
 from multibox.cli import main
 from multibox.commands import eval as eval_cmd
-from multibox.config import ConfigError, config_from_dict
+from multibox.config import TTA_MODE_NAMES, ConfigError, config_from_dict
 from multibox.detections import Detections
 from multibox.detector import Detector
 from multibox.engine.evaluator import evaluate_model
-from multibox.tta import TTA_MODES, fuse_detections, tta_views, unview_boxes, view_image
+from multibox.tta import TTA_MODES, TTA_SHIFTS, View, fuse_detections, shift_pixels, tta_views, unview_boxes, view_image
 from test_detect import make_bundle, photo
 from test_eval_command import CLASSES, FakeSSD, ListDataset, voc_root  # noqa: F401 (voc_root is a fixture)
 from test_tiling import BlobSSD, bundle_file, run_main  # noqa: F401 (bundle_file is a fixture)
@@ -65,6 +65,52 @@ def test_unview_maps_a_drawn_rectangle_back_exactly(h, w):
         seen = view_image(img, v)
         assert seen.shape[:2] == ((h, w) if v[1] % 2 == 0 else (w, h))
         torch.testing.assert_close(unview_boxes(bright_box(seen), v, (h, w)), want, rtol=0, atol=0)
+
+
+def test_shifted_view_sets():
+    views = tta_views("dihedral+shift")
+    assert len(views) == len(set(views)) == 32 and TTA_SHIFTS == (0, 2, 4, 6)
+    assert [v for v in views if v.shift == 0] == list(DIHEDRAL)
+    assert {v.shift for v in views} == {0, 2, 4, 6} and all((v.mirror, v.turns, 0) in DIHEDRAL for v in views)
+    assert len(tta_views("hflip+shift")) == 8 and len(tta_views("flips+shift")) == 16
+    assert sorted(TTA_MODES) == sorted(TTA_MODE_NAMES)  # the config's torch-free list names the same modes
+
+
+def test_shift_pixels_hand_cases():
+    # the trees recipe: a 400 px photo seen at 448 px; 2, 4, 6 input pixels are 1.79, 3.57, 5.36 photo pixels
+    assert [shift_pixels(View(False, 0, s), (400, 400), (448, 448)) for s in (0, 2, 4, 6)] == \
+        [(0, 0), (2, 2), (4, 4), (5, 5)]
+    assert shift_pixels(View(True, 3, 6), (200, 400), (448, 448)) == (5, 3)  # 6*400/448 = 5.36, 6*200/448 = 2.68
+    assert shift_pixels(View(False, 0, 3), (10, 20)) == (3, 3)  # no input size: pixels of the image
+    assert shift_pixels((True, 1), (10, 20), (5, 5)) == (0, 0)  # a plain pair is unshifted
+
+
+def test_view_image_shift_hand_cases():
+    a = np.arange(12).reshape(3, 4)[..., None]  # [[0 1 2 3], [4 5 6 7], [8 9 10 11]]
+    # moved one right and one down, the first row and column repeated, the last ones cut
+    assert view_image(a, View(False, 0, 1))[..., 0].tolist() == [[0, 0, 1, 2], [0, 0, 1, 2], [4, 4, 5, 6]]
+    # shifted first, then mirrored
+    assert view_image(a, View(True, 0, 1))[..., 0].tolist() == [[2, 1, 0, 0], [2, 1, 0, 0], [6, 5, 4, 4]]
+    # 1 input pixel of an input half the image's size is 2 image pixels right and 2 down
+    assert view_image(a, View(False, 0, 1), (1.5, 2))[..., 0].tolist() == [[0, 0, 0, 1]] * 3
+    assert view_image(a, View(False, 0, 1), (12, 16))[..., 0].tolist() == a[..., 0].tolist()  # 0.25 px: none
+    t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    for v in tta_views("dihedral+shift"):  # tensors [C, H, W] shift and turn the same way as arrays [H, W, C]
+        assert view_image(t, v, (6, 2))[0].tolist() == view_image(a, v, (6, 2))[..., 0].tolist()
+        assert view_image(a, v, (6, 2)).flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize("h, w", [(30, 36), (38, 28)])
+def test_unview_maps_a_drawn_rectangle_back_exactly_from_shifted_views(h, w):
+    img = np.zeros((h, w, 3), np.uint8)
+    img[2:5, 3:w - 14] = 255  # away from the bottom-right edges, which a shift cuts
+    want = torch.tensor([[3.0, 2, w - 14, 5]])
+    for v in tta_views("dihedral+shift"):
+        seen = view_image(img, v, (h / 2, w / 2))  # the network at half the image's size: shifts of 0, 4, 8, 12
+        assert seen.shape[:2] == ((h, w) if v.turns % 2 == 0 else (w, h))
+        dx, dy = shift_pixels(v, (h, w), (h / 2, w / 2))
+        assert dx == 2 * v.shift and dy == 2 * v.shift
+        torch.testing.assert_close(unview_boxes(bright_box(seen), v, (h, w), (h / 2, w / 2)), want, rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------------------------- fusion
@@ -136,6 +182,17 @@ def test_detect_tta_equals_the_views_run_one_by_one():
         assert g.labels.tolist() == want.labels.tolist() and g.image_size == img.shape[:2]
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         det(images[0], tta="mirror")
+    # shifted views: shifts in pixels of the network input, whole pixels of the image
+    seen = det.input_spec.image_size
+    for img, g in zip(images, det(images, conf=0.05, tta="flips+shift"), strict=True):
+        views = []
+        for v in tta_views("flips+shift"):
+            d = det(view_image(img, v, seen), conf=0.05)
+            views.append(Detections(unview_boxes(d.boxes, v, img.shape[:2], seen), d.scores, d.labels))
+        want = fuse_detections(views, keep_top_k=30, conf=0.05, image_size=img.shape[:2]).clip()
+        assert len(g) == len(want) > 5
+        torch.testing.assert_close(g.boxes, want.boxes)
+        torch.testing.assert_close(g.scores, want.scores)
 
 
 def test_detect_views_are_the_unfused_views_and_fuse_across_detectors():
@@ -173,12 +230,20 @@ def test_tta_with_tiles_and_evaluate_model():
     assert r.mAP == pytest.approx(1.0) and r.tta == "dihedral" and r.to_json()["tta"] == "dihedral"
     torch.testing.assert_close(r.detections[0].boxes, torch.tensor([[25.0, 25, 75, 75], [125, 25, 175, 75]]))
     assert "tta" not in evaluate_model(model, ds, metric="voc12", progress=False).to_json()
+    # shifted views: FakeSSD finds each window's centre half wherever the content is, so a view shifted by (d, d)
+    # maps back d pixels up-left; the windows (100 px) are seen at 64 px: 2, 4, 6 input pixels are 3.125, 6.25,
+    # 9.375 -> 3, 6, 9 image pixels, and the fused box is the mean, 4.5 pixels up-left of the centre halves
+    shifted = evaluate_model(model, ds, metric="voc12", progress=False, tile=100, overlap=0.0, tta="dihedral+shift")
+    assert shifted.tta == "dihedral+shift"
+    torch.testing.assert_close(shifted.detections[0].boxes, torch.tensor([[20.5, 20.5, 70.5, 70.5],
+                                                                          [120.5, 20.5, 170.5, 70.5]]))
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         evaluate_model(model, ds, progress=False, tta="twice")
 
 
 def test_config_eval_tta():
     assert config_from_dict({"eval": {"tta": "dihedral"}}).eval.tta == "dihedral"
+    assert config_from_dict({"eval": {"tta": "dihedral+shift"}}).eval.tta == "dihedral+shift"
     with pytest.raises(ConfigError, match="eval.tta='rot'.*dihedral"):
         config_from_dict({"eval": {"tta": "rot"}})
 
