@@ -21,9 +21,9 @@ Output folder (``--out``, default ``multibox-detect``):
 
 ``--tile PIXELS [--overlap FRACTION]`` detects in overlapping windows of a large photo (e.g. an orthophoto for a
 model trained on 400 px tiles) and merges them (:meth:`multibox.detector.Detector.detect_tiled`); ``tile`` in
-the summary and in ``detections.json`` is then ``{"tile", "overlap"}`` (else ``null``). ``--tta flips|dihedral``
-detects in mirrored and turned copies and fuses the boxes (:meth:`multibox.detector.Detector.detect_tta`); ``tta``
-is then the mode (else ``null``).
+the summary and in ``detections.json`` is then ``{"tile", "overlap"}`` (else ``null``).
+``--tta flips|dihedral|dihedral+shift`` detects in mirrored, turned (and shifted) copies and fuses the boxes
+(:meth:`multibox.detector.Detector.detect_tta`); ``tta`` is then the mode (else ``null``).
 
 Every box lies inside its image (the Detector clips them), so the VOC / YOLO pre-annotations pass
 ``multibox data check``. ``--out`` is checked before any work (a file or an unwritable place is an error), and a

@@ -4,8 +4,8 @@
 * ``multibox eval --metric voc07|voc12|coco|... --gt PATH --detections PATH [--split test]``: score anyone's
   detections (comp4 text files or COCO results JSON) against a VOC root or a COCO instances JSON;
 * ``multibox eval CHECKPOINT --data PATH [--split test] [--metric voc07] [--tile 400 [--overlap 0.25]]
-  [--tta flips|dihedral]``: run a saved model on a dataset (with ``--tile``: tiled inference on large photos,
-  recorded as ``tile`` in the JSON; with ``--tta``: test-time augmentation, recorded as ``tta``);
+  [--tta flips|dihedral|dihedral+shift]``: run a saved model on a dataset (with ``--tile``: tiled inference on
+  large photos, recorded as ``tile`` in the JSON; with ``--tta``: test-time augmentation, recorded as ``tta``);
 * ``multibox eval --watch DIR --data PATH [--pattern '*.safetensors'] [--interval 30] [--timeout S]``: evaluate
   every new checkpoint file in DIR once, appending a JSON line per checkpoint to ``DIR/watch_eval.jsonl``.
 
