@@ -301,7 +301,8 @@ class Detector:
                 at once.
             overlap: overlap of neighbouring windows, a fraction of ``tile`` in ``[0, 1)`` (with ``tile`` only).
             tta: test-time augmentation (:mod:`multibox.tta`): ``"hflip"``, ``"flips"`` (4 views) or
-                ``"dihedral"`` (8 mirrors and quarter turns, for overhead photos); the views' detections are fused
+                ``"dihedral"`` (8 mirrors and quarter turns, for overhead photos), or one of those ``+shift``
+                (each view also shifted by 2, 4 and 6 input pixels, 4x the views); the views' detections are fused
                 by weighted box fusion. ``None`` (default): the image as it is.
 
         Returns:
@@ -411,7 +412,8 @@ class Detector:
                    iou_threshold: float = FUSE_IOU_THRESHOLD) -> list[Detections]:
         """Test-time augmentation (:mod:`multibox.tta`): every image (an RGB ``[H, W, 3]`` uint8 array or
         ``[3, H, W]`` tensor, 0-255) is detected in each view of ``tta`` (``"hflip"``, ``"flips"``,
-        ``"dihedral"``; all views in the detector's batches, each tiled when ``tile`` is given), the views' boxes
+        ``"dihedral"``, or one of those ``+shift``; all views in the detector's batches, each tiled when ``tile``
+        is given; shifts in pixels of the network input, see :func:`~multibox.tta.shift_pixels`), the views' boxes
         are mapped back to the image exactly and fused per class by weighted box fusion (IoU above
         ``iou_threshold`` joins a cluster). One :class:`Detections` per image: boxes ``[N, 4]`` float32 xyxy
         pixels, fused scores ``>= conf``, at most the detector's ``keep_top_k``, sorted by score.
