@@ -83,6 +83,8 @@ def test_shift_pixels_hand_cases():
     assert shift_pixels(View(True, 3, 6), (200, 400), (448, 448)) == (5, 3)  # 6*400/448 = 5.36, 6*200/448 = 2.68
     assert shift_pixels(View(False, 0, 3), (10, 20)) == (3, 3)  # no input size: pixels of the image
     assert shift_pixels((True, 1), (10, 20), (5, 5)) == (0, 0)  # a plain pair is unshifted
+    with pytest.raises(ValueError, match=r"view \(False, 0, -2\): the shift is in pixels right and down, >= 0"):
+        view_image(np.zeros((4, 4, 3), np.uint8), View(False, 0, -2))
 
 
 def test_view_image_shift_hand_cases():

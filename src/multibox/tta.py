@@ -82,6 +82,8 @@ def _parts(view: tuple) -> tuple[bool, int, int]:
     """``(mirror, turns, shift)`` of a :class:`View` or a plain ``(mirror, turns)`` pair."""
     if len(view) == 2:
         return bool(view[0]), int(view[1]), 0
+    if int(view[2]) < 0:
+        raise ValueError(f"view {tuple(view)}: the shift is in pixels right and down, >= 0")
     return bool(view[0]), int(view[1]), int(view[2])
 
 
