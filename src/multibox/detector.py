@@ -60,7 +60,7 @@ from .postprocess import PaddedDetections, PostProcess, split_padded
 from .runtime.base import AUTO, EAGER, NetworkCallable, auto_runtimes, check_device, get_runtime, outputs_close
 from .sources import Source, SourceItem, expand_sources, iter_source_images
 from .tiling import Window, check_tiling, merge_tile_detections, tile_windows
-from .tta import FUSE_IOU_THRESHOLD, fuse_detections, tta_views, unview_boxes, view_image
+from .tta import FUSE_IOU_THRESHOLD, fuse_detections, image_hw, tta_views, unview_boxes, view_image
 from .weights_io import load_model
 
 if TYPE_CHECKING:
@@ -436,8 +436,7 @@ class Detector:
         ensemble: ``benchmarks/ensemble_trees.py``). ``ValueError`` for an unknown mode."""
         views = tta_views(tta)
         conf = self.conf if conf is None else conf
-        sizes = [(int(image.shape[-2]), int(image.shape[-1])) if isinstance(image, Tensor) else
-                 (int(image.shape[0]), int(image.shape[1])) for image in images]
+        sizes = [image_hw(image) for image in images]
         inputs = [self._seen_size(size, tile) for size in sizes]
         viewed = [view_image(image, v, seen) for image, seen in zip(images, inputs, strict=True) for v in views]
         per_view = self.detect_arrays(viewed, conf, tile=tile, overlap=overlap)
@@ -482,7 +481,7 @@ class Detector:
         plans: list[tuple[tuple[int, int], list[Window]]] = []
         for image in images:
             chw = isinstance(image, Tensor)
-            h, w = (int(image.shape[-2]), int(image.shape[-1])) if chw else (int(image.shape[0]), int(image.shape[1]))
+            h, w = image_hw(image)
             windows = tile_windows(h, w, tile, overlap)
             plans.append(((h, w), windows))
             crops += [image[:, y0:y1, x0:x1] if chw else image[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from .detections import Detections
 
-__all__ = ["View", "TTA_MODES", "TTA_SHIFTS", "FUSE_IOU_THRESHOLD", "tta_views", "shift_pixels", "view_image",
-           "unview_boxes", "fuse_detections"]
+__all__ = ["View", "TTA_MODES", "TTA_SHIFTS", "FUSE_IOU_THRESHOLD", "tta_views", "image_hw", "shift_pixels",
+           "view_image", "unview_boxes", "fuse_detections"]
 
 #: IoU above which a box joins a fused cluster (the value of the weighted-box-fusion paper).
 FUSE_IOU_THRESHOLD = 0.55
@@ -87,6 +87,13 @@ def _parts(view: tuple) -> tuple[bool, int, int]:
     return bool(view[0]), int(view[1]), int(view[2])
 
 
+def image_hw(image: np.ndarray | Tensor) -> tuple[int, int]:
+    """``(height, width)`` of an ``[H, W, C]`` array or a ``[C, H, W]`` tensor."""
+    if isinstance(image, Tensor):
+        return int(image.shape[-2]), int(image.shape[-1])
+    return int(image.shape[0]), int(image.shape[1])
+
+
 def shift_pixels(view: tuple, image_size: tuple[int, int],
                  input_size: tuple[float, float] | None = None) -> tuple[int, int]:
     """The whole-pixel shift ``(dx, dy)`` of ``view`` on an image of ``image_size`` ``(height, width)`` that the
@@ -120,9 +127,7 @@ def view_image(image: np.ndarray | Tensor, view: tuple,
     left-right when ``view.mirror``, then turned ``view.turns`` quarter turns counter-clockwise. Arrays come back
     contiguous."""
     mirror, turns, _ = _parts(view)
-    size = (int(image.shape[-2]), int(image.shape[-1])) if isinstance(image, Tensor) else \
-        (int(image.shape[0]), int(image.shape[1]))
-    dx, dy = shift_pixels(view, size, input_size)
+    dx, dy = shift_pixels(view, image_hw(image), input_size)
     if dx or dy:
         image = _shift(image, dx, dy)
     if isinstance(image, Tensor):
